@@ -1,0 +1,1 @@
+"""Selection of the best checkpoints, their fusion, metrics, reports and prediction."""

@@ -1,0 +1,1 @@
+"""Experiment drivers: one command per experiment kind (python -m search.<kind>)."""

@@ -1,0 +1,1 @@
+"""Everything a trial runs: data, augmentation, models, the training engine, the Trainable."""

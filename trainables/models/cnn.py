@@ -1,0 +1,34 @@
+"""The seed's 4-layer CNN, exactly as its layer table (SEED.md, "Models" 1).
+
+Conv-ReLU-BN blocks, only two max-pools because the images are small: spatial sizes
+28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4, then dense 2048 -> 512 -> 128 -> classes.
+1,219,754 trainable parameters for one input channel and ten classes.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from trainables.models.registry import register_model
+
+
+def _conv(cin: int, cout: int) -> list[nn.Module]:
+    # The seed's order is convolution, ReLU, then BatchNorm.
+    return [nn.Conv2d(cin, cout, 3), nn.ReLU(inplace=True), nn.BatchNorm2d(cout)]
+
+
+@register_model("cnn")
+def cnn(in_channels: int = 1, num_classes: int = 10, dropout: float = 0.25) -> nn.Sequential:
+    return nn.Sequential(
+        *_conv(in_channels, 32),                           # 26x26
+        *_conv(32, 32),                                    # 24x24
+        nn.MaxPool2d(2), nn.Dropout(dropout),              # 12x12
+        *_conv(32, 64), nn.Dropout(dropout),               # 10x10
+        *_conv(64, 128),                                   # 8x8
+        nn.MaxPool2d(2), nn.Dropout(dropout),              # 4x4
+        nn.Flatten(),                                      # 2048
+        nn.Linear(128 * 4 * 4, 512), nn.ReLU(inplace=True), nn.BatchNorm1d(512),
+        nn.Dropout(dropout),
+        nn.Linear(512, 128), nn.ReLU(inplace=True), nn.BatchNorm1d(128), nn.Dropout(dropout),
+        nn.Linear(128, num_classes),
+    )

@@ -1,0 +1,74 @@
+"""An Inception network (Szegedy et al. 2015, "Going Deeper with Convolutions") for 28x28 input.
+
+SEED.md, "Models" 3: stacked GoogLeNet Inception modules, each with parallel 1x1, 3x3 and 5x5
+convolutions and a max-pool branch, concatenated; a multi-layer dense head with Dropout.
+The modules and their channel numbers are GoogLeNet's (its table 1), BatchNorm after every
+convolution as the seed does. GoogLeNet's stem shrinks 224 pixels to 28 before module 3a; a
+28x28 image needs no shrinking, so the stem here is two 3x3 stride-1 convolutions and the
+modules run one level down: 3a-3b at 14, 4a-4e at 7, 5a-5b at 4 pixels.
+``width`` scales every channel count; 64 gives GoogLeNet's own (192 after the stem).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from trainables.models.layers import conv_bn_relu, raise_lower_head
+from trainables.models.registry import register_model
+
+# GoogLeNet table 1: (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj); "pool" = 3x3/2 max-pool.
+GOOGLENET = (
+    (64, 96, 128, 16, 32, 32), (128, 128, 192, 32, 96, 64), "pool",            # 3a 3b
+    (192, 96, 208, 16, 48, 64), (160, 112, 224, 24, 64, 64),                   # 4a 4b
+    (128, 128, 256, 24, 64, 64), (112, 144, 288, 32, 64, 64),                  # 4c 4d
+    (256, 160, 320, 32, 128, 128), "pool",                                     # 4e
+    (256, 160, 320, 32, 128, 128), (384, 192, 384, 48, 128, 128),              # 5a 5b
+)
+
+
+class InceptionModule(nn.Module):
+    def __init__(self, cin: int, c1: int, c3r: int, c3: int, c5r: int, c5: int, cp: int):
+        super().__init__()
+        self.b1 = conv_bn_relu(cin, c1, 1)
+        self.b3 = nn.Sequential(conv_bn_relu(cin, c3r, 1), conv_bn_relu(c3r, c3, 3))
+        self.b5 = nn.Sequential(conv_bn_relu(cin, c5r, 1), conv_bn_relu(c5r, c5, 5))
+        self.bp = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), conv_bn_relu(cin, cp, 1))
+        self.out_channels = c1 + c3 + c5 + cp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.b1(x), self.b3(x), self.b5(x), self.bp(x)], 1)
+
+
+class Inception(nn.Module):
+    def __init__(self, width: int = 64, in_channels: int = 1, num_classes: int = 10,
+                 dropout: float = 0.25, table=GOOGLENET):
+        super().__init__()
+
+        def scale(c: int) -> int:
+            return max(4, round(c * width / 64))
+
+        stem = scale(192)
+        layers: list[nn.Module] = [conv_bn_relu(in_channels, scale(64), 3),
+                                   conv_bn_relu(scale(64), stem, 3),
+                                   nn.MaxPool2d(3, stride=2, padding=1)]  # 28 -> 14
+        cin = stem
+        for row in table:
+            if row == "pool":  # 14 -> 7 -> 4
+                layers.append(nn.MaxPool2d(3, stride=2, padding=1))
+                continue
+            module = InceptionModule(cin, *(scale(c) for c in row))
+            layers.append(module)
+            cin = module.out_channels
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = raise_lower_head(cin, num_classes, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@register_model("inception")
+def inception(width: int = 64, in_channels: int = 1, num_classes: int = 10,
+              dropout: float = 0.25) -> Inception:
+    return Inception(width, in_channels, num_classes, dropout)

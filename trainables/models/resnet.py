@@ -1,0 +1,63 @@
+"""ResNet with BasicBlocks (He et al. 2016, "Deep Residual Learning"), ResNet18 = [2, 2, 2, 2].
+
+SEED.md, "Models" 2: BasicBlock, not Bottleneck; a dense head that first raises then lowers the
+dimension, with Dropout between the dense layers. The ImageNet stem (7x7 stride-2 convolution and
+a max-pool) would shrink a 28x28 image to 7x7 before the first block, so the stem here is one
+3x3 stride-1 convolution (as ResNets for CIFAR): stages run at 28, 14, 7 and 4 pixels.
+``width`` is the first stage's channels: 64 gives the standard 64-128-256-512.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from trainables.models.layers import conv_bn_relu, raise_lower_head
+from trainables.models.registry import register_model
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:  # projection shortcut (option B of the paper)
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self, layers=(2, 2, 2, 2), width: int = 64, in_channels: int = 1,
+                 num_classes: int = 10, dropout: float = 0.25):
+        super().__init__()
+        self.stem = conv_bn_relu(in_channels, width, 3)
+        stages, cin = [], width
+        for i, blocks in enumerate(layers):
+            cout = width * 2 ** i
+            for b in range(blocks):
+                stages.append(BasicBlock(cin, cout, 2 if b == 0 and i > 0 else 1))
+                cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = raise_lower_head(cin, num_classes, dropout)
+        for m in self.modules():  # He initialisation, as torchvision's resnet.py
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
+
+
+@register_model("resnet18")
+def resnet18(width: int = 64, in_channels: int = 1, num_classes: int = 10,
+             dropout: float = 0.25) -> ResNet:
+    return ResNet((2, 2, 2, 2), width, in_channels, num_classes, dropout)

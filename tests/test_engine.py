@@ -1,0 +1,237 @@
+"""The engine: the recipe, the schedule, class weights, repeatability, checkpoints, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainables import checkpoint, data
+from trainables.engine import (
+    ConfigError,
+    TrainConfig,
+    build,
+    evaluate,
+    fit,
+    lr_at,
+    run_epoch,
+    train_one_epoch,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = dict(model="cnn", augment="none", batch_size=64, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def split():
+    """2,000 real images (1,800 train / 200 val): enough to learn, quick to train on."""
+    _, missing = data.find_files(data.SYSTEM_DIR)
+    if missing:
+        pytest.skip("the Debian data set is not installed (make data)")
+    return data.load_split(data.SYSTEM_DIR, train_size=2_000, seed=0)
+
+
+def weights(model):
+    return torch.cat([p.detach().flatten() for p in model.state_dict().values()
+                      if p.dtype.is_floating_point])
+
+
+# --- the schedule and the recipe ----------------------------------------------------------------
+
+def test_lr_schedule_values():
+    cfg = TrainConfig(epochs=15, warmup_epochs=5, lr=0.1, warmup_lr=1e-3, schedule="cosine")
+    lrs = [lr_at(cfg, e) for e in range(15)]
+    assert lrs[:5] == [1e-3] * 5
+    assert lrs[5] == pytest.approx(0.1)
+    assert lrs[10] == pytest.approx(0.05)  # half way through the 10 SGD epochs
+    sgd = lrs[5:]
+    assert all(sgd[i] > sgd[i + 1] for i in range(len(sgd) - 1)) and sgd[-1] > 0
+    step = [lr_at(replace(cfg, schedule="step"), e) for e in range(5, 15)]
+    assert step == pytest.approx([0.1] * 4 + [0.01] * 4 + [0.001] * 2)
+    multi = [lr_at(replace(cfg, schedule="multistep"), e) for e in range(5, 15)]
+    assert multi == pytest.approx([0.1] * 5 + [0.01] * 3 + [0.001] * 2)
+    no_warmup = TrainConfig(epochs=4, warmup_epochs=0, lr=0.2)
+    assert lr_at(no_warmup, 0) == pytest.approx(0.2)
+
+
+def test_warmup_switches_to_sgd_after_exactly_the_warmup(split):
+    seen = []
+    cfg = TrainConfig(**FAST, epochs=3, warmup_epochs=2)
+    state = fit(cfg, split, on_epoch=lambda s, m: seen.append((type(s.optimizer).__name__,
+                                                               m["phase"], m["lr"])))
+    assert seen == [("Adam", "warmup", 1e-3), ("Adam", "warmup", 1e-3),
+                    ("SGD", "sgd", pytest.approx(cfg.lr))]
+    assert state.optimizer.param_groups[0]["momentum"] == 0.9
+
+
+def test_short_run_learns_and_repeats(split):
+    cfg = TrainConfig(**FAST, epochs=3, warmup_epochs=2, seed=1)
+    a, b = fit(cfg, split), fit(cfg, split)
+    assert a.history[-1]["val_acc"] > 0.6  # chance is 0.1
+    drop = ("images_per_s", "train_seconds", "augment_share")
+    strip = [{k: v for k, v in h.items() if k not in drop} for h in a.history]
+    assert strip == [{k: v for k, v in h.items() if k not in drop} for h in b.history]
+    assert torch.equal(weights(a.model), weights(b.model))  # bit for bit on the CPU
+    c = fit(replace(cfg, seed=2), split)
+    assert not torch.equal(weights(a.model), weights(c.model))
+
+
+def test_class_weights_weight_the_loss(split):
+    """One full batch, lr 0: the reported loss is exactly the class-weighted cross-entropy."""
+    w = torch.tensor([3.0, 0.5, 1, 1, 1, 1, 2, 1, 1, 1])
+    state = build(TrainConfig(**FAST, dropout=0.0), split)
+    x, y = state.x_train, state.y_train
+    model = state.model.train()
+    with torch.no_grad():
+        logp = F.log_softmax(model(((x.unsqueeze(1).float() / 255) - state.mean) / state.std), 1)
+    nll = -logp.gather(1, y[:, None]).squeeze(1)
+    expected = ((w[y] * nll).sum() / w[y].sum()).item()
+
+    def loss_with(weight):
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        g = torch.Generator().manual_seed(0)
+        return train_one_epoch(model, opt, x, y, batch_size=len(x), mean=state.mean,
+                               std=state.std, policy="none", class_weights=weight,
+                               generator=g)["train_loss"]
+
+    assert loss_with(w) == pytest.approx(expected, rel=1e-5)
+    assert loss_with(None) == pytest.approx(nll.mean().item(), rel=1e-5)
+    assert loss_with(torch.full((10,), 2.0)) == pytest.approx(nll.mean().item(), rel=1e-5)
+    assert not math.isclose(expected, nll.mean().item(), rel_tol=1e-3)
+
+
+def test_offline_expansion_triples_the_training_set(split):
+    state = build(TrainConfig(model="cnn", augment="offline", device="cpu"), split)
+    assert len(state.x_train) == 3 * len(split.y_train) and state.x_train.dtype == torch.uint8
+    assert torch.equal(state.y_train, split.y_train.repeat(3))
+
+
+def test_threads_are_honoured(split):
+    before = torch.get_num_threads()
+    try:
+        build(TrainConfig(**FAST, num_threads=1), split)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(model="vgg"), "unknown model"), (dict(batch_size=0), "batch size"),
+    (dict(epochs=3, warmup_epochs=5), "at least the warm-up"),
+    (dict(class_weights=(1.0,) * 9), "need 10 values"),
+    (dict(class_weights=(1.0,) * 11), "need 10 values"),
+    (dict(class_weights=(-1.0,) + (1.0,) * 9), "non-negative"),
+    (dict(class_weights=(float("nan"),) + (1.0,) * 9), "non-negative"),
+    (dict(schedule="linear"), "unknown schedule"), (dict(augment="mixup"), "augmentation"),
+])
+def test_config_refuses_bad_values(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**bad)
+
+
+def test_config_round_trips_through_a_flat_dict():
+    cfg = TrainConfig(model="resnet18", model_kwargs={"width": 8}, class_weights=[1.0] * 10)
+    assert TrainConfig.from_dict({**cfg.to_dict(), "tune_only_key": 1}) == cfg
+    assert cfg.augment == "online" and TrainConfig().augment == "offline"
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+def test_checkpoint_round_trip_and_exact_resume(split, tmp_path):
+    cfg = TrainConfig(**FAST, epochs=3, warmup_epochs=1, seed=4)
+    whole = fit(cfg, split)
+    part = build(cfg, split)
+    run_epoch(part)
+    run_epoch(part)
+    path = checkpoint.save(part, tmp_path / "ck.pt")
+    ckpt = checkpoint.load(path)
+    assert ckpt["epoch"] == 2 and ckpt["phase"] == "sgd" and ckpt["model"] == "cnn"
+    assert checkpoint.config_of(ckpt) == cfg
+    # the same logits from the reloaded model
+    model = checkpoint.model_from(ckpt)
+    x = ((split.x_val[:50].unsqueeze(1).float() / 255) - part.mean) / part.std
+    part.model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), part.model(x))
+    # resuming in a fresh state gives exactly the uninterrupted run
+    resumed = build(cfg, split)
+    checkpoint.restore(resumed, ckpt)
+    run_epoch(resumed)
+    assert torch.equal(weights(resumed.model), weights(whole.model))
+    assert resumed.history[-1]["val_loss"] == whole.history[-1]["val_loss"]
+
+
+def test_checkpoint_mismatch_and_corruption(split, tmp_path):
+    small = build(TrainConfig(model="resnet18", model_kwargs={"width": 4}, **{
+        k: v for k, v in FAST.items() if k != "model"}), split)
+    path = checkpoint.save(small, tmp_path / "r.pt")
+    other = build(TrainConfig(model="resnet18", model_kwargs={"width": 8}, device="cpu"), split)
+    holds = r"holds resnet18\(dropout=0.25, width=4\)"
+    with pytest.raises(checkpoint.CheckpointError, match=holds):
+        checkpoint.restore(other, checkpoint.load(path))
+    ckpt = checkpoint.load(path)
+    ckpt["model_kwargs"] = {**ckpt["model_kwargs"], "width": 8}
+    with pytest.raises(checkpoint.CheckpointError, match="do not fit the model"):
+        checkpoint.model_from(ckpt)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint"):
+        checkpoint.load(path)
+    torch.save({"anything": 1}, tmp_path / "x.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="not a tunefuse checkpoint"):
+        checkpoint.load(tmp_path / "x.pt")
+
+
+def test_evaluate_probabilities(split):
+    state = build(TrainConfig(**FAST), split)
+    out = evaluate(state.model, state.x_val, state.y_val, batch_size=64, mean=state.mean,
+                   std=state.std, return_probs=True)
+    assert out["probs"].shape == (200, 10)
+    assert torch.allclose(out["probs"].sum(1), torch.ones(200), atol=1e-5)
+    assert out["acc"] == pytest.approx((out["probs"].argmax(1) == state.y_val).float().mean())
+    assert len(out["per_class_acc"]) == 10
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+def train_cli(*args):
+    return subprocess.run([sys.executable, "-m", "trainables.train", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_run_writes_metrics_and_checkpoint(split, tmp_path):
+    out = train_cli("--model", "cnn", "--epochs", "2", "--warmup-epochs", "1", "--augment",
+                    "none", "--train-size", "1000", "--class-weights", "seed", "--out",
+                    str(tmp_path / "run"))
+    assert out.returncode == 0, out.stderr
+    assert "test_acc" in out.stdout and "epoch   2/2 sgd" in out.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics["history"]) == 2 and metrics["config"]["class_weights"][0] == 2.0
+    ckpt = checkpoint.load(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt["data_fingerprint"] == metrics["data_fingerprint"]
+    # the checkpoint reproduces the val accuracy it recorded
+    val = data.load_split(train_size=1000, seed=0)
+    mean, std = ckpt["normalize"]
+    result = evaluate(checkpoint.model_from(ckpt), val.x_val, val.y_val, batch_size=256,
+                      mean=mean, std=std)
+    assert result["acc"] == pytest.approx(metrics["final"]["val_acc"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "vgg"], "--model"), (["--batch-size", "0"], "--batch-size"),
+    (["--class-weights", "1,1,1,1,1,1,1,1,1"], "expected 10 weights"),
+    (["--class-weights", ",".join(["1"] * 11)], "expected 10 weights"),
+    (["--class-weights=-1," + ",".join(["1"] * 9)], "non-negative"),
+    (["--epochs", "3"], "warm-up"), (["--batch-size", "5000", "--train-size", "1000"], "larger"),
+])
+def test_cli_bad_arguments(args, message):
+    out = train_cli(*args)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr

@@ -1,0 +1,120 @@
+"""One checkpoint format everywhere: the single run, every trial, the analysis.
+
+A checkpoint is a plain dict of tensors and Python scalars, so it loads with
+``torch.load(..., weights_only=True)`` (no pickle of arbitrary objects): the model's name and
+kwargs, the TrainConfig as a dict, the epoch, the metrics and history, the optimiser's phase and
+state, the normalisation statistics and the data fingerprint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from trainables.engine import TrainConfig, TrainState, make_optimizer
+from trainables.models import get_model
+
+FORMAT = "tunefuse-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or does not fit; one line for the user."""
+
+
+def _plain(value):
+    """Metrics as JSON-able Python scalars (weights_only loading refuses numpy types)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value.item() if hasattr(value, "item") else value
+
+
+def state_dict(state: TrainState) -> dict:
+    cfg = state.cfg
+    return {
+        "format": FORMAT,
+        "model": cfg.model,
+        "model_kwargs": cfg.model_args(),
+        "config": cfg.to_dict(),
+        "epoch": state.epoch,
+        "phase": state.phase,
+        "metrics": _plain(state.history[-1]) if state.history else {},
+        "history": _plain(state.history),
+        "model_state": {k: v.detach().cpu() for k, v in state.model.state_dict().items()},
+        "optimizer_state": state.optimizer.state_dict(),
+        "normalize": [state.mean, state.std],
+        "data_fingerprint": state.fingerprint,
+    }
+
+
+def save(state: TrainState, path: str | Path) -> Path:
+    """Write atomically: a crash mid-write never leaves a half checkpoint under ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state_dict(state), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except Exception as e:  # truncated, corrupted, or a pickle weights_only refuses
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a tunefuse checkpoint (expected format {FORMAT})")
+    return ckpt
+
+
+def _describe(name: str, kwargs: dict) -> str:
+    return f"{name}({', '.join(f'{k}={v}' for k, v in sorted(kwargs.items()))})"
+
+
+def _load_weights(model: torch.nn.Module, ckpt: dict, where: str) -> None:
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as e:
+        first = next((line.strip() for line in str(e).splitlines()
+                      if "size mismatch" in line or "Missing" in line or "Unexpected" in line),
+                     str(e).splitlines()[0])
+        built = _describe(ckpt["model"], ckpt["model_kwargs"])
+        raise CheckpointError(f"{where}: weights of {built} do not fit the model ({first})"
+                              ) from None
+
+
+def model_from(ckpt: dict, where: str = "checkpoint") -> torch.nn.Module:
+    """The checkpoint's model, built from its own name and kwargs, weights loaded, in eval mode."""
+    model = get_model(ckpt["model"], **ckpt["model_kwargs"])
+    _load_weights(model, ckpt, where)
+    return model.eval()
+
+
+def restore(state: TrainState, ckpt: dict, where: str = "checkpoint") -> None:
+    """Continue ``state`` from ``ckpt``: weights, optimiser phase and state, epoch, history."""
+    want = (state.cfg.model, state.cfg.model_args())
+    have = (ckpt["model"], ckpt["model_kwargs"])
+    if want != have:
+        raise CheckpointError(f"{where}: holds {_describe(*have)}, this run builds "
+                              f"{_describe(*want)}")
+    if ckpt["data_fingerprint"] != state.fingerprint:
+        raise CheckpointError(f"{where}: was trained on data {ckpt['data_fingerprint'][:16]}, "
+                              f"this run uses {state.fingerprint[:16]}; use the same data, "
+                              "train size and seed")
+    _load_weights(state.model, ckpt, where)
+    state.phase = ckpt["phase"]
+    state.optimizer = make_optimizer(state.model, state.cfg, state.phase)
+    state.optimizer.load_state_dict(ckpt["optimizer_state"])
+    state.epoch = ckpt["epoch"]
+    state.history = list(ckpt["history"])
+
+
+def config_of(ckpt: dict) -> TrainConfig:
+    return TrainConfig.from_dict(ckpt["config"])

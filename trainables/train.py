@@ -1,0 +1,157 @@
+"""One run of the engine on the seed protocol, outside any search.
+
+    python -m trainables.train --model cnn --epochs 10 [--batch-size 64] [--width W]
+        [--class-weights seed|uniform|w0,...,w9] [--augment none|flip|online|offline] [--out DIR]
+
+Prints each epoch's train loss, val loss, val accuracy and images/s, then the test accuracy of
+the final model, and writes DIR/metrics.json and DIR/checkpoint.pt (trainables/checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from trainables import augment, checkpoint
+from trainables.cli import ArgParser
+from trainables.data import CLASSES, DataError, add_data_args, load_split
+from trainables.engine import (
+    SCHEDULES,
+    SEED_CLASS_WEIGHTS,
+    ConfigError,
+    NonFiniteLoss,
+    TrainConfig,
+    build,
+    evaluate,
+    run_epoch,
+)
+from trainables.models import list_models
+
+
+def class_weights_arg(text: str) -> tuple[float, ...]:
+    if text == "seed":
+        return SEED_CLASS_WEIGHTS
+    if text == "uniform":
+        return (1.0,) * len(CLASSES)
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seed, uniform or {len(CLASSES)} comma-separated numbers, got {text!r}"
+        ) from None
+    if len(values) != len(CLASSES):
+        raise argparse.ArgumentTypeError(
+            f"expected {len(CLASSES)} weights, one per class, got {len(values)}")
+    if any(not (v >= 0) or v == float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"weights must be finite and non-negative: {text}")
+    return values
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parser() -> ArgParser:
+    p = ArgParser(prog="python -m trainables.train",
+                  description="Train one model with the seed's recipe; report val/test accuracy.")
+    d = TrainConfig()
+    p.add_argument("--model", choices=list_models(), default=d.model)
+    p.add_argument("--epochs", type=positive_int, default=d.epochs,
+                   help=f"epochs in all, warm-up included (default {d.epochs})")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--width", type=positive_int, help="channel width (resnet18, inception)")
+    p.add_argument("--class-weights", type=class_weights_arg, metavar="seed|uniform|w0,...,w9",
+                   help="per-class loss weights (default: none, plain cross-entropy)")
+    p.add_argument("--augment", choices=augment.POLICIES,
+                   help="default: offline for cnn, online for the others (the seed's choice)")
+    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
+    p.add_argument("--warmup-lr", type=float, default=d.warmup_lr)
+    p.add_argument("--lr", type=float, default=d.lr, help="SGD's rate after the warm-up")
+    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=positive_int, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--out", type=Path, help="output folder (default outputs/train/MODEL-TIME)")
+    add_data_args(p)
+    return p
+
+
+def config_from(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        model=args.model, model_kwargs={"width": args.width} if args.width else {},
+        batch_size=args.batch_size, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+        warmup_lr=args.warmup_lr, lr=args.lr, weight_decay=args.weight_decay,
+        schedule=args.schedule, dropout=args.dropout, class_weights=args.class_weights,
+        augment=args.augment or "auto", seed=args.seed, device=args.device,
+        num_threads=args.threads,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        cfg = config_from(args)
+        split = load_split(args.data_dir, args.train_size, args.seed, args.download)
+        if cfg.batch_size > len(split.y_train):
+            raise ConfigError(f"batch size {cfg.batch_size} is larger than the "
+                              f"{len(split.y_train)} training images")
+        state = build(cfg, split)
+    except (ConfigError, DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or Path("outputs/train") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"{cfg.model} {cfg.model_args()} on {state.device}, {len(state.x_train)} training "
+          f"images ({cfg.augment}), {len(split.y_val)} val, data {split.fingerprint[:16]}")
+    started = time.perf_counter()
+    while state.epoch < cfg.epochs:
+        with tqdm(total=len(state.x_train), unit="img", leave=False, file=sys.stderr,
+                  desc=f"epoch {state.epoch + 1}/{cfg.epochs}") as bar:
+            try:
+                m = run_epoch(state, on_batch=bar.update)
+            except NonFiniteLoss as e:
+                print(f"error: epoch {state.epoch + 1}: {e}", file=sys.stderr)
+                return 1
+        print(f"epoch {m['epoch']:>3}/{cfg.epochs} {m['phase']:<6} lr {m['lr']:.2e}  "
+              f"train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+              f"val_acc {100 * m['val_acc']:.2f}%  {m['images_per_s']:,.0f} img/s "
+              f"({m['train_seconds']:.1f} s)", flush=True)
+    x_test, y_test = split.x_test.to(state.device), split.y_test.to(state.device)
+    test = evaluate(state.model, x_test, y_test, batch_size=cfg.eval_batch_size,
+                    mean=state.mean, std=state.std)
+    last = state.history[-1]
+    best = max(state.history, key=lambda h: h["val_acc"])
+    print(f"final: val_acc {100 * last['val_acc']:.2f}%  test_acc {100 * test['acc']:.2f}%  "
+          f"(best val {100 * best['val_acc']:.2f}% at epoch {best['epoch']}; "
+          f"{time.perf_counter() - started:.0f} s in all)")
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.save(state, out / "checkpoint.pt")
+    metrics = {
+        "config": cfg.to_dict(), "data_fingerprint": split.fingerprint,
+        "data_source": split.source, "device": str(state.device), "history": state.history,
+        "final": {"val_acc": last["val_acc"], "val_loss": last["val_loss"],
+                  "test_acc": test["acc"], "test_loss": test["loss"],
+                  "test_per_class_acc": dict(zip(CLASSES, test["per_class_acc"], strict=True)),
+                  "val_per_class_acc": {c: last[f"val_acc_{i}"] for i, c in enumerate(CLASSES)}},
+        "best_val": {"epoch": best["epoch"], "val_acc": best["val_acc"]},
+        "torch": torch.__version__,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(f"wrote {out / 'metrics.json'} and {out / 'checkpoint.pt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

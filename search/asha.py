@@ -1,0 +1,79 @@
+"""ASHA that only ever compares trials at the same point of the same LR schedule.
+
+In the seed's grid the epoch count is also the length of the learning-rate schedule: at epoch
+10, a 20-epoch trial has annealed half way while a 100-epoch trial is still at a high rate, so
+its lower accuracy says nothing about where it will end. Plain ASHA (Li et al. 2020) would cut
+it there. Here each epoch count gets its own ASHA bracket (max_t = that epoch count): a trial is
+only ever ranked against trials of the same length, at the same epoch, hence at the same
+learning rate. Rungs sit at ``grace_period * reduction_factor**k`` epochs, counted from the
+start of the run (the warm-up included), below each group's max_t.
+
+Every stop is recorded (trial, epoch, rung, cutoff, the trial's value) so the lineage can say
+when and why a trial was stopped.
+"""
+
+from __future__ import annotations
+
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+
+from trainables.trainable import METRIC, MODE, TIME_ATTR
+
+
+class ScheduleAwareASHA(FIFOScheduler):
+    def __init__(self, grace_period: int, reduction_factor: float, group_key: str = "epochs"):
+        super().__init__()
+        self.grace_period = grace_period
+        self.reduction_factor = reduction_factor
+        self.group_key = group_key
+        self.groups: dict[int, AsyncHyperBandScheduler] = {}
+        self.stops: dict[str, dict] = {}  # trial_id -> why it was stopped
+
+    def _group(self, trial) -> AsyncHyperBandScheduler:
+        return self._group_for_length(int(trial.config[self.group_key]))
+
+    def _group_for_length(self, length: int) -> AsyncHyperBandScheduler:
+        if length not in self.groups:
+            self.groups[length] = AsyncHyperBandScheduler(
+                time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=length,
+                grace_period=min(self.grace_period, length),
+                reduction_factor=self.reduction_factor)
+        return self.groups[length]
+
+    def rungs(self, length: int) -> list[int]:
+        """The epochs at which trials of ``length`` epochs are compared."""
+        bracket = self._group_for_length(length)._brackets[0]
+        return sorted(int(m) for m, _ in bracket._rungs if m < length)
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return metric in (None, METRIC) and mode in (None, MODE)
+
+    def on_trial_add(self, tune_controller, trial):
+        self._group(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        group = self._group(trial)
+        decision = group.on_trial_result(tune_controller, trial, result)
+        epoch = result.get(TIME_ATTR, 0)
+        if decision == TrialScheduler.STOP and epoch < group._max_t:
+            bracket = group._trial_info[trial.trial_id]
+            rung = max(m for m, _ in bracket._rungs if m <= epoch)
+            recorded = dict(next(r for m, r in bracket._rungs if m == rung))
+            recorded.pop(trial.trial_id, None)
+            self.stops[trial.trial_id] = {
+                "epoch": int(epoch), "rung": int(rung), METRIC: float(result[METRIC]),
+                "cutoff": float(bracket.cutoff(recorded)) if recorded else None,
+                "compared_with": len(recorded), "group_epochs": int(group._max_t),
+            }
+        return decision
+
+    def on_trial_complete(self, tune_controller, trial, result: dict):
+        self._group(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial):
+        group = self._group(trial)
+        if trial.trial_id in group._trial_info:
+            group.on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return "ScheduleAwareASHA: " + "; ".join(
+            f"{length} epochs: {g.debug_string()}" for length, g in sorted(self.groups.items()))

@@ -1,0 +1,214 @@
+"""What every search command shares: arguments, Ray, the workspace, MLflow, the Tuner, the end.
+
+An experiment kind (search/grid.py, ...) defines its search space and scheduler and calls
+``run_search``; everything else (resources, cluster, lineage, resume, failures, the summary and
+exit codes) lives here once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from search.workspace import Workspace, WorkspaceError, git_commit, redact
+from trainables.cli import ArgParser
+from trainables.data import add_data_args
+from trainables.trainable import METRIC, MODE
+
+EXIT_OK, EXIT_NONE_FINISHED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad arguments found after parsing; one line, exit 2."""
+
+
+def positive_ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}"
+                                         ) from None
+    if not values:
+        raise argparse.ArgumentTypeError("the list is empty")
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"values must be at least 1, got {text!r}")
+    return values
+
+
+def add_search_args(p: ArgParser, default_name: str) -> None:
+    g = p.add_argument_group("experiment")
+    g.add_argument("--profile", choices=("smoke", "quick", "seed"), default="quick",
+                   help="preset grid, subset and widths (default quick)")
+    g.add_argument("--name", help=f"experiment name (default {default_name})")
+    g.add_argument("--resume", action="store_true",
+                   help="continue an interrupted experiment of this name")
+    g.add_argument("--workspace", default="outputs", help="folder for everything written")
+    g.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite in workspace)")
+    g.add_argument("--storage-path", help="Ray Tune results (default WORKSPACE/ray_results)")
+    g.add_argument("--max-failures", type=int, default=1,
+                   help="retries of a failing trial before it is recorded as failed")
+    r = p.add_argument_group("resources")
+    r.add_argument("--cpus-per-trial", type=float, default=1)
+    r.add_argument("--gpus-per-trial", type=float, default=0,
+                   help="fractions pack trials on one GPU, e.g. 0.25")
+    r.add_argument("--max-concurrent", type=int, default=0, help="0: as resources allow")
+    r.add_argument("--address", help="join a Ray cluster (auto, ray://host:10001)")
+    r.add_argument("--num-cpus", type=int, help="CPUs of the local cluster (default all)")
+    r.add_argument("--dashboard-port", type=int, default=8265)
+    add_data_args(p)
+    p.set_defaults(train_size=None, seed=0)
+
+
+@dataclass
+class Search:
+    """What an experiment kind hands to run_search."""
+
+    name: str
+    kind: str  # "grid", "weights"
+    param_space: dict
+    scheduler: object
+    search_alg: object = None
+    num_samples: int = 1
+    params: dict | None = None  # the search's arguments, for the parent run
+    tags: dict | None = None
+
+
+def start_ray(args) -> str | None:
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    kw = dict(logging_level=logging.WARNING, log_to_driver=False)
+    if args.address:
+        ctx = ray.init(address=args.address, **kw)
+    else:
+        ctx = ray.init(num_cpus=args.num_cpus, include_dashboard=True,
+                       dashboard_host="127.0.0.1", dashboard_port=args.dashboard_port, **kw)
+    url = getattr(ctx, "dashboard_url", None)
+    return f"http://{url}" if url and not url.startswith("http") else url
+
+
+def run_search(args, search: Search, split, on_start=None) -> int:
+    """Run (or resume) one Tune experiment with its MLflow lineage; returns the exit code."""
+    from ray import tune
+
+    from search.lineage import MLflowLineage
+    from trainables.trainable import ClassifierTrainable
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    try:
+        ws = Workspace.open(args.workspace, args.tracking_uri, args.storage_path)
+        state = ws.load_state(search.name)
+        if args.resume and state is None:
+            raise UsageError(f"no experiment named {search.name!r} in {ws.root} to resume; "
+                             "drop --resume to start it")
+        if not args.resume and state is not None:
+            raise UsageError(f"experiment {search.name!r} already exists in {ws.root}; pass "
+                             "--resume to continue it or --name for a new one")
+        client = ws.client()
+    except (WorkspaceError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    experiment_id = ws.experiment_id(client, search.name)
+    if state is None:
+        run_name = f"{search.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+        parent = client.create_run(experiment_id, run_name=run_name,
+                                   tags={"kind": search.kind, **(search.tags or {})})
+        parent_id = parent.info.run_id
+        for k, v in {**(search.params or {}), "data_fingerprint": split.fingerprint,
+                     "git_commit": git_commit(), "train_images": len(split.y_train)}.items():
+            client.log_param(parent_id, k, str(v)[:500])
+        state = {"name": search.name, "kind": search.kind, "parent_run_id": parent_id,
+                 "experiment_id": experiment_id, "storage_path": ws.storage_path,
+                 "data_fingerprint": split.fingerprint, "created": time.time()}
+        ws.save_state(search.name, state)
+    else:
+        parent_id = state["parent_run_id"]
+        if state["data_fingerprint"] != split.fingerprint:
+            print(f"error: experiment {search.name!r} was run on data "
+                  f"{state['data_fingerprint'][:16]}, this one is {split.fingerprint[:16]}; "
+                  "use the same --data-dir, --train-size and --seed", file=sys.stderr)
+            return EXIT_USAGE
+        client.update_run(parent_id, status="RUNNING")
+
+    dashboard = start_ray(args)
+    if on_start:
+        on_start(ws, dashboard)
+    print(f"experiment {search.name}: MLflow {redact(ws.tracking_uri)} (parent run "
+          f"{parent_id}), Ray dashboard {dashboard or 'n/a'}", flush=True)
+    resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+    trainable = tune.with_resources(
+        tune.with_parameters(ClassifierTrainable, split=split), resources)
+    lineage = MLflowLineage(ws.tracking_uri, experiment_id, parent_id, search.scheduler)
+    path = os.path.join(ws.storage_path, search.name)
+    if args.resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=search.param_space,
+            tune_config=tune.TuneConfig(
+                metric=METRIC, mode=MODE, scheduler=search.scheduler,
+                search_alg=search.search_alg, num_samples=search.num_samples,
+                max_concurrent_trials=args.max_concurrent or None, reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=search.name, storage_path=ws.storage_path, callbacks=[lineage],
+                verbose=1,
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=1, checkpoint_score_attribute=METRIC,
+                    checkpoint_score_order=MODE, checkpoint_frequency=1),
+                failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+    results = tuner.fit()
+    return summarise(results, client, parent_id, ws, dashboard)
+
+
+def summarise(results, client, parent_id: str, ws: Workspace, dashboard: str | None) -> int:
+    """Print the trial table, the best config, failures and where to look; close the parent."""
+    from search.lineage import flat_params
+
+    rows, finished, failed = [], [], []
+    for r in results:
+        cfg, m = r.config or {}, r.metrics or {}
+        best = r.metrics_dataframe[METRIC].max() if r.metrics_dataframe is not None and \
+            METRIC in r.metrics_dataframe else float("nan")
+        epoch = int(m.get("epoch", 0))
+        if r.error is not None:
+            status = "FAILED"
+            failed.append((cfg, str(r.error).strip().splitlines()[-1][:200]))
+        elif epoch < int(cfg.get("epochs", 0)):
+            status = f"stopped at {epoch}"
+        else:
+            status = "finished"
+        if r.error is None:
+            finished.append((best, cfg, r))
+        rows.append((cfg.get("batch_size"), cfg.get("epochs"), status, best))
+    print(f"\n{'batch':>6} {'epochs':>6}  {'status':<16} {'best ' + METRIC:>12}")
+    for b, e, s, v in sorted(rows, key=lambda t: (t[0] or 0, t[1] or 0)):
+        print(f"{b!s:>6} {e!s:>6}  {s:<16} {v:>12.4f}")
+    if failed:
+        print("\nfailed trials:")
+        for cfg, why in failed:
+            print(f"  batch {cfg.get('batch_size')} epochs {cfg.get('epochs')}: {why}")
+    if finished:
+        best, cfg, r = max(finished, key=lambda t: t[0])
+        keys = ("model", "model_kwargs", "batch_size", "epochs", "class_weights", "augment")
+        print(f"\nbest: {METRIC} {best:.4f} with " +
+              ", ".join(f"{k}={cfg.get(k)}" for k in keys if k in cfg))
+        client.log_metric(parent_id, f"best_{METRIC}", float(best))
+        for k, v in flat_params({k: cfg.get(k) for k in keys if k in cfg}).items():
+            client.set_tag(parent_id, f"best.{k}", v)
+    client.set_tag(parent_id, "trials_finished", str(len(finished)))
+    client.set_tag(parent_id, "trials_failed", str(len(failed)))
+    client.set_terminated(parent_id, "FINISHED" if finished else "FAILED")
+    if ws.tracking_uri.startswith("sqlite:"):
+        print(f"\nMLflow UI:      mlflow ui --backend-store-uri {ws.tracking_uri} "
+              "--host 127.0.0.1 --port 5000   (then http://127.0.0.1:5000)")
+    else:
+        print(f"\nMLflow:         {redact(ws.tracking_uri)}")
+    print(f"Ray dashboard:  {dashboard or 'n/a'} (while the cluster runs; "
+          "`ray start --head --dashboard-host 127.0.0.1` keeps one up)")
+    return EXIT_OK if finished else EXIT_NONE_FINISHED

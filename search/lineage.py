@@ -1,0 +1,159 @@
+"""MLflow lineage of a search, logged on the driver by a Tune callback (workers need no store).
+
+One MLflow experiment per search name; one parent run per search (kept across ``--resume``);
+one nested child run per trial (``mlflow.parentRunId``), with the trial's config as params,
+every epoch's metrics at ``step=epoch``, the trial's best checkpoint (by val_acc, not the last)
+as an artifact, status FAILED for failed trials, and tags saying when and why ASHA stopped one.
+A resumed search finds its child runs by trial id and never logs an epoch twice.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from trainables.trainable import CHECKPOINT_FILE, METRIC
+
+SKIP_PARAMS = ("warmup_cache",)
+
+
+def _scalar_metrics(result: dict) -> dict[str, float]:
+    out = {}
+    for k, v in result.items():
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        if k in ("done", "training_iteration", "time_total_s", "time_this_iter_s", "pid",
+                 "timestamp", "time_since_restore", "iterations_since_restore") or \
+                k.startswith(("config", "node", "hostname")):
+            continue
+        if math.isfinite(v):
+            out[k] = float(v)
+    return out
+
+
+def flat_params(config: dict) -> dict[str, str]:
+    """A trial's config as MLflow params: nested dicts flattened, long values cut to 500."""
+    out = {}
+    for k, v in config.items():
+        if k in SKIP_PARAMS:
+            continue
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": str(vv)[:500] for kk, vv in v.items()})
+        elif k == "class_weights" and v is not None:
+            out.update({f"w{i}": str(w) for i, w in enumerate(v)})
+        else:
+            out[k] = str(v)[:500]
+    return out
+
+
+class MLflowLineage(tune.Callback):
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
+                 scheduler=None):
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.scheduler = scheduler
+        self._client = None
+        self.runs: dict[str, str] = {}  # trial_id -> run id
+        self.logged_step: dict[str, int] = {}  # trial_id -> last epoch logged
+        self.best: dict[str, tuple[float, int]] = {}  # trial_id -> (val_acc, epoch)
+        self.best_checkpoint: dict[str, str] = {}
+        self.last_result: dict[str, dict] = {}
+
+    def __getstate__(self):  # Tune pickles callbacks with the experiment; the client stays out
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def _run_for(self, trial) -> str:
+        if trial.trial_id in self.runs:
+            return self.runs[trial.trial_id]
+        found = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' "
+            f"and tags.trial_id = '{trial.trial_id}'", max_results=1)
+        if found:  # a resumed search: same child run, continue after its last logged epoch
+            run_id = found[0].info.run_id
+            history = self.client.get_metric_history(run_id, "epoch")
+            self.logged_step[trial.trial_id] = max((int(m.value) for m in history), default=0)
+            self.client.set_tag(run_id, "resumed", "true")
+        else:
+            run = self.client.create_run(
+                self.experiment_id, run_name=str(trial),
+                tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": trial.trial_id,
+                      "kind": "trial"})
+            run_id = run.info.run_id
+            params = [Param(k, v) for k, v in flat_params(trial.config).items()]
+            for i in range(0, len(params), 100):
+                self.client.log_batch(run_id, params=params[i:i + 100])
+        self.runs[trial.trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run_for(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self._run_for(trial)
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        self.last_result[trial.trial_id] = result
+        value = result.get(METRIC)
+        if value is not None and value > self.best.get(trial.trial_id, (-1.0, 0))[0]:
+            self.best[trial.trial_id] = (float(value), epoch)
+        if epoch <= self.logged_step.get(trial.trial_id, 0):
+            return  # logged before an interruption; the run is deterministic
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, epoch) for k, v in _scalar_metrics(result).items()]
+        tags = [RunTag("warmup_reused", str(result.get("warmup_reused", False)).lower())] \
+            if epoch == 1 else []
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        self.logged_step[trial.trial_id] = epoch
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        result = self.last_result.get(trial.trial_id, {})
+        epoch = int(result.get("epoch", 0))
+        if self.best.get(trial.trial_id, (None, -1))[1] == epoch:
+            self.best_checkpoint[trial.trial_id] = checkpoint.path
+
+    def _finish(self, trial, status: str, extra_tags: dict):
+        run_id = self._run_for(trial)
+        tags = dict(extra_tags)
+        if trial.trial_id in self.best:
+            acc, epoch = self.best[trial.trial_id]
+            tags.update(best_val_acc=f"{acc:.6f}", best_epoch=str(epoch))
+            self.client.log_metric(run_id, "best_val_acc", acc, step=epoch)
+        path = self.best_checkpoint.get(trial.trial_id)
+        if path and Path(path, CHECKPOINT_FILE).exists():
+            self.client.log_artifact(run_id, str(Path(path, CHECKPOINT_FILE)), "best_checkpoint")
+            tags["best_checkpoint"] = "best_checkpoint/" + CHECKPOINT_FILE
+        stop = getattr(self.scheduler, "stops", {}).get(trial.trial_id)
+        if stop:
+            cutoff = "n/a" if stop["cutoff"] is None else f"{stop['cutoff']:.4f}"
+            tags.update(stopped_by="asha", stopped_at_epoch=str(stop["epoch"]),
+                        stop_reason=f"ASHA rung at epoch {stop['rung']} of the "
+                        f"{stop['group_epochs']}-epoch trials: {METRIC} "
+                        f"{stop[METRIC]:.4f} below the cutoff {cutoff} of "
+                        f"{stop['compared_with']} other trial(s)")
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, v)
+        self.client.set_terminated(run_id, status)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, "FINISHED", {})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        reason = ""
+        if trial.error_file and Path(trial.error_file).exists():
+            lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+            reason = lines[-1][:500] if lines else ""
+        self._finish(trial, "FAILED", {"error": reason or "trial failed"})

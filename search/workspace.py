@@ -1,0 +1,113 @@
+"""The workspace: one folder that holds everything a search writes.
+
+    DIR/mlflow.db          the default MLflow tracking store (sqlite:///DIR/mlflow.db)
+    DIR/mlartifacts/       MLflow artifacts of that store
+    DIR/ray_results/       Ray Tune's experiment folders (--storage-path may point elsewhere)
+    DIR/warmups/           shared warm-up checkpoints (trainables/trainable.py)
+    DIR/experiments/NAME.json   what --resume needs: the parent run, the Tune path, the arguments
+    DIR/reports/           analysis reports
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+# Fail fast on a tracking server that does not answer (MLflow retries for minutes by default).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+from mlflow.tracking import MlflowClient
+
+
+class WorkspaceError(Exception):
+    """A workspace or tracking problem; one line for the user."""
+
+
+def redact(uri: str) -> str:
+    """A URI without its password, for anything that is printed, logged or recorded."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    user = f"{parts.username}:***@" if parts.username else ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}{host}{port}"))
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    tracking_uri: str
+    storage_path: str
+
+    @classmethod
+    def open(cls, root: str | Path, tracking_uri: str | None = None,
+             storage_path: str | None = None) -> Workspace:
+        root = Path(root).expanduser().resolve()
+        try:
+            for sub in ("mlartifacts", "warmups", "experiments", "reports"):
+                (root / sub).mkdir(parents=True, exist_ok=True)
+            probe = root / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise WorkspaceError(f"workspace {root} is not writable ({e.strerror}); "
+                                 "pass --workspace with a writable folder") from None
+        storage = storage_path or str(root / "ray_results")
+        return cls(root, tracking_uri or f"sqlite:///{root / 'mlflow.db'}", storage)
+
+    @property
+    def warmups(self) -> Path:
+        return self.root / "warmups"
+
+    def client(self) -> MlflowClient:
+        client = MlflowClient(self.tracking_uri)
+        try:
+            client.search_experiments(max_results=1)
+        except Exception as e:
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise WorkspaceError(f"MLflow tracking store {redact(self.tracking_uri)} does not "
+                                 f"answer ({reason}); start it or pass another --tracking-uri"
+                                 ) from None
+        return client
+
+    def experiment_id(self, client: MlflowClient, name: str) -> str:
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.tracking_uri.startswith("sqlite:"):  # keep artifacts in the workspace
+            location = (self.root / "mlartifacts" / _safe(name)).as_uri()
+        return client.create_experiment(name, artifact_location=location)
+
+    def state_file(self, name: str) -> Path:
+        return self.root / "experiments" / f"{_safe(name)}.json"
+
+    def load_state(self, name: str) -> dict | None:
+        path = self.state_file(name)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def save_state(self, name: str, state: dict) -> None:
+        path = self.state_file(name)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, path)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

@@ -1,0 +1,248 @@
+"""The search service: the Trainable, warm-up reuse, schedule-aware ASHA, the grid end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from ray.tune.schedulers import TrialScheduler
+
+from search.asha import ScheduleAwareASHA
+from trainables import checkpoint, data
+from trainables.engine import TrainConfig, evaluate
+from trainables.trainable import ClassifierTrainable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def split():
+    _, missing = data.find_files(data.SYSTEM_DIR)
+    if missing:
+        pytest.skip("the Debian data set is not installed (make data)")
+    return data.load_split(data.SYSTEM_DIR, train_size=1_000, seed=0)
+
+
+# --- ASHA compares trials only at the same point of the same schedule -------------------------
+
+class FakeTrial:
+    def __init__(self, trial_id, epochs):
+        self.trial_id, self.config = trial_id, {"epochs": epochs}
+
+
+def test_asha_groups_trials_by_schedule_length():
+    asha = ScheduleAwareASHA(grace_period=2, reduction_factor=2)
+    short = [FakeTrial(f"s{i}", 4) for i in range(3)]
+    long = FakeTrial("long", 8)
+    for t in [*short, long]:
+        asha.on_trial_add(None, t)
+    assert asha.rungs(4) == [2] and asha.rungs(8) == [2, 4]
+
+    def report(t, epoch, acc):
+        return asha.on_trial_result(None, t, {"epoch": epoch, "val_acc": acc})
+
+    assert report(short[0], 2, 0.90) == TrialScheduler.CONTINUE
+    assert report(short[1], 2, 0.91) == TrialScheduler.CONTINUE
+    # far below every short trial at the same epoch, but at another point of its own
+    # (longer) schedule: never compared with them, so never stopped by them
+    assert report(long, 2, 0.10) == TrialScheduler.CONTINUE
+    assert report(long, 4, 0.20) == TrialScheduler.CONTINUE
+    # a short trial below its own group's cutoff at the rung is stopped, and the reason kept
+    assert report(short[2], 2, 0.50) == TrialScheduler.STOP
+    why = asha.stops["s2"]
+    assert why["rung"] == 2 and why["group_epochs"] == 4 and why["compared_with"] == 2
+    assert why["cutoff"] == pytest.approx(0.905)
+    assert "long" not in asha.stops
+
+
+# --- the Trainable ----------------------------------------------------------------------------
+
+def trainable_for(split):
+    class Local(ClassifierTrainable):  # the object store's role, played by a closure
+        def setup(self, config):
+            super().setup(config, split=split)
+
+    return Local
+
+
+def run_trial(split, config):
+    trial = trainable_for(split)(config=config)
+    results = []
+    while not (results and results[-1]["done"]):
+        results.append(trial.train())
+    trial.stop()
+    return trial, results
+
+
+def weights(model):
+    return torch.cat([v.flatten().float() for v in model.state_dict().values()])
+
+
+def test_warmup_is_computed_once_and_reused_exactly(split, tmp_path):
+    base = TrainConfig(model="cnn", augment="none", batch_size=64, warmup_epochs=2, epochs=3,
+                       device="cpu", num_threads=2).to_dict()
+    cache = str(tmp_path / "warmups")
+    _, r1 = run_trial(split, {**base, "warmup_cache": cache})
+    assert [r["warmup_reused"] for r in r1] == [False, False, False]
+    assert len(list(Path(cache).glob("*.pt"))) == 1
+    reused, r2 = run_trial(split, {**base, "epochs": 4, "warmup_cache": cache})
+    assert [r["warmup_reused"] for r in r2] == [True, True, False, False]
+    assert [r["epoch"] for r in r2] == [1, 2, 3, 4]
+    alone, r3 = run_trial(split, {**base, "epochs": 4})  # an independent warm-up
+    assert [r["val_loss"] for r in r2] == [r["val_loss"] for r in r3]
+    assert torch.equal(weights(reused.state.model), weights(alone.state.model))
+    assert len(list(Path(cache).glob("*.pt"))) == 1  # still the one warm-up
+
+
+def test_validate_save_restore(split):
+    import ray
+    from ray import tune
+    from ray.tune.utils.util import validate_save_restore
+
+    config = TrainConfig(model="resnet18", model_kwargs={"width": 4}, augment="none",
+                         warmup_epochs=1, epochs=6, device="cpu", num_threads=1).to_dict()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        assert validate_save_restore(tune.with_parameters(ClassifierTrainable, split=split),
+                                     config)
+    finally:
+        ray.shutdown()
+
+
+# --- the grid command end to end --------------------------------------------------------------
+
+def grid(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "search.grid", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+
+
+def mlflow_runs(ws: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("grid-resnet18")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("kind") == "grid"]
+    children = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    return client, parents, children
+
+
+@pytest.mark.slow
+def test_smoke_grid_end_to_end(split, tmp_path):
+    ws = tmp_path / "ws"
+    # batch 512 of 900 images takes two steps an epoch: clearly behind at the first rung
+    out = grid("--model", "resnet", "--profile", "smoke", "--batch-sizes", "32,64,512",
+               "--epochs", "3,4", "--workspace", str(ws), "--num-cpus", "2",
+               "--max-concurrent", "1", "--dashboard-port", "0")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "best: val_acc" in out.stdout and "mlflow ui --backend-store-uri" in out.stdout
+    client, parents, children = mlflow_runs(ws)
+    assert len(parents) == 1 and len(children) == 6
+    parent = parents[0]
+    assert parent.data.params["profile"] == "smoke" and "data_fingerprint" in parent.data.params
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    stopped = [c for c in children if c.data.tags.get("stopped_by") == "asha"]
+    assert stopped and all("ASHA rung at epoch 2" in c.data.tags["stop_reason"]
+                           for c in stopped)
+    for c in children:
+        history = client.get_metric_history(c.info.run_id, "val_acc")
+        steps = [m.step for m in history]
+        assert steps == list(range(1, len(steps) + 1))  # every epoch once, step = epoch
+        assert c.info.status == "FINISHED"
+    # the best checkpoint reproduces the val accuracy logged for its epoch
+    best = max(children, key=lambda c: float(c.data.tags["best_val_acc"]))
+    local = client.download_artifacts(best.info.run_id, "best_checkpoint/checkpoint.pt",
+                                      str(tmp_path))
+    ckpt = checkpoint.load(local)
+    assert ckpt["epoch"] == int(best.data.tags["best_epoch"])
+    mean, std = ckpt["normalize"]
+    acc = evaluate(checkpoint.model_from(ckpt), split.x_val, split.y_val, batch_size=500,
+                   mean=mean, std=std)["acc"]
+    assert acc == pytest.approx(float(best.data.tags["best_val_acc"]), abs=1e-6)
+    warmups = list((ws / "warmups").glob("*.pt"))
+    assert len(warmups) == 3  # one per batch size, not one per trial
+
+
+@pytest.mark.slow
+def test_resume_after_interruption(tmp_path):
+    ws = tmp_path / "ws"
+    args = ["--model", "resnet18", "--profile", "smoke", "--batch-sizes", "64,128",
+            "--epochs", "3,4", "--workspace", str(ws), "--num-cpus", "1",
+            "--max-concurrent", "1", "--scheduler", "none", "--dashboard-port", "0"]
+    proc = subprocess.Popen([sys.executable, "-m", "search.grid", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    db = ws / "mlflow.db"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # interrupt once one trial has finished, not on a timer
+        time.sleep(1)
+        if db.exists():
+            with sqlite3.connect(db) as con:
+                done = con.execute("select count(*) from runs r join tags t on "
+                                   "r.run_uuid = t.run_uuid where t.key = 'kind' and "
+                                   "t.value = 'trial' and r.status = 'FINISHED'").fetchone()[0]
+            if done >= 1:
+                break
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    _, _, before = mlflow_runs(ws)
+    finished = {c.data.tags["trial_id"] for c in before if c.info.status == "FINISHED"}
+    assert 1 <= len(finished) < 4
+    out = grid(*args, "--resume")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    client, parents, children = mlflow_runs(ws)
+    assert len(parents) == 1 and len(children) == 4  # no duplicate runs
+    assert len({c.data.tags["trial_id"] for c in children}) == 4
+    for c in children:
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_acc")]
+        assert steps == sorted(set(steps)), steps  # no epoch logged twice
+        assert c.info.status == "FINISHED"
+        if c.data.tags["trial_id"] in finished:
+            assert "resumed" not in c.data.tags  # finished trials were not run again
+
+
+@pytest.mark.slow
+def test_a_failing_trial_is_recorded_and_the_rest_go_on(tmp_path):
+    from ray import tune
+
+    from search import grid as grid_module
+
+    ws = tmp_path / "ws"
+    code = grid_module.main(
+        ["--model", "resnet18", "--profile", "smoke", "--batch-sizes", "64", "--epochs", "3",
+         "--workspace", str(ws), "--num-cpus", "2", "--scheduler", "none",
+         "--max-failures", "0", "--dashboard-port", "0"],
+        space_overrides={"lr": tune.grid_search([0.01, 1e12])})  # 1e12: the loss explodes
+    import ray
+    ray.shutdown()
+    assert code == 0
+    _, _, children = mlflow_runs(ws)
+    status = sorted(c.info.status for c in children)
+    assert status == ["FAILED", "FINISHED"]
+    failed = next(c for c in children if c.info.status == "FAILED")
+    assert "loss became" in failed.data.tags["error"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "vgg"], "--model"),
+    (["--model", "cnn", "--epochs", ""], "empty"),
+    (["--model", "cnn", "--profile", "smoke", "--batch-sizes", "5000"], "larger than"),
+    (["--model", "cnn", "--profile", "smoke", "--epochs", "2", "--warmup-epochs", "3"],
+     "warm-up"),
+    (["--model", "cnn", "--profile", "smoke", "--width", "8"], "fixed width"),
+    (["--model", "cnn", "--profile", "smoke", "--resume"], "to resume"),
+    (["--model", "cnn", "--profile", "smoke", "--tracking-uri", "http://127.0.0.1:9"],
+     "does not answer"),
+])
+def test_bad_arguments(args, message, tmp_path):
+    out = grid(*args, "--workspace", str(tmp_path / "ws"), timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr

@@ -1,4 +1,5 @@
-"""Every registered model (timm-style parametrised tests), and the seed's CNN exactly."""
+"""Every registered model (timm-style parametrised tests), the registry, and each family's shape:
+the seed's CNN exactly, ResNet18's BasicBlock [2, 2, 2, 2], GoogLeNet's Inception modules."""
 
 from __future__ import annotations
 
@@ -9,6 +10,16 @@ import torch.nn as nn
 from trainables.models import get_model, list_models, register_model
 
 SMALL = {"resnet18": {"width": 8}, "inception": {"width": 8}, "cnn": {}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # These nets run tiny batches: with two OpenMP threads on a busy 2-core machine every op
+    # waits for a descheduled thread (measured 10-100x slower), so run them on one.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(params=list_models())
@@ -23,12 +34,16 @@ def small(name, **kw):
 
 def test_registry():
     assert list_models() == ["cnn", "inception", "resnet18"]
+    assert set(SMALL) == set(list_models())  # a new family needs a small setting here
     with pytest.raises(ValueError, match="already registered"):
         register_model("cnn")(lambda: nn.Linear(1, 1))
-    with pytest.raises(ValueError, match="unknown model 'vgg'"):
+    assert list_models() == ["cnn", "inception", "resnet18"]  # the failed one left no trace
+    with pytest.raises(ValueError, match="unknown model 'vgg'; choose one of cnn, inception"):
         get_model("vgg")
     with pytest.raises(ValueError, match="model cnn takes no argument 'width'"):
         get_model("cnn", width=16)
+    with pytest.raises(ValueError, match="model resnet18 takes no argument 'depth'"):
+        get_model("resnet18", depth=34)
 
 
 def test_shape_and_finite(name):
@@ -38,9 +53,17 @@ def test_shape_and_finite(name):
 
 def test_every_parameter_gets_a_gradient(name):
     model = small(name).train()
-    model(torch.rand(4, 1, 28, 28)).logsumexp(1).sum().backward()
+    x = torch.rand(4, 1, 28, 28)
+    model(x).logsumexp(1).sum().backward()
     for pname, p in model.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+    # ResNet zero-initialises the last BN of each residual branch, which blocks the branch's
+    # gradient until that BN's weight moves: take one step, then every gradient must be non-zero.
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    model.zero_grad()
+    model(x).logsumexp(1).sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad.abs().sum() > 0, pname
 
 
 def test_modes_differ_only_by_dropout_and_batchnorm(name):
@@ -57,6 +80,8 @@ def test_modes_differ_only_by_dropout_and_batchnorm(name):
     with torch.no_grad():
         assert torch.allclose(model(x), a, atol=1e-6)
     with_dropout = small(name, dropout=0.5).train()
+    rates = {m.p for m in with_dropout.modules() if isinstance(m, nn.Dropout)}
+    assert rates == {0.5}  # ``dropout`` is the rate of every Dropout layer
     with torch.no_grad():
         assert not torch.equal(with_dropout(x), with_dropout(x))  # dropout draws differ
 
@@ -68,6 +93,7 @@ def test_channels_and_classes(name):
 
 def test_cnn_is_the_seed_s_exactly():
     model = get_model("cnn")
+    assert isinstance(model, nn.Sequential)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 1_219_754
     x = torch.rand(2, 1, 28, 28)
     sizes = []
@@ -75,28 +101,48 @@ def test_cnn_is_the_seed_s_exactly():
         x = layer(x)
         if isinstance(layer, nn.Conv2d | nn.MaxPool2d):
             sizes.append(x.shape[-1])
+        if isinstance(layer, nn.Flatten):
+            assert x.shape == (2, 2048)
     assert sizes == [26, 24, 12, 10, 8, 4]
     kinds = [type(m).__name__ for m in model]
-    assert kinds[:3] == ["Conv2d", "ReLU", "BatchNorm2d"]  # the seed's conv, ReLU, BN order
-    linears = [m for m in model if isinstance(m, nn.Linear)]
-    assert [(m.in_features, m.out_features) for m in linears] == [(2048, 512), (512, 128),
-                                                                  (128, 10)]
-    assert sum(isinstance(m, nn.MaxPool2d) for m in model) == 2
-    assert sum(isinstance(m, nn.Dropout) for m in model) == 5
+    assert kinds == [
+        "Conv2d", "ReLU", "BatchNorm2d", "Conv2d", "ReLU", "BatchNorm2d", "MaxPool2d", "Dropout",
+        "Conv2d", "ReLU", "BatchNorm2d", "Dropout", "Conv2d", "ReLU", "BatchNorm2d",
+        "MaxPool2d", "Dropout", "Flatten",
+        "Linear", "ReLU", "BatchNorm1d", "Dropout", "Linear", "ReLU", "BatchNorm1d", "Dropout",
+        "Linear",
+    ]  # SEED.md's layer table, in its order
+    convs = [(m.in_channels, m.out_channels) for m in model if isinstance(m, nn.Conv2d)]
+    assert convs == [(1, 32), (32, 32), (32, 64), (64, 128)]
+    linears = [(m.in_features, m.out_features) for m in model if isinstance(m, nn.Linear)]
+    assert linears == [(2048, 512), (512, 128), (128, 10)]
 
 
 def test_resnet18_structure():
-    from trainables.models.resnet import BasicBlock
+    from trainables.models.resnet import BasicBlock, ResNet
 
     model = get_model("resnet18")
-    blocks = [m for m in model.stages if isinstance(m, BasicBlock)]
-    assert len(blocks) == 8
+    blocks_per_stage = [sum(isinstance(m, BasicBlock) for m in s.modules()) for s in model.stages]
+    assert blocks_per_stage == [2, 2, 2, 2]
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
     assert [b.conv2.out_channels for b in blocks] == [64, 64, 128, 128, 256, 256, 512, 512]
+    assert all(b.bn2.weight.eq(0).all() for b in blocks)  # zero_init_residual
     assert model.stem[0].kernel_size == (3, 3) and model.stem[0].stride == (1, 1)
     assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
     dims = [(m.in_features, m.out_features) for m in model.head if isinstance(m, nn.Linear)]
     assert dims == [(512, 1024), (1024, 256), (256, 10)]  # raise, then lower, then classify
-    assert sum(isinstance(m, nn.Dropout) for m in model.head) == 3
+    kinds = [type(m).__name__ for m in model.head]
+    assert kinds == ["Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+
+    small_net = ResNet((2, 2, 2, 2), width=4, zero_init_residual=False)
+    assert all(b.bn2.weight.eq(1).all() for b in small_net.modules()
+               if isinstance(b, BasicBlock))
+    x = small_net.stem(torch.rand(1, 1, 28, 28))
+    sizes = [x.shape[-1]]
+    for stage in small_net.stages:
+        x = stage(x)
+        sizes.append(x.shape[-1])
+    assert sizes == [28, 28, 14, 7, 4]
 
 
 def test_inception_modules():
@@ -104,10 +150,24 @@ def test_inception_modules():
 
     model = get_model("inception")
     modules = [m for m in model.features if isinstance(m, InceptionModule)]
-    assert len(modules) == sum(row != "pool" for row in GOOGLENET) == 9
+    assert len(modules) == sum(len(group) for group in GOOGLENET) == 9
+    # GoogLeNet's table 1 output depths, 3a .. 5b
     assert [m.out_channels for m in modules] == [256, 480, 512, 512, 512, 528, 832, 832, 1024]
     first = modules[0]
     assert first.b1[0].kernel_size == (1, 1) and first.b3[1][0].kernel_size == (3, 3)
     assert first.b5[1][0].kernel_size == (5, 5) and isinstance(first.bp[0], nn.MaxPool2d)
-    x = model.features(torch.rand(1, 1, 28, 28))
-    assert x.shape[-2:] == (4, 4)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(convs) == len(norms) == 2 + 6 * 9  # BN after every convolution
+    dims = [(m.in_features, m.out_features) for m in model.head if isinstance(m, nn.Linear)]
+    assert dims == [(1024, 2048), (2048, 512), (512, 10)]
+
+    narrow = get_model("inception", width=8)
+    x = torch.rand(1, 1, 28, 28)
+    sizes = []
+    for layer in narrow.features:
+        x = layer(x)
+        if isinstance(layer, nn.MaxPool2d):
+            sizes.append(x.shape[-1])
+    assert sizes == [14, 7, 4]
+    assert min(c.out_channels for c in narrow.modules() if isinstance(c, nn.Conv2d)) >= 4

@@ -2,6 +2,10 @@
 
     from trainables.models import get_model, list_models
     model = get_model("resnet18", width=16)    # logits for (B, 1, 28, 28) input
+
+Every family takes ``in_channels`` (1), ``num_classes`` (10) and ``dropout`` (0.25, the rate of
+every Dropout layer); resnet18 and inception also take ``width`` (64 = the papers' channels).
+A new family is one file with ``@register_model("name")`` plus its import below.
 """
 
 from trainables.models import cnn, inception, resnet  # noqa: F401  (they register themselves)

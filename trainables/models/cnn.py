@@ -2,7 +2,12 @@
 
 Conv-ReLU-BN blocks, only two max-pools because the images are small: spatial sizes
 28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4, then dense 2048 -> 512 -> 128 -> classes.
-1,219,754 trainable parameters for one input channel and ten classes.
+1,219,754 trainable parameters for one input channel and ten classes. The model is one
+nn.Sequential, so the layers can be walked in the seed's order. The seed gives no Dropout rate;
+``dropout`` sets all five.
+
+    from trainables.models import get_model
+    model = get_model("cnn")
 """
 
 from __future__ import annotations

@@ -2,32 +2,45 @@
 
 SEED.md, "Models" 3: stacked GoogLeNet Inception modules, each with parallel 1x1, 3x3 and 5x5
 convolutions and a max-pool branch, concatenated; a multi-layer dense head with Dropout.
-The modules and their channel numbers are GoogLeNet's (its table 1), BatchNorm after every
+The modules and their channel numbers are GoogLeNet's (its table 1), with BatchNorm after every
 convolution as the seed does. GoogLeNet's stem shrinks 224 pixels to 28 before module 3a; a
-28x28 image needs no shrinking, so the stem here is two 3x3 stride-1 convolutions and the
-modules run one level down: 3a-3b at 14, 4a-4e at 7, 5a-5b at 4 pixels.
-``width`` scales every channel count; 64 gives GoogLeNet's own (192 after the stem).
+28x28 image needs no shrinking, so the stem here is two 3x3 stride-1 convolutions (64 and 192
+channels, as GoogLeNet's conv2) and the three module groups run at 14 (3a-3b), 7 (4a-4e) and
+4 (5a-5b) pixels, each group after a 3x3 stride-2 max-pool, as in GoogLeNet.
+``width`` scales every channel count by width/64; 64 gives GoogLeNet's own.
+
+    from trainables.models import get_model
+    model = get_model("inception", width=16)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 
-from trainables.models.layers import conv_bn_relu, raise_lower_head
+from trainables.models.layers import conv_bn_relu, init_weights, raise_lower_head
 from trainables.models.registry import register_model
 
-# GoogLeNet table 1: (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj); "pool" = 3x3/2 max-pool.
+# GoogLeNet table 1, one row per module: (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj).
+# Rows are grouped by the resolution they run at; a 3x3/2 max-pool precedes every group.
 GOOGLENET = (
-    (64, 96, 128, 16, 32, 32), (128, 128, 192, 32, 96, 64), "pool",            # 3a 3b
-    (192, 96, 208, 16, 48, 64), (160, 112, 224, 24, 64, 64),                   # 4a 4b
-    (128, 128, 256, 24, 64, 64), (112, 144, 288, 32, 64, 64),                  # 4c 4d
-    (256, 160, 320, 32, 128, 128), "pool",                                     # 4e
-    (256, 160, 320, 32, 128, 128), (384, 192, 384, 48, 128, 128),              # 5a 5b
+    ((64, 96, 128, 16, 32, 32), (128, 128, 192, 32, 96, 64)),        # 3a 3b      at 14x14
+    ((192, 96, 208, 16, 48, 64), (160, 112, 224, 24, 64, 64),         # 4a 4b      at 7x7
+     (128, 128, 256, 24, 64, 64), (112, 144, 288, 32, 64, 64),        # 4c 4d
+     (256, 160, 320, 32, 128, 128)),                                  # 4e
+    ((256, 160, 320, 32, 128, 128), (384, 192, 384, 48, 128, 128)),   # 5a 5b      at 4x4
 )
+STEM = (64, 192)  # GoogLeNet's conv1 and conv2 output channels
+
+# Smallest channel count after scaling: a 1- or 2-channel branch carries almost nothing.
+MIN_CHANNELS = 4
 
 
 class InceptionModule(nn.Module):
+    """Four parallel branches, concatenated along channels (the paper's figure 2b)."""
+
     def __init__(self, cin: int, c1: int, c3r: int, c3: int, c5r: int, c5: int, cp: int):
         super().__init__()
         self.b1 = conv_bn_relu(cin, c1, 1)
@@ -41,28 +54,31 @@ class InceptionModule(nn.Module):
 
 
 class Inception(nn.Module):
+    """Stem, then per group of ``table``: a max-pool and the group's Inception modules; global
+    average pool and the seed's raise-then-lower dense head."""
+
     def __init__(self, width: int = 64, in_channels: int = 1, num_classes: int = 10,
-                 dropout: float = 0.25, table=GOOGLENET):
+                 dropout: float = 0.25, table: Sequence[Sequence[Sequence[int]]] = GOOGLENET):
         super().__init__()
 
         def scale(c: int) -> int:
-            return max(4, round(c * width / 64))
+            return max(MIN_CHANNELS, round(c * width / 64))
 
-        stem = scale(192)
-        layers: list[nn.Module] = [conv_bn_relu(in_channels, scale(64), 3),
-                                   conv_bn_relu(scale(64), stem, 3),
-                                   nn.MaxPool2d(3, stride=2, padding=1)]  # 28 -> 14
-        cin = stem
-        for row in table:
-            if row == "pool":  # 14 -> 7 -> 4
-                layers.append(nn.MaxPool2d(3, stride=2, padding=1))
-                continue
-            module = InceptionModule(cin, *(scale(c) for c in row))
-            layers.append(module)
-            cin = module.out_channels
+        layers: list[nn.Module] = [conv_bn_relu(in_channels, scale(STEM[0]), 3),
+                                   conv_bn_relu(scale(STEM[0]), scale(STEM[1]), 3)]
+        cin = scale(STEM[1])
+        for group in table:
+            # GoogLeNet's overlapping 3x3/2 pool; padding 1 gives 28 -> 14 -> 7 -> 4 (its
+            # ceil_mode without padding would give 7 -> 3).
+            layers.append(nn.MaxPool2d(3, stride=2, padding=1))
+            for row in group:
+                module = InceptionModule(cin, *(scale(c) for c in row))
+                layers.append(module)
+                cin = module.out_channels
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = raise_lower_head(cin, num_classes, dropout)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.flatten(self.pool(self.features(x)), 1))

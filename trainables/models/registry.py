@@ -1,4 +1,9 @@
-"""The model registry: one lookup by name, as torchvision's and timm's ``get_model``."""
+"""The model registry: one lookup by name, as torchvision's and timm's ``get_model``.
+
+Each family file registers its constructors with ``@register_model("name")``; everything else
+(``--model`` choices, checkpoints, the Trainable) goes through ``get_model(name, **kw)``, so a
+new family needs no edits outside its own file and ``__init__.py``'s import line.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,10 @@ import torch.nn as nn
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_model(name: str):
-    """Register a model constructor under ``name`` (a duplicate name is an error)."""
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a model constructor under ``name``; a duplicate name raises ValueError."""
 
-    def decorate(fn: Callable[..., nn.Module]):
+    def decorate(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
         _MODELS[name] = fn
@@ -23,6 +28,11 @@ def register_model(name: str):
 
 
 def get_model(name: str, **kwargs) -> nn.Module:
+    """Build the model registered as ``name``.
+
+    Unknown names and keyword arguments the family does not take raise ValueError (checked here,
+    not left to a TypeError deep in a constructor, so a bad search space fails with a clear line).
+    """
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
     fn = _MODELS[name]
@@ -35,4 +45,5 @@ def get_model(name: str, **kwargs) -> nn.Module:
 
 
 def list_models() -> list[str]:
+    """The registered names, sorted."""
     return sorted(_MODELS)

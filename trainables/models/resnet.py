@@ -3,20 +3,29 @@
 SEED.md, "Models" 2: BasicBlock, not Bottleneck; a dense head that first raises then lowers the
 dimension, with Dropout between the dense layers. The ImageNet stem (7x7 stride-2 convolution and
 a max-pool) would shrink a 28x28 image to 7x7 before the first block, so the stem here is one
-3x3 stride-1 convolution (as ResNets for CIFAR): stages run at 28, 14, 7 and 4 pixels.
-``width`` is the first stage's channels: 64 gives the standard 64-128-256-512.
+3x3 stride-1 convolution (as the paper's CIFAR-10 nets, section 4.2): the four stages have
+``width``, 2, 4 and 8 times ``width`` channels, strides 1, 2, 2, 2, and run at 28, 14, 7 and 4
+pixels. ``width=64`` gives the standard 64-128-256-512. Variants are data (``layers``,
+``width``), as torchvision's ``ResNet(BasicBlock, [2, 2, 2, 2])``.
+
+    from trainables.models import get_model
+    model = get_model("resnet18", width=16)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 
-from trainables.models.layers import conv_bn_relu, raise_lower_head
+from trainables.models.layers import conv_bn_relu, init_weights, raise_lower_head
 from trainables.models.registry import register_model
 
 
 class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with BN, plus the shortcut (the paper's figure 2)."""
+
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -25,7 +34,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = nn.Identity()
-        if stride != 1 or cin != cout:  # projection shortcut (option B of the paper)
+        if stride != 1 or cin != cout:  # projection shortcut where shapes change (option B)
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
                                           nn.BatchNorm2d(cout))
 
@@ -36,22 +45,32 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, layers=(2, 2, 2, 2), width: int = 64, in_channels: int = 1,
-                 num_classes: int = 10, dropout: float = 0.25):
+    """``layers[i]`` BasicBlocks in stage i; the first block of every stage but the first
+    halves the image (stride 2) and doubles the channels."""
+
+    def __init__(self, layers: Sequence[int] = (2, 2, 2, 2), width: int = 64,
+                 in_channels: int = 1, num_classes: int = 10, dropout: float = 0.25,
+                 zero_init_residual: bool = True):
         super().__init__()
-        self.stem = conv_bn_relu(in_channels, width, 3)
+        self.stem = conv_bn_relu(in_channels, width, 3)  # 28x28 stays 28x28
         stages, cin = [], width
         for i, blocks in enumerate(layers):
-            cout = width * 2 ** i
+            cout = width * 2**i
+            stage = []
             for b in range(blocks):
-                stages.append(BasicBlock(cin, cout, 2 if b == 0 and i > 0 else 1))
+                stage.append(BasicBlock(cin, cout, 2 if b == 0 and i > 0 else 1))
                 cin = cout
-        self.stages = nn.Sequential(*stages)
+            stages.append(nn.Sequential(*stage))
+        self.stages = nn.Sequential(*stages)  # torchvision's layer1..layer4
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = raise_lower_head(cin, num_classes, dropout)
-        for m in self.modules():  # He initialisation, as torchvision's resnet.py
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_weights(self)
+        if zero_init_residual:
+            # Each residual branch starts as zero, so every block starts as the identity
+            # (torchvision's zero_init_residual; Goyal et al. 2017): helps short runs.
+            for m in self.modules():
+                if isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.flatten(self.pool(self.stages(self.stem(x))), 1))

@@ -209,6 +209,6 @@ def summarise(results, client, parent_id: str, ws: Workspace, dashboard: str | N
               "--host 127.0.0.1 --port 5000   (then http://127.0.0.1:5000)")
     else:
         print(f"\nMLflow:         {redact(ws.tracking_uri)}")
-    print(f"Ray dashboard:  {dashboard or 'n/a'} (while the cluster runs; "
-          "`ray start --head --dashboard-host 127.0.0.1` keeps one up)")
+    print(f"Ray dashboard:  {dashboard or 'n/a'} while the cluster runs (token authentication "
+          "is on: `ray get-auth-token` prints the token it asks for)")
     return EXIT_OK if finished else EXIT_NONE_FINISHED

@@ -1,12 +1,14 @@
 """Batched online augmentation against the same policy per sample in a DataLoader.
 
-    python bench/augment.py [--threads 2] [--batch-size 128] [--device auto]
+    python bench/augment.py
+    python bench/augment.py --threads 2 --batch-size 128 --device auto   # the defaults
 
 One epoch of the 27,000 training images of the seed protocol, images per second:
 (a) tunefuse's ``augment_batch(..., "online")`` on whole batches (uint8 -> float included);
 (b) torchvision.transforms.v2 per sample (RandomHorizontalFlip, RandomRotation(10),
     RandomCrop(28, padding=2), RandomErasing) through a DataLoader with 0 and 2 workers.
 Also times the CNN's offline 3x expansion. Target: (a) at least 10x the best of (b).
+Timings on a shared machine are noisy: compare the ratios, which come from one run.
 """
 
 from __future__ import annotations

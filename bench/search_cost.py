@@ -47,14 +47,15 @@ def main() -> None:
                               ["--scheduler", "none", "--no-shared-warmups"])):
             name = "asha" if "asha" in extra else "full"
             t0 = time.perf_counter()
+            ws = f"{tmp}/{name}"  # a workspace each: no warm-up carries over between them
             code = grid.main(["--model", args.model, "--profile", args.profile,
                               "--batch-sizes", args.batch_sizes, "--epochs", args.epochs,
-                              "--workspace", tmp, "--name", name, "--num-cpus", args.num_cpus,
-                              "--max-concurrent", "1", "--dashboard-port", "0"])
+                              "--workspace", ws, "--name", name, "--num-cpus", args.num_cpus,
+                              "--max-concurrent", "1", "--dashboard-port", "0", *extra])
             wall = time.perf_counter() - t0
             ray.shutdown()
             assert code == 0, f"{label} failed"
-            computed, best = computed_epochs(f"{tmp}/ray_results/{name}")
+            computed, best = computed_epochs(f"{ws}/ray_results/{name}")
             rows.append((label, computed, wall, best))
     print(f"\n{args.model}, profile {args.profile}, batch sizes {args.batch_sizes}, "
           f"epochs {args.epochs}")

@@ -20,8 +20,10 @@ from trainables.trainable import METRIC, MODE, TIME_ATTR
 
 
 class ScheduleAwareASHA(FIFOScheduler):
-    def __init__(self, grace_period: int, reduction_factor: float, group_key: str = "epochs"):
+    def __init__(self, grace_period: int, reduction_factor: float, group_key: str = "epochs",
+                 metric: str = METRIC):
         super().__init__()
+        self._metric, self._mode = metric, MODE
         self.grace_period = grace_period
         self.reduction_factor = reduction_factor
         self.group_key = group_key
@@ -34,7 +36,7 @@ class ScheduleAwareASHA(FIFOScheduler):
     def _group_for_length(self, length: int) -> AsyncHyperBandScheduler:
         if length not in self.groups:
             self.groups[length] = AsyncHyperBandScheduler(
-                time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=length,
+                time_attr=TIME_ATTR, metric=self.metric, mode=MODE, max_t=length,
                 grace_period=min(self.grace_period, length),
                 reduction_factor=self.reduction_factor)
         return self.groups[length]
@@ -45,7 +47,7 @@ class ScheduleAwareASHA(FIFOScheduler):
         return sorted(int(m) for m, _ in bracket._rungs if m < length)
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
-        return metric in (None, METRIC) and mode in (None, MODE)
+        return metric in (None, self.metric) and mode in (None, MODE)
 
     def on_trial_add(self, tune_controller, trial):
         self._group(trial).on_trial_add(tune_controller, trial)
@@ -60,7 +62,8 @@ class ScheduleAwareASHA(FIFOScheduler):
             recorded = dict(next(r for m, r in bracket._rungs if m == rung))
             recorded.pop(trial.trial_id, None)
             self.stops[trial.trial_id] = {
-                "epoch": int(epoch), "rung": int(rung), METRIC: float(result[METRIC]),
+                "epoch": int(epoch), "rung": int(rung), "metric": self.metric,
+                "value": float(result[self.metric]),
                 "cutoff": float(bracket.cutoff(recorded)) if recorded else None,
                 "compared_with": len(recorded), "group_epochs": int(group._max_t),
             }

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from search.workspace import Workspace, WorkspaceError, git_commit, redact
@@ -71,10 +72,19 @@ class Search:
     kind: str  # "grid", "weights"
     param_space: dict
     scheduler: object
-    search_alg: object = None
-    num_samples: int = 1
+    num_samples: int = 1  # trials in all, over every part of the experiment
     params: dict | None = None  # the search's arguments, for the parent run
     tags: dict | None = None
+    metric: str = METRIC  # what the scheduler, the searcher and checkpoint keeping maximise
+    columns: tuple[str, ...] = ("batch_size", "epochs")  # config keys in the trial table
+    # make_searcher(ws, first) -> a Tune searcher; first is False for a later part, which
+    # must not repeat the starting points. None: Tune's grid/random variant generator.
+    make_searcher: Callable[[Workspace, bool], object] | None = None
+    # trials_done(ws) -> trials the experiment has run so far, over all its parts; when it
+    # is short of num_samples after a resumed part ends, a new part runs the rest.
+    trials_done: Callable[[Workspace], int] | None = None
+    # report(results, client, parent_id, ws): extra lines and records at the end
+    report: Callable | None = None
 
 
 def start_ray(args) -> str | None:
@@ -143,38 +153,63 @@ def run_search(args, search: Search, split, on_start=None) -> int:
     resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
     trainable = tune.with_resources(
         tune.with_parameters(ClassifierTrainable, split=split), resources)
-    lineage = MLflowLineage(ws.tracking_uri, experiment_id, parent_id, search.scheduler)
-    path = os.path.join(ws.storage_path, search.name)
+    lineage = MLflowLineage(ws.tracking_uri, experiment_id, parent_id, search.scheduler,
+                            metric=search.metric)
+    parts = state.get("parts", [search.name])
+    results = []
+    for part in parts[:-1]:  # earlier parts of an extended experiment: finished, read only
+        results += list(tune.Tuner.restore(os.path.join(ws.storage_path, part),
+                                           trainable=trainable).get_results())
+    path = os.path.join(ws.storage_path, parts[-1])
     if args.resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
+        results += list(tuner.fit())
+        missing = search.num_samples - search.trials_done(ws) if search.trials_done else 0
+        if missing > 0:  # a finished search asked for more trials: a new part runs them
+            part = f"{search.name}-part{len(parts) + 1}"
+            print(f"experiment {search.name}: {missing} more trial(s) in part {part}",
+                  flush=True)
+            state["parts"] = [*parts, part]
+            ws.save_state(search.name, state)
+            results += list(_tuner(search, trainable, lineage, ws, args, part, missing,
+                                   first=False).fit())
     else:
-        tuner = tune.Tuner(
-            trainable, param_space=search.param_space,
-            tune_config=tune.TuneConfig(
-                metric=METRIC, mode=MODE, scheduler=search.scheduler,
-                search_alg=search.search_alg, num_samples=search.num_samples,
-                max_concurrent_trials=args.max_concurrent or None, reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=search.name, storage_path=ws.storage_path, callbacks=[lineage],
-                verbose=1,
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=1, checkpoint_score_attribute=METRIC,
-                    checkpoint_score_order=MODE, checkpoint_frequency=1),
-                failure_config=tune.FailureConfig(max_failures=args.max_failures)))
-    results = tuner.fit()
-    return summarise(results, client, parent_id, ws, dashboard)
+        results += list(_tuner(search, trainable, lineage, ws, args, parts[-1],
+                               search.num_samples, first=True).fit())
+    return summarise(results, client, parent_id, ws, dashboard, search)
 
 
-def summarise(results, client, parent_id: str, ws: Workspace, dashboard: str | None) -> int:
+def _tuner(search: Search, trainable, lineage, ws: Workspace, args, name: str,
+           num_samples: int, first: bool):
+    from ray import tune
+
+    searcher = search.make_searcher(ws, first) if search.make_searcher else None
+    return tune.Tuner(
+        trainable, param_space=search.param_space,
+        tune_config=tune.TuneConfig(
+            metric=search.metric, mode=MODE, scheduler=search.scheduler,
+            search_alg=searcher, num_samples=num_samples,
+            max_concurrent_trials=args.max_concurrent or None, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=name, storage_path=ws.storage_path, callbacks=[lineage], verbose=1,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=search.metric,
+                checkpoint_score_order=MODE, checkpoint_frequency=1),
+            failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+
+
+def summarise(results, client, parent_id: str, ws: Workspace, dashboard: str | None,
+              search: Search) -> int:
     """Print the trial table, the best config, failures and where to look; close the parent."""
     from search.lineage import flat_params
 
+    metric, cols = search.metric, search.columns
     rows, finished, failed = [], [], []
     for r in results:
         cfg, m = r.config or {}, r.metrics or {}
-        best = r.metrics_dataframe[METRIC].max() if r.metrics_dataframe is not None and \
-            METRIC in r.metrics_dataframe else float("nan")
+        df = r.metrics_dataframe
+        best = df[metric].max() if df is not None and metric in df else float("nan")
         epoch = int(m.get("epoch", 0))
         if r.error is not None:
             status = "FAILED"
@@ -185,22 +220,28 @@ def summarise(results, client, parent_id: str, ws: Workspace, dashboard: str | N
             status = "finished"
         if r.error is None:
             finished.append((best, cfg, r))
-        rows.append((cfg.get("batch_size"), cfg.get("epochs"), status, best))
-    print(f"\n{'batch':>6} {'epochs':>6}  {'status':<16} {'best ' + METRIC:>12}")
-    for b, e, s, v in sorted(rows, key=lambda t: (t[0] or 0, t[1] or 0)):
-        print(f"{b!s:>6} {e!s:>6}  {s:<16} {v:>12.4f}")
+        rows.append(([cfg.get(k) for k in cols], status, best))
+    width = max(6, *(len(k) for k in cols))
+    print("\n" + " ".join(f"{k:>{width}}" for k in cols) +
+          f"  {'status':<16} {'best ' + metric:>12}")
+    for values, s, v in sorted(rows, key=lambda t: [x or 0 for x in t[0]]):
+        cells = " ".join(f"{_cell(x):>{width}}" for x in values)
+        print(f"{cells}  {s:<16} {v:>12.4f}")
     if failed:
         print("\nfailed trials:")
         for cfg, why in failed:
-            print(f"  batch {cfg.get('batch_size')} epochs {cfg.get('epochs')}: {why}")
+            print(f"  {', '.join(f'{k} {_cell(cfg.get(k))}' for k in cols)}: {why}")
     if finished:
         best, cfg, r = max(finished, key=lambda t: t[0])
-        keys = ("model", "model_kwargs", "batch_size", "epochs", "class_weights", "augment")
-        print(f"\nbest: {METRIC} {best:.4f} with " +
-              ", ".join(f"{k}={cfg.get(k)}" for k in keys if k in cfg))
-        client.log_metric(parent_id, f"best_{METRIC}", float(best))
+        keys = ("model", "model_kwargs", "batch_size", "epochs", "class_weights", "augment",
+                *(k for k in cols if k not in ("batch_size", "epochs")))
+        print(f"\nbest: {metric} {best:.4f} with " +
+              ", ".join(f"{k}={_cell(cfg.get(k))}" for k in keys if k in cfg))
+        client.log_metric(parent_id, f"best_{metric}", float(best))
         for k, v in flat_params({k: cfg.get(k) for k in keys if k in cfg}).items():
             client.set_tag(parent_id, f"best.{k}", v)
+    if search.report is not None:
+        search.report(results, client, parent_id, ws)
     client.set_tag(parent_id, "trials_finished", str(len(finished)))
     client.set_tag(parent_id, "trials_failed", str(len(failed)))
     client.set_terminated(parent_id, "FINISHED" if finished else "FAILED")
@@ -212,3 +253,7 @@ def summarise(results, client, parent_id: str, ws: Workspace, dashboard: str | N
     print(f"Ray dashboard:  {dashboard or 'n/a'} while the cluster runs (token authentication "
           "is on: `ray get-auth-token` prints the token it asks for)")
     return EXIT_OK if finished else EXIT_NONE_FINISHED
+
+
+def _cell(x) -> str:
+    return f"{x:.3f}" if isinstance(x, float) else str(x)

@@ -20,6 +20,8 @@ from ray import tune
 from trainables.trainable import CHECKPOINT_FILE, METRIC
 
 SKIP_PARAMS = ("warmup_cache",)
+# metrics also logged as best_<key> for the epoch of a trial's best checkpoint
+BEST_KEYS = ("val_acc", "val_loss", "hard_acc", *(f"val_acc_{c}" for c in range(10)))
 
 
 def _scalar_metrics(result: dict) -> dict[str, float]:
@@ -53,15 +55,17 @@ def flat_params(config: dict) -> dict[str, str]:
 
 class MLflowLineage(tune.Callback):
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
-                 scheduler=None):
+                 scheduler=None, metric: str = METRIC):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.scheduler = scheduler
+        self.metric = metric  # what the trial's best epoch (and kept checkpoint) maximises
         self._client = None
         self.runs: dict[str, str] = {}  # trial_id -> run id
         self.logged_step: dict[str, int] = {}  # trial_id -> last epoch logged
-        self.best: dict[str, tuple[float, int]] = {}  # trial_id -> (val_acc, epoch)
+        self.best: dict[str, tuple[float, int]] = {}  # trial_id -> (metric, epoch)
+        self.best_result: dict[str, dict] = {}  # trial_id -> the metrics of that epoch
         self.best_checkpoint: dict[str, str] = {}
         self.last_result: dict[str, dict] = {}
 
@@ -87,6 +91,13 @@ class MLflowLineage(tune.Callback):
             run_id = found[0].info.run_id
             history = self.client.get_metric_history(run_id, "epoch")
             self.logged_step[trial.trial_id] = max((int(m.value) for m in history), default=0)
+            best = max(self.client.get_metric_history(run_id, self.metric),
+                       key=lambda m: (m.value, -m.step), default=None)
+            if best is not None:  # the best epoch before the interruption still counts
+                self.best[trial.trial_id] = (best.value, best.step)
+                self.best_result[trial.trial_id] = {
+                    k: next((m.value for m in self.client.get_metric_history(run_id, k)
+                             if m.step == best.step), None) for k in BEST_KEYS}
             self.client.set_tag(run_id, "resumed", "true")
         else:
             run = self.client.create_run(
@@ -107,9 +118,10 @@ class MLflowLineage(tune.Callback):
         run_id = self._run_for(trial)
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         self.last_result[trial.trial_id] = result
-        value = result.get(METRIC)
+        value = result.get(self.metric)
         if value is not None and value > self.best.get(trial.trial_id, (-1.0, 0))[0]:
             self.best[trial.trial_id] = (float(value), epoch)
+            self.best_result[trial.trial_id] = {k: result.get(k) for k in BEST_KEYS}
         if epoch <= self.logged_step.get(trial.trial_id, 0):
             return  # logged before an interruption; the run is deterministic
         now = int(time.time() * 1000)
@@ -129,9 +141,17 @@ class MLflowLineage(tune.Callback):
         run_id = self._run_for(trial)
         tags = dict(extra_tags)
         if trial.trial_id in self.best:
-            acc, epoch = self.best[trial.trial_id]
-            tags.update(best_val_acc=f"{acc:.6f}", best_epoch=str(epoch))
-            self.client.log_metric(run_id, "best_val_acc", acc, step=epoch)
+            value, epoch = self.best[trial.trial_id]
+            tags.update(best_epoch=str(epoch), best_metric=self.metric)
+            # the best epoch's metrics, which are the kept checkpoint's: best_val_acc, ...
+            at_best = {k: v for k, v in self.best_result.get(trial.trial_id, {}).items()
+                       if isinstance(v, int | float)}
+            at_best[self.metric] = value
+            now = int(time.time() * 1000)
+            self.client.log_batch(run_id, metrics=[
+                Metric(f"best_{k}", float(v), now, epoch) for k, v in at_best.items()])
+            if "val_acc" in at_best:
+                tags["best_val_acc"] = f"{at_best['val_acc']:.6f}"
         path = self.best_checkpoint.get(trial.trial_id)
         if path and Path(path, CHECKPOINT_FILE).exists():
             self.client.log_artifact(run_id, str(Path(path, CHECKPOINT_FILE)), "best_checkpoint")
@@ -141,8 +161,8 @@ class MLflowLineage(tune.Callback):
             cutoff = "n/a" if stop["cutoff"] is None else f"{stop['cutoff']:.4f}"
             tags.update(stopped_by="asha", stopped_at_epoch=str(stop["epoch"]),
                         stop_reason=f"ASHA rung at epoch {stop['rung']} of the "
-                        f"{stop['group_epochs']}-epoch trials: {METRIC} "
-                        f"{stop[METRIC]:.4f} below the cutoff {cutoff} of "
+                        f"{stop['group_epochs']}-epoch trials: {stop['metric']} "
+                        f"{stop['value']:.4f} below the cutoff {cutoff} of "
                         f"{stop['compared_with']} other trial(s)")
         for k, v in tags.items():
             self.client.set_tag(run_id, k, v)

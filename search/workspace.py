@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -67,6 +68,7 @@ class Workspace:
         return self.root / "warmups"
 
     def client(self) -> MlflowClient:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its table-creation notes
         client = MlflowClient(self.tracking_uri)
         try:
             client.search_experiments(max_results=1)

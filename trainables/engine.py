@@ -103,9 +103,21 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        """Build from a (possibly flat, possibly larger) dict such as Tune's trial config."""
+        """Build from a (possibly flat, possibly larger) dict such as Tune's trial config.
+
+        Class weights may come as one value per key, ``w0`` .. ``w9`` (a searcher's space).
+        """
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kw = {k: v for k, v in d.items() if k in known}
+        split = [f"w{c}" for c in range(NUM_CLASSES)]
+        if any(k in d for k in split):
+            missing = [k for k in split if k not in d]
+            if missing or kw.get("class_weights") is not None:
+                raise ConfigError("give class weights either as class_weights or as all of "
+                                  f"w0..w{NUM_CLASSES - 1}" + (f"; missing {missing}"
+                                                               if missing else ""))
+            kw["class_weights"] = tuple(float(d[k]) for k in split)
+        return cls(**kw)
 
     def model_args(self) -> dict:
         return {**self.model_kwargs, "dropout": self.dropout}
@@ -278,6 +290,8 @@ def run_epoch(state: TrainState, on_batch=None) -> dict:
     metrics = {"epoch": state.epoch, "phase": state.phase, "lr": lr, **train,
                "val_loss": val["loss"], "val_acc": val["acc"], "hard_acc": val["hard_acc"],
                **{f"val_acc_{c}": a for c, a in enumerate(val["per_class_acc"])}}
+    if state.class_weights is not None:  # read back from the tensor the loss was given
+        metrics.update({f"loss_w{c}": w for c, w in enumerate(state.class_weights.tolist())})
     state.history.append(metrics)
     return metrics
 

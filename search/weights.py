@@ -313,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     params = {"model": model, "profile": profile.name, "space": args.space, "low": args.low,
               "high": args.high, "objective": metric, "num_samples": num_samples,
               "batch_size": batch_size, "epochs": epochs, "width": width, "seed": args.seed,
+              "train_size": len(split.y_train) + len(split.y_val),
               "warmup_epochs": warmup, "defaults_from": found.get("from", "profile"),
               "scheduler": args.scheduler, "optuna_storage": storage_url(ws),
               "grace_period": getattr(scheduler, "grace_period", None),

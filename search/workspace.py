@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 # Fail fast on a tracking server that does not answer (MLflow retries for minutes by default).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from mlflow.tracking import MlflowClient
 

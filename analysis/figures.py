@@ -1,0 +1,151 @@
+"""The report's figures as PNG files (matplotlib, no display needed) and the curves behind them.
+
+ROC and precision/recall curves are one-vs-rest per class, computed here with numpy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from analysis import fusion
+
+
+def _ranked(scores: np.ndarray, positive: np.ndarray):
+    """Cumulative true and false positives at each distinct score threshold, high to low."""
+    order = np.argsort(-scores, kind="stable")
+    s, pos = scores[order], positive[order].astype(np.float64)
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the end of each run of ties
+    tp = np.cumsum(pos)[last]
+    fp = (last + 1) - tp
+    return tp, fp
+
+
+def roc_curve(scores: np.ndarray, positive: np.ndarray):
+    """(fpr, tpr, auc) of one class against the rest."""
+    tp, fp = _ranked(scores, positive)
+    p, n = positive.sum(), len(positive) - positive.sum()
+    tpr = np.r_[0, tp / max(p, 1)]
+    fpr = np.r_[0, fp / max(n, 1)]
+    return fpr, tpr, float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def pr_curve(scores: np.ndarray, positive: np.ndarray):
+    """(recall, precision, average precision) of one class against the rest."""
+    tp, fp = _ranked(scores, positive)
+    precision = tp / (tp + fp)
+    recall = tp / max(positive.sum(), 1)
+    ap = float(np.sum(np.diff(np.r_[0, recall]) * precision))
+    return np.r_[0, recall], np.r_[1, precision], ap
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_roc(probs, y, classes, path: Path, title: str) -> tuple[Path, list[float]]:
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    aucs = []
+    for c, name in enumerate(classes):
+        fpr, tpr, auc = roc_curve(probs[:, c], y == c)
+        aucs.append(auc)
+        ax.plot(fpr, tpr, lw=1.2, label=f"{name} (AUC {auc:.4f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path), aucs
+
+
+def plot_pr(probs, y, classes, path: Path, title: str) -> tuple[Path, list[float]]:
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    aps = []
+    for c, name in enumerate(classes):
+        recall, precision, ap = pr_curve(probs[:, c], y == c)
+        aps.append(ap)
+        ax.plot(recall, precision, lw=1.2, label=f"{name} (AP {ap:.4f})")
+    ax.set(xlabel="recall", ylabel="precision", title=title, ylim=(0, 1.02))
+    ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, path), aps
+
+
+def plot_confusion(probs, y, classes, path: Path, title: str) -> Path:
+    cm = fusion.confusion(probs.argmax(1), y, len(classes))
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(cm, cmap="Blues")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def plot_reliability(curves: dict[str, np.ndarray], y, path: Path, title: str) -> Path:
+    """One line per classifier: accuracy against confidence, per bin."""
+    fig, ax = plt.subplots(figsize=(5.6, 5.2))
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="perfect calibration")
+    for label, probs in curves.items():
+        _, bins = fusion.reliability(probs, y)
+        pts = [(c, a) for c, a, n in bins if n > 0]
+        ece = fusion.expected_calibration_error(probs, y)
+        ax.plot(*zip(*pts, strict=True), marker="o", ms=3, lw=1.2,
+                label=f"{label} (ECE {ece:.4f})")
+    ax.set(xlabel="confidence", ylabel="accuracy", title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, path)
+
+
+def plot_grid_heatmaps(grids: dict[str, list[dict]], path: Path) -> Path | None:
+    """Per model: best val accuracy of each (batch size, epochs) trial."""
+    grids = {m: rows for m, rows in grids.items() if rows}
+    if not grids:
+        return None
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.8 * len(grids), 4), squeeze=False)
+    for ax, (model, rows) in zip(axes[0], sorted(grids.items()), strict=True):
+        bs = sorted({r["batch_size"] for r in rows})
+        ep = sorted({r["epochs"] for r in rows})
+        grid = np.full((len(bs), len(ep)), np.nan)
+        for r in rows:
+            i, j = bs.index(r["batch_size"]), ep.index(r["epochs"])
+            grid[i, j] = np.nanmax([grid[i, j], r["val_acc"]])
+        im = ax.imshow(grid, cmap="viridis", aspect="auto")
+        for r in rows:
+            i, j = bs.index(r["batch_size"]), ep.index(r["epochs"])
+            note = "" if r.get("stopped_at") is None else f"\nstop@{r['stopped_at']}"
+            ax.text(j, i, f"{grid[i, j]:.4f}{note}", ha="center", va="center", fontsize=7,
+                    color="white")
+        ax.set_xticks(range(len(ep)), ep)
+        ax.set_yticks(range(len(bs)), bs)
+        ax.set(xlabel="epochs", ylabel="batch size", title=f"{model}: best val accuracy")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def plot_asha(survival: dict[str, list[tuple[int, int, int]]], path: Path) -> Path | None:
+    """Per experiment: trials that reached each ASHA rung and trials that went past it."""
+    survival = {k: v for k, v in survival.items() if v}
+    if not survival:
+        return None
+    fig, axes = plt.subplots(1, len(survival), figsize=(4.4 * len(survival), 3.6),
+                             squeeze=False)
+    for ax, (name, rungs) in zip(axes[0], sorted(survival.items()), strict=True):
+        x = np.arange(len(rungs))
+        reached = [r for _, r, _ in rungs]
+        passed = [p for _, _, p in rungs]
+        ax.bar(x - 0.2, reached, 0.4, label="reached")
+        ax.bar(x + 0.2, passed, 0.4, label="continued")
+        ax.set_xticks(x, [f"epoch {e}" for e, _, _ in rungs])
+        ax.set(ylabel="trials", title=name)
+        ax.legend(fontsize=7)
+    return _save(fig, path)

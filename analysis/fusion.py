@@ -1,0 +1,176 @@
+"""Fusion of member classifiers from their softmax probabilities, and the scores of a classifier.
+
+Plain numpy over arrays of probabilities (N, C), one per member; nothing here sees a model.
+Every weight and temperature is fitted on validation arrays only: the functions that fit take
+the validation probabilities and labels and nothing else (SEED.md, "Fusion": softmax outputs
+averaged with weights, arg-max is the label).
+
+    uniform   the seed's average
+    weighted  given weights, normalised to sum to 1
+    greedy    Caruana et al. (2004) ensemble selection with replacement over the whole pool:
+              start from the best single member, repeatedly add the member (possibly again)
+              that most improves validation (accuracy, then NLL), keep the best prefix; the
+              weights are how often each member was picked. Never below the best member on
+              validation accuracy.
+    calibrate each member temperature-scaled (one scalar T minimising validation NLL) first
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+EPS = 1e-12
+METHODS = ("uniform", "weighted", "greedy")
+
+
+def log_probs(probs: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(probs, EPS, 1.0))
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T): T > 1 softens, T < 1 sharpens, T = 1 returns p (renormalised)."""
+    z = log_probs(probs) / temperature
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def nll(probs: np.ndarray, y: np.ndarray) -> float:
+    return float(-log_probs(probs[np.arange(len(y)), y]).mean())
+
+
+def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
+    return float((probs.argmax(1) == y).mean())
+
+
+def fit_temperature(probs: np.ndarray, y: np.ndarray, low: float = 0.05,
+                    high: float = 20.0) -> float:
+    """The T in [low, high] minimising validation NLL (golden-section search on log T; the
+    NLL of temperature-scaled logits is unimodal in T)."""
+    a, b = math.log(low), math.log(high)
+    g = (math.sqrt(5) - 1) / 2
+
+    def f(t):
+        return nll(apply_temperature(probs, math.exp(t)), y)
+
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(60):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = f(d)
+    return float(math.exp((a + b) / 2))
+
+
+def normalise(weights) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or len(w) == 0 or not np.all(np.isfinite(w)) or (w < 0).any() \
+            or w.sum() <= 0:
+        raise ValueError(f"fusion weights must be finite, non-negative and not all zero, "
+                         f"got {list(w)}")
+    return w / w.sum()
+
+
+def fuse(member_probs, weights) -> np.ndarray:
+    """sum_k w_k p_k with the weights normalised to 1; rows still sum to 1."""
+    stack = np.asarray(member_probs, dtype=np.float64)
+    w = normalise(weights)
+    if len(w) != len(stack):
+        raise ValueError(f"{len(w)} weights for {len(stack)} members")
+    return np.tensordot(w, stack, axes=1)
+
+
+def greedy_weights(val_probs, y_val: np.ndarray, rounds: int = 50) -> np.ndarray:
+    """Caruana ensemble selection with replacement, fitted on validation only."""
+    stack = np.asarray(val_probs, dtype=np.float64)
+    k = len(stack)
+
+    def score(p):  # higher is better: accuracy first, then lower NLL
+        return (accuracy(p, y_val), -nll(p, y_val))
+
+    counts = np.zeros(k)
+    total = np.zeros_like(stack[0])
+    best_score, best_counts = None, None
+    for _ in range(rounds):
+        n = counts.sum()
+        candidates = [score((total + stack[i]) / (n + 1)) for i in range(k)]
+        i = max(range(k), key=lambda j: candidates[j])
+        counts[i] += 1
+        total += stack[i]
+        if best_score is None or candidates[i] > best_score:
+            best_score, best_counts = candidates[i], counts.copy()
+    return best_counts / best_counts.sum()
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    conf = probs.max(1)
+    correct = probs.argmax(1) == y
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def reliability(probs: np.ndarray, y: np.ndarray, bins: int = 15):
+    """Per confidence bin: mean confidence, accuracy, count (for the reliability diagram)."""
+    conf = probs.max(1)
+    correct = probs.argmax(1) == y
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    out = []
+    for b in range(bins):
+        m = idx == b
+        out.append((float(conf[m].mean()) if m.any() else None,
+                    float(correct[m].mean()) if m.any() else None, int(m.sum())))
+    return edges, out
+
+
+def confusion(pred: np.ndarray, y: np.ndarray, classes: int) -> np.ndarray:
+    """Rows: true class; columns: predicted."""
+    return np.bincount(y * classes + pred, minlength=classes * classes).reshape(classes, classes)
+
+
+def per_class(probs: np.ndarray, y: np.ndarray) -> dict[str, list[float]]:
+    classes = probs.shape[1]
+    cm = confusion(probs.argmax(1), y, classes)
+    tp = np.diag(cm).astype(np.float64)
+    predicted, actual = cm.sum(0), cm.sum(1)
+    precision = np.divide(tp, predicted, out=np.zeros(classes), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros(classes), where=actual > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(classes),
+                   where=(precision + recall) > 0)
+    return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist()}
+
+
+def scores(probs: np.ndarray, y: np.ndarray) -> dict:
+    return {"acc": accuracy(probs, y), "nll": nll(probs, y),
+            "ece": expected_calibration_error(probs, y), **per_class(probs, y)}
+
+
+def bootstrap_difference(probs_a: np.ndarray, probs_b: np.ndarray, y: np.ndarray,
+                         n: int = 2000, seed: int = 0, level: float = 0.95):
+    """Paired bootstrap of accuracy(a) - accuracy(b) over the same resampled examples:
+    (observed difference, lower, upper) of the percentile interval."""
+    a = (probs_a.argmax(1) == y).astype(np.float64)
+    b = (probs_b.argmax(1) == y).astype(np.float64)
+    d = a - b
+    rng = np.random.default_rng(seed)
+    means = np.empty(n)
+    for i in range(0, n, 100):  # 100 resamples at a time keeps memory small
+        m = min(100, n - i)
+        idx = rng.integers(0, len(y), size=(m, len(y)))
+        means[i:i + m] = d[idx].mean(1)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(d.mean()), float(lo), float(hi)

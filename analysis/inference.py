@@ -1,0 +1,77 @@
+"""Softmax probabilities of a checkpoint on uint8 images: batched, on the best device.
+
+    probs = predict_probs(checkpoint.load(path), images)          # (N, 10) float64 numpy
+    val, test = cached_probs(cache_dir, path, split)             # computed once per checkpoint
+
+The checkpoint carries its model, weights and normalisation (trainables/checkpoint.py), so the
+same function serves the report, the shipped ensemble and ``analysis.predict``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainables import checkpoint
+from trainables.engine import resolve_device
+
+
+def predict_probs(ckpt: dict, images, device: str = "auto", batch_size: int = 1024,
+                  model: torch.nn.Module | None = None) -> np.ndarray:
+    """(N, 28, 28) uint8 images (numpy or torch) -> (N, C) softmax probabilities (float64)."""
+    dev = resolve_device(device)
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+    if x.dtype != torch.uint8 or x.dim() != 3:
+        raise ValueError(f"expected (N, H, W) uint8 images, got {tuple(x.shape)} {x.dtype}")
+    if model is None:
+        model = checkpoint.model_from(ckpt)
+    model = model.to(dev).eval()
+    mean, std = ckpt["normalize"]
+    cuda = dev.type == "cuda"
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(dev).unsqueeze(1).float().div_(255)
+            xb = (xb - mean) / std
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+                logits = model(xb)
+            out.append(logits.float().softmax(1).double().cpu())
+    if not out:
+        return np.zeros((0, 10))
+    return torch.cat(out).numpy()
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cached_probs(cache_dir: str | Path, checkpoint_path: str | Path, split,
+                 device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Validation and test probabilities of one checkpoint, computed once.
+
+    Keyed by the checkpoint file's SHA-256 and the split's fingerprint, so a changed file or
+    another split never reuses stale numbers."""
+    key = f"{file_digest(checkpoint_path)[:24]}-{split.fingerprint[:16]}"
+    path = Path(cache_dir) / f"{key}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                return z["val"], z["test"]
+        except (OSError, ValueError, KeyError):
+            path.unlink(missing_ok=True)  # a damaged cache entry is recomputed
+    ckpt = checkpoint.load(checkpoint_path)
+    model = checkpoint.model_from(ckpt, str(checkpoint_path))
+    val = predict_probs(ckpt, split.x_val, device, model=model)
+    test = predict_probs(ckpt, split.x_test, device, model=model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, val=val, test=test)
+    tmp.replace(path)
+    return val, test

@@ -1,0 +1,258 @@
+"""Analysis: fusion maths, selection on validation only, the report end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from analysis import figures, fusion
+from analysis.select import Candidate, SelectionError, same_data, top_k
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def member(rng, y, skill, n_classes=10):
+    """Probabilities that favour the true class by ``skill`` logits (plus noise)."""
+    z = rng.normal(size=(len(y), n_classes))
+    z[np.arange(len(y)), y] += skill
+    return softmax(z)
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 2000)
+    return rng, y
+
+
+# --- fusion maths -----------------------------------------------------------------------------
+
+def test_identical_members_fuse_to_that_member(data):
+    rng, y = data
+    p = member(rng, y, 2.0)
+    for w in ([1, 1, 1], [0.2, 0.5, 0.3], [5, 0, 1]):
+        assert np.array_equal(fusion.fuse([p, p, p], w), p) or \
+            np.abs(fusion.fuse([p, p, p], w) - p).max() < 1e-15
+    assert np.allclose(fusion.apply_temperature(p, 1.0), p)
+
+
+def test_weights_and_probabilities_sum_to_one(data):
+    rng, y = data
+    ps = [member(rng, y, s) for s in (0.5, 1.5, 2.5, 1.0)]
+    assert fusion.normalise([3, 1, 0, 4]).sum() == pytest.approx(1.0)
+    w = fusion.greedy_weights(ps, y)
+    assert w.sum() == pytest.approx(1.0) and (w >= 0).all()
+    for weights in ([1, 1, 1, 1], [0.1, 0.2, 0.3, 0.4], w):
+        assert np.allclose(fusion.fuse(ps, weights).sum(1), 1.0)
+    for t in (0.3, 1.0, 4.0):
+        assert np.allclose(fusion.apply_temperature(ps[0], t).sum(1), 1.0)
+    with pytest.raises(ValueError, match="non-negative"):
+        fusion.fuse(ps, [1, -1, 0, 0])
+    with pytest.raises(ValueError, match="4 members"):
+        fusion.fuse(ps, [1, 1])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_greedy_never_worse_on_validation_than_the_best_member(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, 500)
+    ps = [member(rng, y, s) for s in rng.uniform(0.2, 2.0, 6)]
+    w = fusion.greedy_weights(ps, y)
+    best = max(fusion.accuracy(p, y) for p in ps)
+    assert fusion.accuracy(fusion.fuse(ps, w), y) >= best
+
+
+def test_temperature_fit_recovers_a_known_temperature():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(20_000, 10)) * 2
+    truth = softmax(z)
+    y = np.array([rng.choice(10, p=p) for p in truth])
+    overconfident = softmax(z * 2.5)  # the true probabilities sharpened by T = 1 / 2.5
+    t = fusion.fit_temperature(overconfident, y)
+    assert t == pytest.approx(2.5, rel=0.05)
+    assert fusion.nll(fusion.apply_temperature(overconfident, t), y) < \
+        fusion.nll(overconfident, y)
+    assert fusion.expected_calibration_error(truth, y) < 0.02  # calibrated by construction
+    assert fusion.expected_calibration_error(overconfident, y) > 0.1
+
+
+def test_curves_and_scores_match_scikit_learn(data):
+    rng, y = data
+    p = member(rng, y, 1.0)
+    p[:, 3] = np.round(p[:, 3], 2)  # ties
+    for c in range(10):
+        _, _, auc = figures.roc_curve(p[:, c], y == c)
+        _, _, ap = figures.pr_curve(p[:, c], y == c)
+        assert auc == pytest.approx(roc_auc_score(y == c, p[:, c]), abs=1e-12)
+        assert ap == pytest.approx(average_precision_score(y == c, p[:, c]), abs=1e-12)
+    from sklearn.metrics import precision_recall_fscore_support
+
+    pr, rc, f1, _ = precision_recall_fscore_support(y, p.argmax(1), labels=range(10),
+                                                    zero_division=0)
+    ours = fusion.per_class(p, y)
+    assert np.allclose(ours["precision"], pr) and np.allclose(ours["recall"], rc)
+    assert np.allclose(ours["f1"], f1)
+
+
+def test_bootstrap_interval(data):
+    rng, y = data
+    a, b = member(rng, y, 2.0), member(rng, y, 0.5)
+    diff, lo, hi = fusion.bootstrap_difference(a, b, y, n=500)
+    assert diff == pytest.approx(fusion.accuracy(a, y) - fusion.accuracy(b, y))
+    assert lo < diff < hi and lo > 0
+    assert fusion.bootstrap_difference(a, a, y, n=200) == (0.0, 0.0, 0.0)
+
+
+# --- the test set never chooses ---------------------------------------------------------------
+
+def cand(run_id, model, val_acc, fp="f"):
+    return Candidate(run_id=run_id, experiment="grid", kind="grid", model=model,
+                     val_acc=val_acc, epoch=3, checkpoint="best_checkpoint/checkpoint.pt",
+                     fingerprint=fp, train_size=1000, seed=0)
+
+
+def test_selection_is_by_validation_with_a_cap_and_one_data_set():
+    cs = [cand("a", "cnn", 0.90), cand("b", "cnn", 0.89), cand("c", "resnet18", 0.85),
+          cand("d", "cnn", 0.88), cand("e", "inception", 0.80), cand("z", "cnn", 0.95, "g")]
+    group, others = same_data(cs)
+    assert [c.run_id for c in others] == ["a", "b", "d", "c", "e"] and group[0].run_id == "z"
+    group, others = same_data(cs[:-1])
+    assert [c.run_id for c in top_k(group, 3)] == ["a", "b", "d"]
+    assert [c.run_id for c in top_k(group, 3, per_model_cap=1)] == ["a", "c", "e"]
+    with pytest.raises(SelectionError):
+        top_k(group, 0)
+
+
+def test_test_set_cannot_change_the_chosen_weights():
+    """Member A is better on validation, B on test: greedy, fitted on validation, picks A;
+    had the test set been used, the answer would be B."""
+    rng = np.random.default_rng(3)
+    y_val, y_test = rng.integers(0, 10, 800), rng.integers(0, 10, 800)
+    a_val, b_val = member(rng, y_val, 3.0), member(rng, y_val, 0.3)
+    a_test, b_test = member(rng, y_test, 0.3), member(rng, y_test, 3.0)
+    w = fusion.greedy_weights([a_val, b_val], y_val)
+    assert w[0] > w[1]
+    assert fusion.greedy_weights([a_test, b_test], y_test)[1] > 0.5  # what test would pick
+    assert fusion.fit_temperature(a_val, y_val) == fusion.fit_temperature(a_val, y_val)
+
+
+# --- the report end to end --------------------------------------------------------------------
+
+def run(module, *args, timeout=600):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout,
+                          env={**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A workspace after the smoke grids of two models."""
+    from trainables import data
+
+    _, missing = data.find_files(data.SYSTEM_DIR)
+    if missing:
+        pytest.skip("the Debian data set is not installed (make data)")
+    ws = tmp_path_factory.mktemp("analysis") / "ws"
+    common = ["--profile", "smoke", "--workspace", str(ws), "--num-cpus", "2",
+              "--dashboard-port", "0", "--train-size", "800"]
+    for model, extra in (("cnn", ["--batch-sizes", "64", "--epochs", "2,3"]),
+                         ("resnet18", ["--batch-sizes", "32,128", "--epochs", "3"])):
+        out = run("search.grid", "--model", model, *common, *extra)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return ws
+
+
+@pytest.mark.slow
+def test_report_end_to_end(searched, tmp_path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from analysis.inference import predict_probs
+    from trainables import checkpoint, data
+
+    out = run("analysis.report", "--workspace", str(searched), "--top-k", "3",
+              "--method", "greedy", "--calibrate", "--name", "g")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Model fusion (4 models)" in out.stdout and "90.33%" in out.stdout
+    rep = searched / "reports" / "g"
+    for f in ("summary.json", "report.md", "report.html", "roc.png", "pr.png",
+              "confusion.png", "reliability.png", "grid_heatmap.png", "asha_rungs.png"):
+        assert (rep / f).stat().st_size > 0, f
+    html = (rep / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<table>" in html and "src=\"roc" not in html
+    s = json.loads((rep / "summary.json").read_text())
+    assert s["fusion"]["method"] == "greedy" and sum(s["fusion"]["weights"]) == \
+        pytest.approx(1.0)
+    # every number recomputed from the checkpoints themselves
+    split = data.load_split(data.SYSTEM_DIR, s["data"]["train_size"], s["data"]["seed"])
+    y_val, y_test = split.y_val.numpy(), split.y_test.numpy()
+    vals, tests = [], []
+    for m in s["members"]:
+        ckpt = checkpoint.load(m["checkpoint"])
+        pv = fusion.apply_temperature(predict_probs(ckpt, split.x_val), m["temperature"])
+        pt = fusion.apply_temperature(predict_probs(ckpt, split.x_test), m["temperature"])
+        assert fusion.accuracy(pv, y_val) == pytest.approx(m["val_acc"], abs=1e-9)
+        assert fusion.accuracy(pt, y_test) == pytest.approx(m["test_acc"], abs=1e-9)
+        assert m["val_acc"] == pytest.approx(m["recorded_val_acc"], abs=1e-6)
+        vals.append(pv)
+        tests.append(pt)
+    w = s["fusion"]["weights"]
+    assert fusion.accuracy(fusion.fuse(vals, w), y_val) == pytest.approx(s["fusion"]["val_acc"])
+    assert fusion.accuracy(fusion.fuse(tests, w), y_test) == \
+        pytest.approx(s["fusion"]["test_acc"])
+    assert s["fusion"]["val_acc"] >= max(m["val_acc"] for m in s["members"])
+    lo, hi = s["fusion"]["test_gain_interval"]
+    assert lo <= s["fusion"]["test_gain"] <= hi
+    # the MLflow fusion run links its members, holds the report and the registered model
+    client = MlflowClient(f"sqlite:///{searched / 'mlflow.db'}")
+    run_ = client.get_run(s["mlflow"]["run_id"])
+    assert run_.data.tags["members"].split(",") == [m["run_id"] for m in s["members"]]
+    assert client.get_experiment(run_.info.experiment_id).name == "fusion"
+    assert {a.path for a in client.list_artifacts(run_.info.run_id, "report")} >= {
+        "report/report.html", "report/summary.json", "report/roc.png"}
+    mlflow.set_tracking_uri(f"sqlite:///{searched / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(s["mlflow"]["model_uri"])
+    pred = model.predict(split.x_test.numpy()[:200])
+    ours = fusion.fuse(tests, w)[:200]
+    assert np.allclose(pred[[f"p{c}" for c in range(10)]].to_numpy(), ours, atol=1e-5)
+
+    # uniform over the top 2, one per architecture; probabilities come from the cache now
+    out = run("analysis.report", "--workspace", str(searched), "--top-k", "2",
+              "--per-model-cap", "1", "--name", "u", "--no-register")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    s = json.loads((searched / "reports" / "u" / "summary.json").read_text())
+    assert sorted(m["model"] for m in s["members"]) == ["cnn", "resnet18"]
+    assert s["fusion"]["weights"] == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "weighted"], "needs --weights"),
+    (["--method", "weighted", "--weights", "1,2"], "one per member"),
+    (["--weights", "1,2,3,4"], "only for --method weighted"),
+    (["--experiments", "nope"], "no experiment named"),
+    (["--top-k", "0"], "at least 1"),
+])
+@pytest.mark.slow
+def test_bad_arguments(searched, args, message):
+    out = run("analysis.report", "--workspace", str(searched), *args, "--no-register",
+              timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr
+
+
+def test_empty_workspace(tmp_path):
+    out = run("analysis.report", "--workspace", str(tmp_path / "ws"), timeout=120)
+    assert out.returncode == 2 and "run python -m search.grid first" in out.stderr

@@ -241,8 +241,25 @@ def test_a_failing_trial_is_recorded_and_the_rest_go_on(tmp_path):
     (["--model", "cnn", "--profile", "smoke", "--tracking-uri", "http://127.0.0.1:9"],
      "does not answer"),
 ])
-def test_bad_arguments(args, message, tmp_path):
-    out = grid(*args, "--workspace", str(tmp_path / "ws"), timeout=120)
+def test_bad_arguments(args, message, tmp_path, capsys):
+    from search import grid as grid_module
+
+    assert exit_code(grid_module.main, *args, "--workspace", str(tmp_path / "ws")) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def exit_code(main, *args) -> int:
+    """A command's main() in this process (argparse exits, the rest returns)."""
+    try:
+        return main(list(args))
+    except SystemExit as e:
+        return e.code
+
+
+def test_bad_arguments_from_the_shell(tmp_path):
+    out = grid("--model", "cnn", "--profile", "smoke", "--batch-sizes", "5000",
+               "--workspace", str(tmp_path / "ws"), timeout=120)
     assert out.returncode == 2, out.stdout + out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "error: batch size 5000 is larger than the 900 training images; lower --batch-sizes"]

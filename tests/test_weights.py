@@ -218,9 +218,22 @@ def test_hard_pairs_objective_and_grid_defaults(tmp_path):
     (["--batch-size", "5000"], "larger than"),
     (["--resume"], "to resume"),
 ])
-def test_bad_arguments(args, message, tmp_path):
-    out = run("search.weights", "--model", "cnn", "--profile", "smoke", *args,
-              "--workspace", str(tmp_path / "ws"), timeout=120)
+def test_bad_arguments(args, message, tmp_path, capsys):
+    from search import weights
+
+    try:
+        code = weights.main(["--model", "cnn", "--profile", "smoke", *args,
+                             "--workspace", str(tmp_path / "ws")])
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_bad_arguments_from_the_shell(tmp_path):
+    out = run("search.weights", "--model", "cnn", "--low", "1.2", "--workspace",
+              str(tmp_path / "ws"), timeout=120)
     assert out.returncode == 2, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], out.stderr
+    assert len(lines) == 1 and "must contain" in lines[0], out.stderr

@@ -51,29 +51,32 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_roc(probs, y, classes, path: Path, title: str) -> tuple[Path, list[float]]:
+def _plot_per_class(curve, probs, y, classes, path: Path, *, score: str, xlabel: str,
+                    ylabel: str, title: str, legend: str, **axes) -> tuple[Path, list[float]]:
+    """One curve per class (one vs rest); returns the figure and each class's area."""
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
-    aucs = []
+    areas = []
     for c, name in enumerate(classes):
-        fpr, tpr, auc = roc_curve(probs[:, c], y == c)
-        aucs.append(auc)
-        ax.plot(fpr, tpr, lw=1.2, label=f"{name} (AUC {auc:.4f})")
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
-    ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, path), aucs
+        x, yy, area = curve(probs[:, c], y == c)
+        areas.append(area)
+        ax.plot(x, yy, lw=1.2, label=f"{name} ({score} {area:.4f})")
+    if curve is roc_curve:
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, **axes)
+    ax.legend(fontsize=7, loc=legend)
+    return _save(fig, path), areas
+
+
+def plot_roc(probs, y, classes, path: Path, title: str) -> tuple[Path, list[float]]:
+    return _plot_per_class(roc_curve, probs, y, classes, path, score="AUC",
+                           xlabel="false positive rate", ylabel="true positive rate",
+                           title=title, legend="lower right")
 
 
 def plot_pr(probs, y, classes, path: Path, title: str) -> tuple[Path, list[float]]:
-    fig, ax = plt.subplots(figsize=(6.4, 5.6))
-    aps = []
-    for c, name in enumerate(classes):
-        recall, precision, ap = pr_curve(probs[:, c], y == c)
-        aps.append(ap)
-        ax.plot(recall, precision, lw=1.2, label=f"{name} (AP {ap:.4f})")
-    ax.set(xlabel="recall", ylabel="precision", title=title, ylim=(0, 1.02))
-    ax.legend(fontsize=7, loc="lower left")
-    return _save(fig, path), aps
+    return _plot_per_class(pr_curve, probs, y, classes, path, score="AP", xlabel="recall",
+                           ylabel="precision", title=title, legend="lower left",
+                           ylim=(0, 1.02))
 
 
 def plot_confusion(probs, y, classes, path: Path, title: str) -> Path:

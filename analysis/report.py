@@ -284,13 +284,15 @@ def report(args, ws, client, names, group, others, members, weights, split) -> i
     temps = {c.run_id: fusion.fit_temperature(probs[c.run_id][0], y_val) if args.calibrate
              else 1.0 for c in pool}
 
+    # each member's (temperature-scaled) probabilities, once: (val, test)
+    scaled = {rid: tuple(fusion.apply_temperature(p, temps[rid]) for p in pair)
+              if args.calibrate else pair for rid, pair in probs.items()}
+
     def val_p(c):
-        return fusion.apply_temperature(probs[c.run_id][0], temps[c.run_id]) \
-            if args.calibrate else probs[c.run_id][0]
+        return scaled[c.run_id][0]
 
     def test_p(c):
-        return fusion.apply_temperature(probs[c.run_id][1], temps[c.run_id]) \
-            if args.calibrate else probs[c.run_id][1]
+        return scaled[c.run_id][1]
 
     if args.method == "greedy":
         w_pool = fusion.greedy_weights([val_p(c) for c in pool], y_val)

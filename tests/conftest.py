@@ -57,3 +57,11 @@ def no_default_data(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv(data.ENV_VAR, raising=False)
     return tmp_path
+
+
+def exit_code(main, *args) -> int:
+    """A command's main() run in this process: argparse exits, the rest returns its code."""
+    try:
+        return main(list(args))
+    except SystemExit as e:
+        return e.code

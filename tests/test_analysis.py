@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import exit_code
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from analysis import figures, fusion
@@ -248,11 +249,7 @@ def test_report_end_to_end(searched, tmp_path):
 def test_bad_arguments(searched, args, message, capsys):
     from analysis import report
 
-    try:
-        code = report.main(["--workspace", str(searched), *args, "--no-register"])
-    except SystemExit as e:
-        code = e.code
-    assert code == 2
+    assert exit_code(report.main, "--workspace", str(searched), *args, "--no-register") == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import exit_code
 from ray.tune.schedulers import TrialScheduler
 
 from search.asha import ScheduleAwareASHA
@@ -247,14 +248,6 @@ def test_bad_arguments(args, message, tmp_path, capsys):
     assert exit_code(grid_module.main, *args, "--workspace", str(tmp_path / "ws")) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
-
-
-def exit_code(main, *args) -> int:
-    """A command's main() in this process (argparse exits, the rest returns)."""
-    try:
-        return main(list(args))
-    except SystemExit as e:
-        return e.code
 
 
 def test_bad_arguments_from_the_shell(tmp_path):

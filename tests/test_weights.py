@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import exit_code
 from optuna.trial import TrialState
 
 from search.weights import DurableOptunaSearch, SeededTPESampler
@@ -221,12 +222,8 @@ def test_hard_pairs_objective_and_grid_defaults(tmp_path):
 def test_bad_arguments(args, message, tmp_path, capsys):
     from search import weights
 
-    try:
-        code = weights.main(["--model", "cnn", "--profile", "smoke", *args,
-                             "--workspace", str(tmp_path / "ws")])
-    except SystemExit as e:
-        code = e.code
-    assert code == 2
+    assert exit_code(weights.main, "--model", "cnn", "--profile", "smoke", *args,
+                     "--workspace", str(tmp_path / "ws")) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
 

@@ -20,7 +20,7 @@ from trainables.cli import ArgParser
 from trainables.data import add_data_args
 from trainables.trainable import METRIC, MODE
 
-EXIT_OK, EXIT_NONE_FINISHED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_NONE_FINISHED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class UsageError(Exception):
@@ -38,6 +38,16 @@ def positive_ints(text: str) -> tuple[int, ...]:
     if min(values) < 1:
         raise argparse.ArgumentTypeError(f"values must be at least 1, got {text!r}")
     return values
+
+
+def check_resume(what: str, name: str, exists: bool, resume: bool, root) -> None:
+    """The one rule of --resume: it continues an existing NAME; without it, NAME must be new."""
+    if resume and not exists:
+        raise UsageError(f"no {what} named {name!r} in {root} to resume; drop --resume to "
+                         "start it")
+    if not resume and exists:
+        raise UsageError(f"{what} {name!r} already exists in {root}; pass --resume to continue "
+                         "it or --name for a new one")
 
 
 def add_search_args(p: ArgParser, default_name: str) -> None:
@@ -87,10 +97,22 @@ class Search:
     report: Callable | None = None
 
 
+_DASHBOARD: list[str | None] = []  # the dashboard of the cluster this process started
+
+
+def dashboard_url() -> str | None:
+    """The dashboard of the cluster this process connected to (None before start_ray)."""
+    return _DASHBOARD[0] if _DASHBOARD else None
+
+
 def start_ray(args) -> str | None:
+    """Connect to Ray once per process: a pipeline's stages share one cluster and dashboard."""
     import ray
 
+    if ray.is_initialized():
+        return dashboard_url()
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's table reporter (_tuner)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     kw = dict(logging_level=logging.WARNING, log_to_driver=False)
     if args.address:
@@ -99,7 +121,9 @@ def start_ray(args) -> str | None:
         ctx = ray.init(num_cpus=args.num_cpus, include_dashboard=True,
                        dashboard_host="127.0.0.1", dashboard_port=args.dashboard_port, **kw)
     url = getattr(ctx, "dashboard_url", None)
-    return f"http://{url}" if url and not url.startswith("http") else url
+    url = f"http://{url}" if url and not url.startswith("http") else url
+    _DASHBOARD[:] = [url]
+    return url
 
 
 def run_search(args, search: Search, split, on_start=None) -> int:
@@ -113,12 +137,7 @@ def run_search(args, search: Search, split, on_start=None) -> int:
     try:
         ws = Workspace.open(args.workspace, args.tracking_uri, args.storage_path)
         state = ws.load_state(search.name)
-        if args.resume and state is None:
-            raise UsageError(f"no experiment named {search.name!r} in {ws.root} to resume; "
-                             "drop --resume to start it")
-        if not args.resume and state is not None:
-            raise UsageError(f"experiment {search.name!r} already exists in {ws.root}; pass "
-                             "--resume to continue it or --name for a new one")
+        check_resume("experiment", search.name, state is not None, args.resume, ws.root)
         client = ws.client()
     except (WorkspaceError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -165,6 +184,8 @@ def run_search(args, search: Search, split, on_start=None) -> int:
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
         results += list(tuner.fit())
+        if interrupted(path):
+            return stop_interrupted(client, parent_id, search)
         missing = search.num_samples - search.trials_done(ws) if search.trials_done else 0
         if missing > 0:  # a finished search asked for more trials: a new part runs them
             part = f"{search.name}-part{len(parts) + 1}"
@@ -174,17 +195,48 @@ def run_search(args, search: Search, split, on_start=None) -> int:
             ws.save_state(search.name, state)
             results += list(_tuner(search, trainable, lineage, ws, args, part, missing,
                                    first=False).fit())
+            path = os.path.join(ws.storage_path, part)
     else:
         results += list(_tuner(search, trainable, lineage, ws, args, parts[-1],
                                search.num_samples, first=True).fit())
+    if interrupted(path):
+        return stop_interrupted(client, parent_id, search)
     return summarise(results, client, parent_id, ws, dashboard, search)
+
+
+def interrupted(path: str) -> bool:
+    """Whether the Tune run saved at ``path`` was stopped (Ctrl-C) with trials still open."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(path).trials
+    except Exception:  # nothing saved yet: the run never got going
+        return True
+    return any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+
+
+def stop_interrupted(client, parent_id: str, search: Search) -> int:
+    client.set_tag(parent_id, "interrupted", time.strftime("%Y-%m-%d %H:%M:%S"))
+    client.set_terminated(parent_id, "KILLED")
+    print(f"\nexperiment {search.name} interrupted; its state is saved. Continue it with the "
+          "same command and --resume (finished trials are not run again)", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _tuner(search: Search, trainable, lineage, ws: Workspace, args, name: str,
            num_samples: int, first: bool):
     from ray import tune
+    from ray.tune import CLIReporter
+
+    from search.lineage import TrialLines
 
     searcher = search.make_searcher(ws, first) if search.make_searcher else None
+    # Tune's own progress table, one row per trial, at most every 30 s; no per-trial boxes.
+    reporter = CLIReporter(
+        metric_columns={search.metric: search.metric, "epoch": "epoch",
+                        "train_loss": "train loss", "images_per_s": "img/s"},
+        parameter_columns={k: k for k in search.columns}, max_report_frequency=30,
+        sort_by_metric=True, max_progress_rows=40)
     return tune.Tuner(
         trainable, param_space=search.param_space,
         tune_config=tune.TuneConfig(
@@ -192,7 +244,9 @@ def _tuner(search: Search, trainable, lineage, ws: Workspace, args, name: str,
             search_alg=searcher, num_samples=num_samples,
             max_concurrent_trials=args.max_concurrent or None, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=name, storage_path=ws.storage_path, callbacks=[lineage], verbose=1,
+            name=name, storage_path=ws.storage_path, verbose=1, progress_reporter=reporter,
+            callbacks=[lineage, TrialLines(name, search.metric, search.columns,
+                                           search.scheduler)],
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=search.metric,
                 checkpoint_score_order=MODE, checkpoint_frequency=1),
@@ -225,18 +279,18 @@ def summarise(results, client, parent_id: str, ws: Workspace, dashboard: str | N
     print("\n" + " ".join(f"{k:>{width}}" for k in cols) +
           f"  {'status':<16} {'best ' + metric:>12}")
     for values, s, v in sorted(rows, key=lambda t: [x or 0 for x in t[0]]):
-        cells = " ".join(f"{_cell(x):>{width}}" for x in values)
+        cells = " ".join(f"{cell(x):>{width}}" for x in values)
         print(f"{cells}  {s:<16} {v:>12.4f}")
     if failed:
         print("\nfailed trials:")
         for cfg, why in failed:
-            print(f"  {', '.join(f'{k} {_cell(cfg.get(k))}' for k in cols)}: {why}")
+            print(f"  {', '.join(f'{k} {cell(cfg.get(k))}' for k in cols)}: {why}")
     if finished:
         best, cfg, r = max(finished, key=lambda t: t[0])
         keys = ("model", "model_kwargs", "batch_size", "epochs", "class_weights", "augment",
                 *(k for k in cols if k not in ("batch_size", "epochs")))
         print(f"\nbest: {metric} {best:.4f} with " +
-              ", ".join(f"{k}={_cell(cfg.get(k))}" for k in keys if k in cfg))
+              ", ".join(f"{k}={cell(cfg.get(k))}" for k in keys if k in cfg))
         client.log_metric(parent_id, f"best_{metric}", float(best))
         for k, v in flat_params({k: cfg.get(k) for k in keys if k in cfg}).items():
             client.set_tag(parent_id, f"best.{k}", v)
@@ -255,5 +309,5 @@ def summarise(results, client, parent_id: str, ws: Workspace, dashboard: str | N
     return EXIT_OK if finished else EXIT_NONE_FINISHED
 
 
-def _cell(x) -> str:
+def cell(x) -> str:
     return f"{x:.3f}" if isinstance(x, float) else str(x)

@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from search.driver import cell
 from trainables.trainable import CHECKPOINT_FILE, METRIC
 
 SKIP_PARAMS = ("warmup_cache",)
@@ -51,6 +52,15 @@ def flat_params(config: dict) -> dict[str, str]:
         else:
             out[k] = str(v)[:500]
     return out
+
+
+def trial_run_name(trial) -> str:
+    """A child run's name: what the trial is, then its Tune id (cnn-b64-e12-00003)."""
+    cfg = trial.config or {}
+    width = (cfg.get("model_kwargs") or {}).get("width")
+    parts = [str(cfg.get("model", "trial")), *([f"w{width}"] if width else []),
+             f"b{cfg.get('batch_size')}", f"e{cfg.get('epochs')}", trial.trial_id[-5:]]
+    return "-".join(parts)
 
 
 class MLflowLineage(tune.Callback):
@@ -101,7 +111,7 @@ class MLflowLineage(tune.Callback):
             self.client.set_tag(run_id, "resumed", "true")
         else:
             run = self.client.create_run(
-                self.experiment_id, run_name=str(trial),
+                self.experiment_id, run_name=trial_run_name(trial),
                 tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": trial.trial_id,
                       "kind": "trial"})
             run_id = run.info.run_id
@@ -177,3 +187,30 @@ class MLflowLineage(tune.Callback):
             lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
             reason = lines[-1][:500] if lines else ""
         self._finish(trial, "FAILED", {"error": reason or "trial failed"})
+
+
+class TrialLines(tune.Callback):
+    """A Tune callback: one line when a trial ends (finished, stopped by ASHA, failed)."""
+
+    def __init__(self, name: str, metric: str, columns: tuple[str, ...], scheduler=None):
+        self.name, self.metric, self.columns, self.scheduler = name, metric, columns, scheduler
+        self.best: dict[str, tuple[float, int]] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if value is not None and value > self.best.get(trial.trial_id, (-1.0, 0))[0]:
+            self.best[trial.trial_id] = (float(value), int(result.get("epoch", 0)))
+
+    def _line(self, trial, outcome: str) -> None:
+        cfg = trial.config or {}
+        what = ", ".join(f"{k} {cell(cfg.get(k))}" for k in self.columns)
+        value, epoch = self.best.get(trial.trial_id, (float("nan"), 0))
+        print(f"[{self.name}] trial {trial.trial_id[-5:]} ({what}): {outcome}; best "
+              f"{self.metric} {value:.4f} at epoch {epoch}", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        stop = getattr(self.scheduler, "stops", {}).get(trial.trial_id)
+        self._line(trial, f"stopped by ASHA at epoch {stop['epoch']}" if stop else "finished")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trial, "FAILED (see the table at the end)")

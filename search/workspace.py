@@ -5,6 +5,7 @@
     DIR/ray_results/       Ray Tune's experiment folders (--storage-path may point elsewhere)
     DIR/warmups/           shared warm-up checkpoints (trainables/trainable.py)
     DIR/experiments/NAME.json   what --resume needs: the parent run, the Tune path, the arguments
+    DIR/pipelines/NAME.json     a pipeline's plan and the status and time of each stage
     DIR/reports/           analysis reports
 """
 
@@ -25,6 +26,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from mlflow.tracking import MlflowClient
+
+EXPERIMENT_KIND = "custom_model_development"
 
 
 class WorkspaceError(Exception):
@@ -87,7 +90,9 @@ class Workspace:
         location = None
         if self.tracking_uri.startswith("sqlite:"):  # keep artifacts in the workspace
             location = (self.root / "mlartifacts" / _safe(name)).as_uri()
-        return client.create_experiment(name, artifact_location=location)
+        # the MLflow UI opens an experiment of this kind on its training runs, not GenAI traces
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={"mlflow.experimentKind": EXPERIMENT_KIND})
 
     def state_file(self, name: str) -> Path:
         return self.root / "experiments" / f"{_safe(name)}.json"

@@ -52,12 +52,13 @@ def space(args, profile: Profile, model: str, warmup_cache: str | None) -> dict:
         warmup_epochs=profile.warmup_epochs if args.warmup_epochs is None
         else args.warmup_epochs,
         seed=args.seed, num_threads=max(1, int(args.cpus_per_trial)),
+        augment=profile.augment.get(model, "auto"),
         device="cuda" if args.gpus_per_trial > 0 else "cpu")
     # epochs outermost: the first trials to start differ in batch size, so each computes a
     # different warm-up and the later ones reuse them (trainables/trainable.py).
     return {**base.to_dict(), "warmup_cache": warmup_cache,
-            "epochs": tune.grid_search(list(args.epochs or profile.epochs)),
-            "batch_size": tune.grid_search(list(args.batch_sizes or profile.batch_sizes))}
+            "epochs": tune.grid_search(list(args.epochs or profile.grid(model)[1])),
+            "batch_size": tune.grid_search(list(args.batch_sizes or profile.grid(model)[0]))}
 
 
 def main(argv: list[str] | None = None, space_overrides: dict | None = None) -> int:
@@ -68,8 +69,8 @@ def main(argv: list[str] | None = None, space_overrides: dict | None = None) -> 
     try:
         split = load_split(args.data_dir, args.train_size or profile.train_size, args.seed,
                            args.download)
-        epochs = args.epochs or profile.epochs
-        batch_sizes = args.batch_sizes or profile.batch_sizes
+        epochs = args.epochs or profile.grid(model)[1]
+        batch_sizes = args.batch_sizes or profile.grid(model)[0]
         if max(batch_sizes) > len(split.y_train):
             raise ConfigError(f"batch size {max(batch_sizes)} is larger than the "
                               f"{len(split.y_train)} training images; lower --batch-sizes")

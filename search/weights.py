@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     base = TrainConfig(model=model, model_kwargs={"width": width} if width else {},
                        batch_size=batch_size, epochs=epochs, warmup_epochs=warmup,
                        seed=args.seed, num_threads=max(1, int(args.cpus_per_trial)),
+                       augment=profile.augment.get(model, "auto"),
                        device="cuda" if args.gpus_per_trial > 0 else "cpu")
     # no shared warm-ups: the class weights shape the warm-up, and every trial has its own
     param_space = {**{k: v for k, v in base.to_dict().items() if k != "class_weights"},

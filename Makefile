@@ -1,6 +1,7 @@
 # Set-up and the everyday commands. Every target is idempotent: it does only what is missing.
-#   make run     set up, then run the main job
-#   make test    set up, then run the whole test suite (what CI runs)
+#   make run     set up, then run the whole pipeline (PROFILE=quick, WORKSPACE=outputs, ARGS=...)
+#   make test    set up, then run the test suite (all but the slow tests; under 10 minutes)
+#   make test-slow   the slow tests (CI runs both)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,9 +11,16 @@ DATA_FILES := train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-u
 # The PyTorch build this project is developed and measured with (pyproject.toml admits a range).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup data venv run test lint clean
+PROFILE ?= quick
+WORKSPACE ?= outputs
+ARGS ?=
+# apt-get as root, or through password-less sudo; empty when neither is possible
+APT = $(shell if [ "$$(id -u)" = 0 ]; then echo apt-get; elif sudo -n true 2>/dev/null; then \
+	echo "sudo -n apt-get"; fi)
 
-setup: data venv
+.PHONY: setup data browser venv run test test-slow lint clean
+
+setup: data browser venv
 
 # Debian's dataset-fashion-mnist, when the files are not there yet and apt can be used.
 data:
@@ -20,13 +28,24 @@ data:
 	  [ -f $(DATA_DIR)/$$f ] || [ -f $(DATA_DIR)/$$f.gz ] || missing=1; done; \
 	if [ $$missing = 0 ]; then echo "data: Fashion-MNIST found in $(DATA_DIR)"; \
 	elif [ -n "$${TUNEFUSE_DATA:-}" ]; then echo "data: using \$$TUNEFUSE_DATA=$$TUNEFUSE_DATA"; \
-	elif command -v apt-get >/dev/null && { [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then \
-	  sudo=; [ "$$(id -u)" = 0 ] || sudo="sudo -n"; \
+	elif command -v apt-get >/dev/null && [ -n "$(APT)" ]; then \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  $$sudo apt-get install -y -q dataset-fashion-mnist \
-	    || { $$sudo apt-get update -q && $$sudo apt-get install -y -q dataset-fashion-mnist; }; \
+	  $(APT) install -y -q dataset-fashion-mnist \
+	    || { $(APT) update -q && $(APT) install -y -q dataset-fashion-mnist; }; \
 	else echo "data: Fashion-MNIST is not installed and apt-get cannot be used here;" \
 	  "install dataset-fashion-mnist, or pass --data-dir or --download to the commands"; fi
+
+# Debian's Chromium and ChromeDriver, for the browser tests of the MLflow UI, the Ray dashboard
+# and the report.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+	  echo "browser: chromium and chromedriver found"; \
+	elif command -v apt-get >/dev/null && [ -n "$(APT)" ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(APT) install -y -q chromium chromium-driver \
+	    || { $(APT) update -q && $(APT) install -y -q chromium chromium-driver; }; \
+	else echo "browser: chromium is not installed and apt-get cannot be used here;" \
+	  "the browser tests will be skipped (install chromium and chromium-driver)"; fi
 
 venv: $(VENV)/.installed
 
@@ -36,11 +55,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
-run: setup
-	$(PY) -m trainables.data --summary
+run: data venv
+	$(PY) -m search.pipeline --profile $(PROFILE) --workspace $(WORKSPACE) $(ARGS)
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
+
+test-slow: setup
+	$(PY) -m pytest -m slow
 
 lint: venv
 	$(VENV)/bin/ruff check .

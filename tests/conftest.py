@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +76,207 @@ def exit_code(main, *args) -> int:
         return main(list(args))
     except SystemExit as e:
         return e.code
+
+
+# --- the smoke pipeline, shared by the pipeline, analysis and browser tests --------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+# Where tests keep what a person may want to look at afterwards (screenshots): one folder per
+# test under tests/output/ (TUNEFUSE_TEST_OUTPUT elsewhere); ignored by git.
+OUTPUT_ROOT = Path(os.environ.get("TUNEFUSE_TEST_OUTPUT", ROOT / "tests" / "output"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60, headers: dict | None = None) -> int:
+    """Poll ``url`` until it answers (any HTTP status); returns the status."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            req = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def out_dir(request) -> Path:
+    """tests/output/TEST_NAME/, emptied first."""
+    path = OUTPUT_ROOT / re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def chromium(profile_dir: Path):
+    """Debian's headless Chromium through Debian's chromedriver (Selenium), as a user sees it."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for exe in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
+        if not Path(exe).exists():
+            if os.environ.get("CI"):
+                pytest.fail(f"{exe} is missing: the set-up (make browser) should install it")
+            pytest.skip(f"{exe} is missing; run `make browser`")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic",
+                 f"--user-data-dir={profile_dir}", "--window-size=1400,1000"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    driver.set_page_load_timeout(60)
+    return driver
+
+
+@pytest.fixture
+def browser(tmp_path):
+    driver = chromium(tmp_path / "chromium-profile")
+    yield driver
+    driver.quit()
+
+
+def wait_text(driver, text: str, timeout: float = 60) -> str:
+    """Wait until the page's visible text contains ``text``; returns the text."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout, poll_frequency=0.5).until(
+        lambda d: text in d.find_element(By.TAG_NAME, "body").text)
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+class Pipeline:
+    """The smoke pipeline's workspace and what its two runs printed."""
+
+    def __init__(self, ws: Path):
+        self.ws = ws
+        self.interrupted_out = ""
+        self.interrupted_code = None
+        self.out = ""
+        self.code = None
+        self.dashboard: dict = {}
+
+
+def _run_streaming(cmd, on_line=None, timeout: float = 900, **kw) -> tuple[int, str]:
+    """Run ``cmd``, calling on_line(proc, line) for each output line; (exit code, output)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1, **kw)
+    lines: list[str] = []
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if on_line:
+                on_line(proc, line)
+        return proc.wait(), "".join(lines)
+    finally:
+        timer.cancel()
+
+
+def _values(obj, key: str):
+    """Every value of ``key`` anywhere in nested dicts and lists."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == key:
+                yield v
+            yield from _values(v, key)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _values(v, key)
+
+
+def check_ray_dashboard(url: str, shots: Path) -> dict:
+    """Open the Ray dashboard of a live cluster in Chromium: the token prompt, then (with the
+    token set as the dashboard's cookie) the cluster page listing the node."""
+    import json
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    token = subprocess.run([str(VENV_BIN / "ray"), "get-auth-token"], capture_output=True,
+                           text=True, timeout=60).stdout.strip().splitlines()[-1]
+    found: dict = {"url": url}
+    req = urllib.request.Request(f"{url}/nodes?view=summary",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        summary = json.loads(r.read())["data"]["summary"]
+    found["node_ips"] = sorted({ip for n in summary for ip in _values(n, "nodeManagerAddress")})
+    found["unauthenticated_status"] = wait_http(f"{url}/nodes?view=summary")
+    driver = chromium(Path(tempfile.mkdtemp(prefix="chromium-")))
+    prompt = "Authentication Token Required"
+    try:
+        driver.get(f"{url}/#/cluster")
+        found["prompt"] = prompt in wait_text(driver, prompt, timeout=90)
+        driver.save_screenshot(str(shots / "ray_dashboard_token_prompt.png"))
+        # as a user does: paste the token into the dashboard's dialog and submit it
+        driver.find_element(By.XPATH, "//div[@role='dialog']//input").send_keys(token)
+        driver.find_element(By.XPATH, "//div[@role='dialog']//button[translate(normalize-space("
+                            "), 'SUBMIT', 'submit') = 'submit']").click()
+        found["text"] = wait_text(driver, "ALIVE", timeout=90)
+        WebDriverWait(driver, 60, 0.5).until(
+            lambda d: prompt not in d.find_element(By.TAG_NAME, "body").text)
+        found["text"] = driver.find_element(By.TAG_NAME, "body").text
+        driver.save_screenshot(str(shots / "ray_dashboard_cluster.png"))
+        found["title"] = driver.title
+        found["rows"] = len(driver.find_elements(By.CSS_SELECTOR, "tbody tr"))
+    except Exception as e:  # kept for the test to report; the pipeline must go on
+        found["error"] = f"{type(e).__name__}: {e}"
+        driver.save_screenshot(str(shots / "ray_dashboard_error.png"))
+    finally:
+        driver.quit()
+    return found
+
+
+@pytest.fixture(scope="session")
+def smoke_pipeline(tmp_path_factory) -> Pipeline:
+    """The README's first command at smoke scale, as a user would live it: started, stopped
+    with Ctrl-C during its second stage, then continued with --resume through `make run`;
+    while the resumed run's cluster is up, its Ray dashboard is opened in Chromium."""
+    from trainables import data
+
+    _, missing = data.find_files(data.SYSTEM_DIR)
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{data.SYSTEM_DIR} lacks {missing}: the set-up should install them")
+        pytest.skip("the Debian data set is not installed (make data)")
+    ws = tmp_path_factory.mktemp("pipeline") / "ws"
+    result = Pipeline(ws)
+    port = free_port()
+    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+
+    def interrupt_in_stage_two(proc, line):
+        if line.startswith("experiment smoke-grid-resnet18:"):
+            time.sleep(1)  # Tune is starting the stage's trials
+            proc.send_signal(signal.SIGINT)
+
+    result.interrupted_code, result.interrupted_out = _run_streaming(
+        [sys.executable, "-m", "search.pipeline", "--profile", "smoke", "--workspace", str(ws),
+         "--dashboard-port", str(port)], interrupt_in_stage_two, timeout=600, env=env)
+
+    shots = OUTPUT_ROOT / "ray_dashboard"
+    shutil.rmtree(shots, ignore_errors=True)
+    shots.mkdir(parents=True)
+
+    def dashboard_while_running(proc, line):
+        m = re.search(r"Ray dashboard (http://127\.0\.0\.1:\d+)", line)
+        if m and not result.dashboard:
+            result.dashboard = check_ray_dashboard(m.group(1), shots)
+
+    result.code, result.out = _run_streaming(
+        ["make", "--no-print-directory", "run", "PROFILE=smoke", f"WORKSPACE={ws}",
+         f"ARGS=--resume --dashboard-port {port}"], dashboard_while_running, timeout=900,
+        env=env)
+    return result

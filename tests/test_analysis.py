@@ -157,22 +157,10 @@ def run(module, *args, timeout=600):
                           env={**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
 
 
-@pytest.fixture(scope="module")
-def searched(tmp_path_factory):
-    """A workspace after the smoke grids of two models."""
-    from trainables import data
-
-    _, missing = data.find_files(data.SYSTEM_DIR)
-    if missing:
-        pytest.skip("the Debian data set is not installed (make data)")
-    ws = tmp_path_factory.mktemp("analysis") / "ws"
-    common = ["--profile", "smoke", "--workspace", str(ws), "--num-cpus", "2",
-              "--dashboard-port", "0", "--train-size", "800"]
-    for model, extra in (("cnn", ["--batch-sizes", "64", "--epochs", "2,3"]),
-                         ("resnet18", ["--batch-sizes", "32,128", "--epochs", "3"])):
-        out = run("search.grid", "--model", model, *common, *extra)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return ws
+@pytest.fixture
+def searched(smoke_pipeline):
+    """The smoke pipeline's workspace: grids of the three models and a weights search."""
+    return smoke_pipeline.ws
 
 
 @pytest.mark.slow
@@ -234,8 +222,8 @@ def test_report_end_to_end(searched, tmp_path):
               "--per-model-cap", "1", "--name", "u", "--no-register")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     s = json.loads((searched / "reports" / "u" / "summary.json").read_text())
-    assert sorted(m["model"] for m in s["members"]) == ["cnn", "resnet18"]
-    assert s["fusion"]["weights"] == [0.5, 0.5]
+    models = [m["model"] for m in s["members"]]
+    assert len(set(models)) == 2 and s["fusion"]["weights"] == [0.5, 0.5]
 
 
 @pytest.mark.parametrize("args, message", [

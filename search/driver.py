@@ -71,7 +71,16 @@ def add_search_args(p: ArgParser, default_name: str) -> None:
     r.add_argument("--num-cpus", type=int, help="CPUs of the local cluster (default all)")
     r.add_argument("--dashboard-port", type=int, default=8265)
     add_data_args(p)
-    p.set_defaults(train_size=None, seed=0)
+    p.set_defaults(train_size=PROFILE_TRAIN_SIZE, seed=0)
+
+
+PROFILE_TRAIN_SIZE = -1  # --train-size not given: the profile's (None, from "all", is all)
+
+
+def train_size(args, profile) -> int | None:
+    """The labelled images a search uses: --train-size (a number, or None for all), else the
+    profile's."""
+    return profile.train_size if args.train_size == PROFILE_TRAIN_SIZE else args.train_size
 
 
 @dataclass

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from search.asha import ScheduleAwareASHA
-from search.driver import EXIT_USAGE, Search, add_search_args, positive_ints, run_search
+from search.driver import EXIT_USAGE, Search, add_search_args, positive_ints, run_search, train_size
 from search.profiles import PROFILES, Profile
 from trainables.cli import ArgParser
 from trainables.data import DataError, load_split
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None, space_overrides: dict | None = None) -> 
     profile = PROFILES[args.profile]
     name = args.name or f"grid-{model}"
     try:
-        split = load_split(args.data_dir, args.train_size or profile.train_size, args.seed,
+        split = load_split(args.data_dir, train_size(args, profile), args.seed,
                            args.download)
         epochs = args.epochs or profile.grid(model)[1]
         batch_sizes = args.batch_sizes or profile.grid(model)[0]

@@ -29,6 +29,7 @@ from search.driver import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    PROFILE_TRAIN_SIZE,
     UsageError,
     add_search_args,
     check_resume,
@@ -90,10 +91,11 @@ def shared_argv(args) -> list[str]:
            "--dashboard-port", str(args.dashboard_port)]
     for flag, value in (("--tracking-uri", args.tracking_uri),
                         ("--storage-path", args.storage_path), ("--address", args.address),
-                        ("--num-cpus", args.num_cpus), ("--data-dir", args.data_dir),
-                        ("--train-size", args.train_size)):
+                        ("--num-cpus", args.num_cpus), ("--data-dir", args.data_dir)):
         if value is not None:
             out += [flag, str(value)]
+    if args.train_size != PROFILE_TRAIN_SIZE:
+        out += ["--train-size", "all" if args.train_size is None else str(args.train_size)]
     if args.download:
         out.append("--download")
     return out
@@ -135,9 +137,7 @@ def stage_best(ws: Workspace, client, stage: Stage) -> tuple[int | None, float |
         return None, None
     run = client.get_run(state["parent_run_id"])
     finished = run.data.tags.get("trials_finished")
-    metric = next((v for k, v in run.data.metrics.items() if k.startswith("best_val_acc")),
-                  None)
-    return (int(finished) if finished else None), metric
+    return (int(finished) if finished else None), run.data.metrics.get("best_val_acc")
 
 
 def fmt_time(seconds: float) -> str:

@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from search.asha import ScheduleAwareASHA
-from search.driver import EXIT_USAGE, Search, add_search_args, run_search
+from search.driver import EXIT_USAGE, Search, add_search_args, run_search, train_size
 from search.grid import ALIASES
 from search.profiles import PROFILES
 from search.workspace import Workspace, WorkspaceError
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("the cnn has a fixed width (the seed's); drop --width")
             width = None
         warmup = profile.warmup_epochs if args.warmup_epochs is None else args.warmup_epochs
-        split = load_split(args.data_dir, args.train_size or profile.train_size, args.seed,
+        split = load_split(args.data_dir, train_size(args, profile), args.seed,
                            args.download)
         if batch_size > len(split.y_train):
             raise ConfigError(f"batch size {batch_size} is larger than the "

@@ -132,6 +132,22 @@ def test_bad_arguments(args, message, tmp_path, capsys):
     assert len(lines) == 1 and message in lines[0], lines
 
 
+@pytest.mark.parametrize("given, expected", [(None, 30_000), ("all", None), ("5000", 5000)])
+def test_the_train_size_reaches_every_stage(given, expected):
+    """--train-size given to the pipeline (a number, or all) is what each stage loads; without
+    it, the profile's."""
+    from search import grid, pipeline, weights
+    from search.driver import train_size
+    from search.profiles import PROFILES
+
+    args = pipeline.parser().parse_args(
+        ["--profile", "quick", *(["--train-size", given] if given else [])])
+    stage_argv = pipeline.shared_argv(args)
+    for module in (grid, weights):
+        stage_args = module.parser().parse_args(["--model", "resnet18", *stage_argv])
+        assert train_size(stage_args, PROFILES["quick"]) == expected
+
+
 def test_a_second_pipeline_of_the_same_name_is_refused(smoke_pipeline, capsys):
     from search import pipeline
 

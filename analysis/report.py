@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from analysis import fusion
-from analysis.select import SelectionError, gather, same_data, top_k
+from analysis.select import SelectionError, distinct, gather, same_data, top_k
 from search.asha import ScheduleAwareASHA
 from search.workspace import Workspace, WorkspaceError, redact
 from trainables.cli import ArgParser
@@ -247,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SelectionError(f"no finished trial with a checkpoint in "
                                  f"{redact(ws.tracking_uri)}; run python -m search.grid first")
         group, others = same_data(candidates)
+        unique = distinct(group)
+        if len(unique) < len(group):
+            print(f"note: {len(group) - len(unique)} candidate(s) kept a shared warm-up "
+                  "checkpoint another candidate already holds; each model is fused once")
+        group = unique
         members = top_k(group, args.top_k, args.per_model_cap)
         weights = _weights_arg(args.weights, len(members)) if args.method == "weighted" \
             else None

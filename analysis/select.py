@@ -111,6 +111,32 @@ def same_data(candidates: list[Candidate]) -> tuple[list[Candidate], list[Candid
     return [c for c in ranked if c.fingerprint == fp], [c for c in ranked if c.fingerprint != fp]
 
 
+# Flat params that do not change a trial's weights during the warm-up (besides SGD_ONLY).
+NOT_WEIGHTS = ("device", "num_threads", "eval_batch_size", "warmup_cache")
+
+
+def distinct(candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates, ranked, less those whose checkpoint holds another's weights.
+
+    Trials that differ only in SGD-phase settings share one warm-up (trainables/trainable.py),
+    so when a trial's best epoch falls inside the warm-up, its kept checkpoint has the same
+    weights as a sibling's kept at that epoch; fusing both would count one model twice.
+    """
+    from trainables.engine import SGD_ONLY
+
+    seen, out = set(), []
+    for c in rank(candidates):
+        warmup = int(float(c.params.get("warmup_epochs") or 0))
+        if 0 < c.epoch <= warmup:
+            key = (c.fingerprint, c.epoch, tuple(sorted(
+                (k, v) for k, v in c.params.items() if k not in SGD_ONLY + NOT_WEIGHTS)))
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(c)
+    return out
+
+
 def top_k(candidates: list[Candidate], k: int, per_model_cap: int | None = None
           ) -> list[Candidate]:
     """The k best by validation accuracy, at most ``per_model_cap`` of any one architecture."""

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from conftest import exit_code
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from analysis import figures, fusion
-from analysis.select import Candidate, SelectionError, same_data, top_k
+from analysis.select import Candidate, SelectionError, distinct, same_data, top_k
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,6 +135,23 @@ def test_selection_is_by_validation_with_a_cap_and_one_data_set():
     assert [c.run_id for c in top_k(group, 3, per_model_cap=1)] == ["a", "c", "e"]
     with pytest.raises(SelectionError):
         top_k(group, 0)
+
+
+def test_a_shared_warmup_checkpoint_is_fused_once():
+    """Trials that differ only in SGD settings share the warm-up: kept at a warm-up epoch, their
+    checkpoints are one model; kept after it, they are different models."""
+    base = {"model": "cnn", "batch_size": "64", "warmup_epochs": "1", "augment": "offline",
+            "warmup_cache": "/ws/warmups", "num_threads": "1"}
+
+    def trial(run_id, epoch, val_acc, **params):
+        return replace(cand(run_id, "cnn", val_acc), epoch=epoch,
+                       params={**base, **params})
+
+    cs = [trial("e3", 1, 0.83, epochs="3"), trial("e4", 1, 0.83, epochs="4", lr="0.02"),
+          trial("b128", 1, 0.80, epochs="4", batch_size="128"),
+          trial("late3", 3, 0.82, epochs="3"), trial("late4", 3, 0.82, epochs="4")]
+    assert [c.run_id for c in distinct(cs)] == ["e3", "late3", "late4", "b128"]
+    assert [c.run_id for c in top_k(distinct(cs), 2)] == ["e3", "late3"]
 
 
 def test_test_set_cannot_change_the_chosen_weights():

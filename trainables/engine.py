@@ -39,6 +39,10 @@ class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite: the trial must fail, not go on."""
 
 
+# What the warm-up does not depend on: only the SGD phase reads these (shared warm-ups,
+# trainables/trainable.py; identical members, analysis/select.py).
+SGD_ONLY = ("epochs", "lr", "momentum", "weight_decay", "schedule")
+
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = "cnn"

@@ -23,13 +23,11 @@ from pathlib import Path
 from ray import tune
 
 from trainables import checkpoint
-from trainables.engine import TrainConfig, build, run_epoch
+from trainables.engine import SGD_ONLY, TrainConfig, build, run_epoch
 
 METRIC, MODE = "val_acc", "max"  # shared by the scheduler, checkpointing and selection
 TIME_ATTR = "epoch"
 CHECKPOINT_FILE = "checkpoint.pt"
-# What the warm-up does not depend on: only the SGD phase reads these.
-SGD_ONLY = ("epochs", "lr", "momentum", "weight_decay", "schedule")
 
 
 def warmup_key(cfg: TrainConfig, fingerprint: str) -> str:

@@ -27,8 +27,6 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from mlflow.tracking import MlflowClient
 
-EXPERIMENT_KIND = "custom_model_development"
-
 
 class WorkspaceError(Exception):
     """A workspace or tracking problem; one line for the user."""
@@ -90,9 +88,7 @@ class Workspace:
         location = None
         if self.tracking_uri.startswith("sqlite:"):  # keep artifacts in the workspace
             location = (self.root / "mlartifacts" / _safe(name)).as_uri()
-        # the MLflow UI opens an experiment of this kind on its training runs, not GenAI traces
-        return client.create_experiment(name, artifact_location=location,
-                                        tags={"mlflow.experimentKind": EXPERIMENT_KIND})
+        return client.create_experiment(name, artifact_location=location)
 
     def state_file(self, name: str) -> Path:
         return self.root / "experiments" / f"{_safe(name)}.json"

@@ -43,6 +43,7 @@ class NonFiniteLoss(RuntimeError):
 # trainables/trainable.py; identical members, analysis/select.py).
 SGD_ONLY = ("epochs", "lr", "momentum", "weight_decay", "schedule")
 
+
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = "cnn"

@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if state is None:
         state = {"name": name, "profile": profile.name, "created": time.time(),
-                 "argv": sys.argv[1:] if argv is None else list(argv),
+                 "argv": [redact(a) for a in (sys.argv[1:] if argv is None else argv)],
                  "stages": [{"name": s.name, "kind": s.kind, "model": s.model,
                              "status": "pending", "seconds": 0.0} for s in stages]}
         store.save(state)

@@ -4,10 +4,15 @@ A checkpoint is a plain dict of tensors and Python scalars, so it loads with
 ``torch.load(..., weights_only=True)`` (no pickle of arbitrary objects): the model's name and
 kwargs, the TrainConfig as a dict, the epoch, the metrics and history, the optimiser's phase and
 state, the normalisation statistics and the data fingerprint.
+
+Beside ``NAME`` lies ``NAME.sha256`` (``sha256sum -c`` reads it): a flipped byte in the tensor
+data would still load, so load() checks the digest and refuses a file that does not match it.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 from pathlib import Path
 
@@ -50,18 +55,46 @@ def state_dict(state: TrainState) -> dict:
     }
 
 
+def digest_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def save(state: TrainState, path: str | Path) -> Path:
-    """Write atomically: a crash mid-write never leaves a half checkpoint under ``path``."""
+    """Write atomically: a crash or a full disk mid-write never leaves a half checkpoint under
+    ``path`` (the previous one stays as it was) and never leaves a temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state_dict(state), tmp)
-    os.replace(tmp, path)
+    tmp_digest = path.with_name(path.name + ".sha256.tmp")
+    try:
+        torch.save(state_dict(state), tmp)
+        tmp_digest.write_text(f"{_sha256(tmp)}  {path.name}\n")
+        os.replace(tmp, path)
+        os.replace(tmp_digest, digest_path(path))
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        for leftover in (tmp, tmp_digest):
+            leftover.unlink(missing_ok=True)
+        full = getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e)
+        why = "the disk is full" if full else (getattr(e, "strerror", None) or str(e)[:200])
+        raise CheckpointError(f"cannot write checkpoint {path} ({why}); free space or point "
+                              "--workspace / --storage-path at a disk with room") from e
     return path
 
 
 def load(path: str | Path) -> dict:
     path = Path(path)
+    digest = digest_path(path)
+    if path.exists() and digest.exists() and digest.read_text().split()[:1] != [_sha256(path)]:
+        raise CheckpointError(f"{path}: corrupted (its SHA-256 does not match {digest.name})")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

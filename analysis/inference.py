@@ -62,7 +62,7 @@ def cached_probs(cache_dir: str | Path, checkpoint_path: str | Path, split,
     path = Path(cache_dir) / f"{key}.npz"
     if path.exists():
         try:
-            with np.load(path) as z:
+            with np.load(path, allow_pickle=False) as z:  # numbers only, never objects
                 return z["val"], z["test"]
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)  # a damaged cache entry is recomputed

@@ -83,7 +83,9 @@ def save(state: TrainState, path: str | Path) -> Path:
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
         for leftover in (tmp, tmp_digest):
             leftover.unlink(missing_ok=True)
-        full = getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e)
+        # torch's zip writer reports a full disk as "unexpected pos N vs M"
+        full = getattr(e, "errno", None) == errno.ENOSPC or any(
+            text in str(e) for text in ("No space left", "unexpected pos"))
         why = "the disk is full" if full else (getattr(e, "strerror", None) or str(e)[:200])
         raise CheckpointError(f"cannot write checkpoint {path} ({why}); free space or point "
                               "--workspace / --storage-path at a disk with room") from e

@@ -18,9 +18,9 @@ ARGS ?=
 APT = $(shell if [ "$$(id -u)" = 0 ]; then echo apt-get; elif sudo -n true 2>/dev/null; then \
 	echo "sudo -n apt-get"; fi)
 
-.PHONY: setup data browser venv run test test-slow lint clean
+.PHONY: setup data browser compose postgres venv run test test-slow lint clean
 
-setup: data browser venv
+setup: data browser compose postgres venv
 
 # Debian's dataset-fashion-mnist, when the files are not there yet and apt can be used.
 data:
@@ -46,6 +46,27 @@ browser:
 	    || { $(APT) update -q && $(APT) install -y -q chromium chromium-driver; }; \
 	else echo "browser: chromium is not installed and apt-get cannot be used here;" \
 	  "the browser tests will be skipped (install chromium and chromium-driver)"; fi
+
+# Debian's docker-compose (v1), which checks docker/compose.yaml (`config`) without an engine.
+compose:
+	@if command -v docker-compose >/dev/null; then echo "compose: docker-compose found"; \
+	elif command -v apt-get >/dev/null && [ -n "$(APT)" ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(APT) install -y -q --no-install-recommends docker-compose \
+	    || { $(APT) update -q && $(APT) install -y -q --no-install-recommends docker-compose; }; \
+	else echo "compose: docker-compose is not installed and apt-get cannot be used here;" \
+	  "the docker-compose test will be skipped (install docker-compose)"; fi
+
+# Debian's PostgreSQL server binaries (initdb, pg_ctl), for the test of an MLflow tracking
+# server backed by PostgreSQL; the test starts its own cluster, the system's stays untouched.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "postgres: PostgreSQL found in /usr/lib/postgresql"; \
+	elif command -v apt-get >/dev/null && [ -n "$(APT)" ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(APT) install -y -q postgresql || { $(APT) update -q && $(APT) install -y -q postgresql; }; \
+	else echo "postgres: PostgreSQL is not installed and apt-get cannot be used here;" \
+	  "the MLflow server test will be skipped (install postgresql)"; fi
 
 venv: $(VENV)/.installed
 

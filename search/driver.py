@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from search import offline
 from search.workspace import Workspace, WorkspaceError, git_commit, redact
 from trainables.cli import ArgParser
 from trainables.data import add_data_args
@@ -38,6 +41,98 @@ def positive_ints(text: str) -> tuple[int, ...]:
     if min(values) < 1:
         raise argparse.ArgumentTypeError(f"values must be at least 1, got {text!r}")
     return values
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number no smaller than ``low``."""
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return whole
+
+
+def above_one(text: str) -> float:
+    """An argparse type for ASHA's reduction factor (Ray asserts it is above 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 1):
+        raise argparse.ArgumentTypeError(f"must be above 1 (e.g. 2 or 3), got {text}")
+    return value
+
+
+def check_resources(args) -> None:
+    """Resource and cluster flags no trial could ever run with, refused before anything starts
+    or is recorded: Tune itself waits for ever for resources the cluster lacks (it only warns
+    every 60 s), and Ray waits minutes for an address that does not answer."""
+    cpus, gpus = args.cpus_per_trial, args.gpus_per_trial
+    if not (math.isfinite(cpus) and cpus > 0):
+        raise UsageError(f"--cpus-per-trial must be above 0, got {cpus:g}; e.g. 1, or 0.5 for "
+                         "two trials per CPU")
+    if not (math.isfinite(gpus) and gpus >= 0):
+        raise UsageError(f"--gpus-per-trial must be 0 or more, got {gpus:g}")
+    if gpus > 1 and gpus != int(gpus):
+        raise UsageError(f"--gpus-per-trial {gpus:g}: above 1 a trial takes whole GPUs; use a "
+                         "fraction of one (e.g. 0.5) or a whole number")
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise UsageError(f"--num-cpus must be at least 1, got {args.num_cpus}")
+    if args.max_concurrent < 0:
+        raise UsageError(f"--max-concurrent must be 0 (as resources allow) or more, got "
+                         f"{args.max_concurrent}")
+    if args.max_failures < -1:
+        raise UsageError(f"--max-failures must be -1 (retry for ever) or more, got "
+                         f"{args.max_failures}")
+    if not 0 <= args.dashboard_port <= 65535:
+        raise UsageError(f"--dashboard-port must be a port number, 0..65535, got "
+                         f"{args.dashboard_port}")
+    if args.address:
+        check_address(args.address)
+        return
+    have = args.num_cpus or os.cpu_count() or 1
+    if cpus > have:
+        raise UsageError(f"--cpus-per-trial {cpus:g} is more than the {have} CPUs of the local "
+                         "cluster; lower it" + (" or raise --num-cpus" if args.num_cpus else ""))
+    if gpus > 0:
+        import torch
+
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if math.ceil(gpus) > have:
+            raise UsageError(f"--gpus-per-trial {gpus:g} needs a GPU, and this machine has "
+                             f"{have or 'none'} that CUDA can use; drop --gpus-per-trial, or "
+                             "join a cluster with GPUs (--address)")
+
+
+def check_address(address: str) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) that accepts no connection, in seconds not minutes."""
+    if address == "auto":  # Ray says at once when no cluster runs here
+        return
+    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"--address {address!r} is not auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise UsageError(f"no Ray cluster answers at {address} ({e.strerror or e}); start it "
+                         "(`ray start --head`) or fix --address") from None
+
+
+def check_cluster(args) -> None:
+    """A trial must fit the cluster it was sent to (the one --address joined, too)."""
+    import ray
+
+    total = ray.cluster_resources()
+    for flag, want, key in (("--cpus-per-trial", args.cpus_per_trial, "CPU"),
+                            ("--gpus-per-trial", args.gpus_per_trial, "GPU")):
+        if want > total.get(key, 0):
+            raise UsageError(f"{flag} {want:g} is more than the {total.get(key, 0):g} "
+                             f"{key}s of the Ray cluster; lower it or add nodes with {key}s")
 
 
 def check_resume(what: str, name: str, exists: bool, resume: bool, root) -> None:
@@ -125,9 +220,19 @@ def start_ray(args) -> str | None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     kw = dict(logging_level=logging.WARNING, log_to_driver=False)
     if args.address:
-        ctx = ray.init(address=args.address, **kw)
+        try:
+            ctx = ray.init(address=args.address, **kw)
+        except ray.exceptions.AuthenticationError:
+            raise UsageError(f"the Ray cluster at {args.address} refused this driver's token; "
+                             "export RAY_AUTH_MODE=token and the head's token (`ray "
+                             "get-auth-token` there) as RAY_AUTH_TOKEN") from None
+        except (ConnectionError, TimeoutError, ray.exceptions.RpcError) as e:
+            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise UsageError(f"no Ray cluster answers at {args.address} ({why}); start it "
+                             "(`ray start --head`) or fix --address") from None
     else:
-        ctx = ray.init(num_cpus=args.num_cpus, include_dashboard=True,
+        # "local": a new cluster of this process, even when `ray start` runs one on this machine
+        ctx = ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=True,
                        dashboard_host="127.0.0.1", dashboard_port=args.dashboard_port, **kw)
     url = getattr(ctx, "dashboard_url", None)
     url = f"http://{url}" if url and not url.startswith("http") else url
@@ -147,10 +252,18 @@ def run_search(args, search: Search, split, on_start=None) -> int:
         ws = Workspace.open(args.workspace, args.tracking_uri, args.storage_path)
         state = ws.load_state(search.name)
         check_resume("experiment", search.name, state is not None, args.resume, ws.root)
+        if state is not None and state["data_fingerprint"] != split.fingerprint:
+            raise UsageError(f"experiment {search.name!r} was run on data "
+                             f"{state['data_fingerprint'][:16]}, this one is "
+                             f"{split.fingerprint[:16]}; use the same --data-dir, --train-size "
+                             "and --seed")
         client = ws.client()
+        dashboard = start_ray(args)  # before anything is recorded: a cluster that refuses us
+        check_cluster(args)
     except (WorkspaceError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    offline.back_online(ws.tracking_uri)  # it answered: this search records again
     experiment_id = ws.experiment_id(client, search.name)
     if state is None:
         run_name = f"{search.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -166,14 +279,8 @@ def run_search(args, search: Search, split, on_start=None) -> int:
         ws.save_state(search.name, state)
     else:
         parent_id = state["parent_run_id"]
-        if state["data_fingerprint"] != split.fingerprint:
-            print(f"error: experiment {search.name!r} was run on data "
-                  f"{state['data_fingerprint'][:16]}, this one is {split.fingerprint[:16]}; "
-                  "use the same --data-dir, --train-size and --seed", file=sys.stderr)
-            return EXIT_USAGE
         client.update_run(parent_id, status="RUNNING")
 
-    dashboard = start_ray(args)
     if on_start:
         on_start(ws, dashboard)
     print(f"experiment {search.name}: MLflow {redact(ws.tracking_uri)} (parent run "
@@ -194,7 +301,7 @@ def run_search(args, search: Search, split, on_start=None) -> int:
                                    resume_errored=True)
         results += list(tuner.fit())
         if interrupted(path):
-            return stop_interrupted(client, parent_id, search)
+            return stop_interrupted(client, parent_id, search, ws, state)
         missing = search.num_samples - search.trials_done(ws) if search.trials_done else 0
         if missing > 0:  # a finished search asked for more trials: a new part runs them
             part = f"{search.name}-part{len(parts) + 1}"
@@ -209,8 +316,14 @@ def run_search(args, search: Search, split, on_start=None) -> int:
         results += list(_tuner(search, trainable, lineage, ws, args, parts[-1],
                                search.num_samples, first=True).fit())
     if interrupted(path):
-        return stop_interrupted(client, parent_id, search)
-    return summarise(results, client, parent_id, ws, dashboard, search)
+        return stop_interrupted(client, parent_id, search, ws, state)
+    if args.resume:  # what MLflow missed (a server that went away), from Tune's results
+        from search.backfill import catch_up
+
+        catch_up(ws.tracking_uri, search, results, client, experiment_id, parent_id)
+    code = summarise(results, client, parent_id, ws, dashboard, search)
+    offline.note(ws, search.name, state)
+    return code
 
 
 def interrupted(path: str) -> bool:
@@ -224,9 +337,14 @@ def interrupted(path: str) -> bool:
     return any(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 
-def stop_interrupted(client, parent_id: str, search: Search) -> int:
-    client.set_tag(parent_id, "interrupted", time.strftime("%Y-%m-%d %H:%M:%S"))
-    client.set_terminated(parent_id, "KILLED")
+def stop_interrupted(client, parent_id: str, search: Search, ws: Workspace,
+                     state: dict) -> int:
+    def record():
+        client.set_tag(parent_id, "interrupted", time.strftime("%Y-%m-%d %H:%M:%S"))
+        client.set_terminated(parent_id, "KILLED")
+
+    offline.tracked(ws.tracking_uri, record)
+    offline.note(ws, search.name, state)
     print(f"\nexperiment {search.name} interrupted; its state is saved. Continue it with the "
           "same command and --resume (finished trials are not run again)", file=sys.stderr)
     return EXIT_INTERRUPTED
@@ -300,14 +418,19 @@ def summarise(results, client, parent_id: str, ws: Workspace, dashboard: str | N
                 *(k for k in cols if k not in ("batch_size", "epochs")))
         print(f"\nbest: {metric} {best:.4f} with " +
               ", ".join(f"{k}={cell(cfg.get(k))}" for k in keys if k in cfg))
-        client.log_metric(parent_id, f"best_{metric}", float(best))
-        for k, v in flat_params({k: cfg.get(k) for k in keys if k in cfg}).items():
-            client.set_tag(parent_id, f"best.{k}", v)
-    if search.report is not None:
-        search.report(results, client, parent_id, ws)
-    client.set_tag(parent_id, "trials_finished", str(len(finished)))
-    client.set_tag(parent_id, "trials_failed", str(len(failed)))
-    client.set_terminated(parent_id, "FINISHED" if finished else "FAILED")
+
+    def record():  # the parent run's end; skipped (the --resume does it) if MLflow is gone
+        if finished:
+            client.log_metric(parent_id, f"best_{metric}", float(best))
+            for k, v in flat_params({k: cfg.get(k) for k in keys if k in cfg}).items():
+                client.set_tag(parent_id, f"best.{k}", v)
+        if search.report is not None:
+            search.report(results, client, parent_id, ws)
+        client.set_tag(parent_id, "trials_finished", str(len(finished)))
+        client.set_tag(parent_id, "trials_failed", str(len(failed)))
+        client.set_terminated(parent_id, "FINISHED" if finished else "FAILED")
+
+    offline.tracked(ws.tracking_uri, record)
     if ws.tracking_uri.startswith("sqlite:"):
         print(f"\nMLflow UI:      mlflow ui --backend-store-uri {ws.tracking_uri} "
               "--host 127.0.0.1 --port 5000   (then http://127.0.0.1:5000)")

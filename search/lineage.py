@@ -5,11 +5,18 @@ one nested child run per trial (``mlflow.parentRunId``), with the trial's config
 every epoch's metrics at ``step=epoch``, the trial's best checkpoint (by val_acc, not the last)
 as an artifact, status FAILED for failed trials, and tags saying when and why ASHA stopped one.
 A resumed search finds its child runs by trial id and never logs an epoch twice.
+A tracking server that goes away does not stop the search (search/offline.py); --resume
+records what it missed (search/backfill.py).
+Faults are recorded on the trial's run, never only in a log: ``failures`` (a worker that died
+and the trial retried from its last checkpoint, with ``last_failure``), ``checkpoint_fault``
+(a checkpoint that failed its checksum or did not load, and what the trial did instead), and
+``node_id`` / ``node_ip`` of the Ray node that ran it (the latest, after a retry).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from search.driver import cell
+from search.offline import remember, resolve, tracked_hook
 from trainables.trainable import CHECKPOINT_FILE, METRIC
 
 SKIP_PARAMS = ("warmup_cache",)
@@ -66,7 +74,8 @@ def trial_run_name(trial) -> str:
 class MLflowLineage(tune.Callback):
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
                  scheduler=None, metric: str = METRIC):
-        self.tracking_uri = tracking_uri
+        # the URI without its password: Tune pickles this callback into the storage path
+        self.tracking_uri = remember(tracking_uri)
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.scheduler = scheduler
@@ -78,6 +87,7 @@ class MLflowLineage(tune.Callback):
         self.best_result: dict[str, dict] = {}  # trial_id -> the metrics of that epoch
         self.best_checkpoint: dict[str, str] = {}
         self.last_result: dict[str, dict] = {}
+        self.node: dict[str, str] = {}  # trial_id -> the node of its latest result
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment; the client stays out
         state = dict(self.__dict__)
@@ -87,7 +97,7 @@ class MLflowLineage(tune.Callback):
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
+            self._client = MlflowClient(resolve(self.tracking_uri))
         return self._client
 
     def _run_for(self, trial) -> str:
@@ -121,13 +131,22 @@ class MLflowLineage(tune.Callback):
         self.runs[trial.trial_id] = run_id
         return run_id
 
+    @tracked_hook
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run_for(trial)
 
+    @tracked_hook
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run_for(trial)
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         self.last_result[trial.trial_id] = result
+        node = result.get("node_id")
+        if node and self.node.get(trial.trial_id) != node:  # first result on a (new) node
+            self.node[trial.trial_id] = node
+            self.client.set_tag(run_id, "node_id", node)
+            self.client.set_tag(run_id, "node_ip", str(result.get("node_ip", "")))
+        if result.get("checkpoint_fault"):
+            self.client.set_tag(run_id, "checkpoint_fault", str(result["checkpoint_fault"])[:5000])
         value = result.get(self.metric)
         if value is not None and value > self.best.get(trial.trial_id, (-1.0, 0))[0]:
             self.best[trial.trial_id] = (float(value), epoch)
@@ -148,45 +167,65 @@ class MLflowLineage(tune.Callback):
             self.best_checkpoint[trial.trial_id] = checkpoint.path
 
     def _finish(self, trial, status: str, extra_tags: dict):
-        run_id = self._run_for(trial)
-        tags = dict(extra_tags)
-        if trial.trial_id in self.best:
-            value, epoch = self.best[trial.trial_id]
-            tags.update(best_epoch=str(epoch), best_metric=self.metric)
-            # the best epoch's metrics, which are the kept checkpoint's: best_val_acc, ...
-            at_best = {k: v for k, v in self.best_result.get(trial.trial_id, {}).items()
-                       if isinstance(v, int | float)}
-            at_best[self.metric] = value
-            now = int(time.time() * 1000)
-            self.client.log_batch(run_id, metrics=[
-                Metric(f"best_{k}", float(v), now, epoch) for k, v in at_best.items()])
-            if "val_acc" in at_best:
-                tags["best_val_acc"] = f"{at_best['val_acc']:.6f}"
-        path = self.best_checkpoint.get(trial.trial_id)
-        if path and Path(path, CHECKPOINT_FILE).exists():
-            self.client.log_artifact(run_id, str(Path(path, CHECKPOINT_FILE)), "best_checkpoint")
-            tags["best_checkpoint"] = "best_checkpoint/" + CHECKPOINT_FILE
         stop = getattr(self.scheduler, "stops", {}).get(trial.trial_id)
-        if stop:
-            cutoff = "n/a" if stop["cutoff"] is None else f"{stop['cutoff']:.4f}"
-            tags.update(stopped_by="asha", stopped_at_epoch=str(stop["epoch"]),
-                        stop_reason=f"ASHA rung at epoch {stop['rung']} of the "
-                        f"{stop['group_epochs']}-epoch trials: {stop['metric']} "
-                        f"{stop['value']:.4f} below the cutoff {cutoff} of "
-                        f"{stop['compared_with']} other trial(s)")
-        for k, v in tags.items():
-            self.client.set_tag(run_id, k, v)
-        self.client.set_terminated(run_id, status)
+        record_end(self.client, self._run_for(trial), status, self.metric,
+                   self.best.get(trial.trial_id), self.best_result.get(trial.trial_id, {}),
+                   self.best_checkpoint.get(trial.trial_id),
+                   {**extra_tags, **(asha_tags(stop) if stop else {})})
 
+    @tracked_hook
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, "FINISHED", {})
 
+    @tracked_hook
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        run_id = self._run_for(trial)
+        self.client.set_tag(run_id, "failures", str(trial.num_failures))
+        self.client.set_tag(run_id, "last_failure", error_line(trial) or "worker failed")
+
+    @tracked_hook
     def on_trial_error(self, iteration, trials, trial, **info):
-        reason = ""
-        if trial.error_file and Path(trial.error_file).exists():
-            lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
-            reason = lines[-1][:500] if lines else ""
-        self._finish(trial, "FAILED", {"error": reason or "trial failed"})
+        self._finish(trial, "FAILED", {"error": error_line(trial) or "trial failed"})
+
+
+def record_end(client, run_id: str, status: str, metric: str, best: tuple[float, int] | None,
+               best_result: dict, checkpoint_dir: str | None, extra_tags: dict) -> None:
+    """Close a trial's run: the best epoch's metrics as best_<key> (those of the kept
+    checkpoint), the checkpoint as an artifact, the tags, the status."""
+    tags = dict(extra_tags)
+    if best is not None:
+        value, epoch = best
+        tags.update(best_epoch=str(epoch), best_metric=metric)
+        at_best = {k: v for k, v in best_result.items() if isinstance(v, int | float)}
+        at_best[metric] = value
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[
+            Metric(f"best_{k}", float(v), now, epoch) for k, v in at_best.items()])
+        if "val_acc" in at_best:
+            tags["best_val_acc"] = f"{at_best['val_acc']:.6f}"
+    if checkpoint_dir and Path(checkpoint_dir, CHECKPOINT_FILE).exists():
+        client.log_artifact(run_id, str(Path(checkpoint_dir, CHECKPOINT_FILE)), "best_checkpoint")
+        tags["best_checkpoint"] = "best_checkpoint/" + CHECKPOINT_FILE
+    for k, v in tags.items():
+        client.set_tag(run_id, k, v)
+    client.set_terminated(run_id, status)
+
+
+def asha_tags(stop: dict) -> dict[str, str]:
+    """Where and why ASHA stopped a trial (search/asha.py's record of the decision)."""
+    cutoff = "n/a" if stop["cutoff"] is None else f"{stop['cutoff']:.4f}"
+    return {"stopped_by": "asha", "stopped_at_epoch": str(stop["epoch"]),
+            "stop_reason": f"ASHA rung at epoch {stop['rung']} of the {stop['group_epochs']}"
+                           f"-epoch trials: {stop['metric']} {stop['value']:.4f} below the "
+                           f"cutoff {cutoff} of {stop['compared_with']} other trial(s)"}
+
+
+def error_line(trial) -> str:
+    """The last line of a trial's error file (what raised, or why its worker died)."""
+    if trial.error_file and Path(trial.error_file).exists():
+        lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+        return lines[-1][:500] if lines else ""
+    return ""
 
 
 class TrialLines(tune.Callback):
@@ -200,6 +239,14 @@ class TrialLines(tune.Callback):
         value = result.get(self.metric)
         if value is not None and value > self.best.get(trial.trial_id, (-1.0, 0))[0]:
             self.best[trial.trial_id] = (float(value), int(result.get("epoch", 0)))
+        if result.get("checkpoint_fault"):
+            print(f"[{self.name}] trial {trial.trial_id[-5:]}: checkpoint fault: "
+                  f"{result['checkpoint_fault']}", file=sys.stderr, flush=True)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        why = error_line(trial) or "its worker died"
+        print(f"[{self.name}] trial {trial.trial_id[-5:]}: failed ({why}); retrying from its "
+              f"last checkpoint (failure {trial.num_failures})", file=sys.stderr, flush=True)
 
     def _line(self, trial, outcome: str) -> None:
         cfg = trial.config or {}

@@ -32,16 +32,23 @@ from search.driver import (
     PROFILE_TRAIN_SIZE,
     UsageError,
     add_search_args,
+    at_least,
+    check_resources,
     check_resume,
     dashboard_url,
+    train_size,
 )
 from search.grid import ALIASES
 from search.profiles import PROFILES
 from search.workspace import Workspace, WorkspaceError, redact
 from trainables.cli import ArgParser
+from trainables.data import DataError, load_split
 from trainables.models import list_models
 
 DEFAULT_MODELS = ("cnn", "resnet18", "inception")
+# a stage trained its trials but MLflow went away (search/offline.py); the later stages read
+# MLflow, so the pipeline stops there until --resume, with the server back, records them
+EXIT_OFFLINE = 3
 WEIGHTS_MODEL = "resnet18"  # the seed hand-tuned the class weights of its ResNet
 
 
@@ -55,7 +62,7 @@ def parser() -> ArgParser:
                         f"{','.join(DEFAULT_MODELS)})")
     g.add_argument("--no-weights", action="store_true", help="skip the class-weight search")
     g.add_argument("--top-k", type=int, help="members to fuse (default: the profile's)")
-    g.add_argument("--per-model-cap", type=int, help="at most N members per architecture")
+    g.add_argument("--per-model-cap", type=at_least(1), help="at most N members per architecture")
     g.add_argument("--method", choices=("uniform", "greedy"),
                    help="fusion (default: the profile's)")
     g.add_argument("--calibrate", action="store_true", default=None,
@@ -178,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--models names a model twice ({args.models})")
         if args.top_k is not None and args.top_k < 1:
             raise ValueError("--top-k must be at least 1")
+        check_resources(args)
         ws = Workspace.open(args.workspace, args.tracking_uri, args.storage_path)
         client = ws.client()
         store = PipelineState(ws, name)
@@ -194,7 +202,16 @@ def main(argv: list[str] | None = None) -> int:
             if taken:
                 raise ValueError(f"experiment {taken[0]!r} already exists in {ws.root}; pass "
                                  "--name for a new pipeline")
-    except (ValueError, UsageError, WorkspaceError) as e:
+            # the data every stage loads, checked before the pipeline is recorded: a stage
+            # that refused it would leave a pipeline that only --resume continues
+            split = load_split(args.data_dir, train_size(args, profile), args.seed,
+                               args.download)
+            batch = max(max(profile.grid(m)[0]) for m in models)
+            if batch > len(split.y_train):
+                raise ValueError(f"the {profile.name} profile's batch size {batch} is larger "
+                                 f"than the {len(split.y_train)} training images; raise "
+                                 "--train-size")
+    except (ValueError, UsageError, WorkspaceError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     if state is None:
@@ -235,6 +252,8 @@ def run_pipeline(args, ws, client, store, state, stages, profile) -> int:
             code = run_stage(args, ws, client, state, stage, stages, profile, resume)
         except KeyboardInterrupt:
             code = EXIT_INTERRUPTED
+        if code == EXIT_OK and (ws.load_state(stage.name) or {}).get("mlflow_offline"):
+            code = EXIT_OFFLINE
         dashboard = dashboard or dashboard_url()
         rec["seconds"] = rec.get("seconds", 0.0) + time.time() - t0
         if code != EXIT_OK:
@@ -243,7 +262,9 @@ def run_pipeline(args, ws, client, store, state, stages, profile) -> int:
             store.save(state)
             bar.close()
             why = "was interrupted;" if code == EXIT_INTERRUPTED else \
-                f"ended with exit code {code}; fix the cause above, then"
+                "trained its trials, but MLflow went away (above); when it is back," \
+                if code == EXIT_OFFLINE else f"ended with exit code {code}; fix the cause " \
+                "above, then"
             print(f"\npipeline {state['name']}: stage {stage.name} {why} re-run the same "
                   "command with --resume to continue from it (finished stages are skipped)",
                   file=sys.stderr)

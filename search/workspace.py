@@ -24,6 +24,9 @@ from urllib.parse import urlsplit, urlunsplit
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Not MLflow's "View run NAME at: URL" line per finished run: noise for a search's trials, and
+# it would print a password given in --tracking-uri.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 from mlflow.tracking import MlflowClient
 
@@ -41,6 +44,12 @@ def redact(uri: str) -> str:
     user = f"{parts.username}:***@" if parts.username else ""
     port = f":{parts.port}" if parts.port else ""
     return urlunsplit(parts._replace(netloc=f"{user}{host}{port}"))
+
+
+def scrub(text: str) -> str:
+    """Any text (an error message quoting a request's URL, say) with the passwords of the URIs
+    in it masked as redact() masks them."""
+    return re.sub(r"(?<=://)([^/\s:@]*):[^\s/]*@", r"\1:***@", text)
 
 
 @dataclass(frozen=True)
@@ -71,11 +80,12 @@ class Workspace:
 
     def client(self) -> MlflowClient:
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its table-creation notes
-        client = MlflowClient(self.tracking_uri)
-        try:
+        try:  # a database named directly is connected to (and retried) here already
+            client = MlflowClient(self.tracking_uri)
             client.search_experiments(max_results=1)
         except Exception as e:
-            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            reason = scrub(str(e).strip().splitlines()[0])[:200] if str(e).strip() else \
+                type(e).__name__
             raise WorkspaceError(f"MLflow tracking store {redact(self.tracking_uri)} does not "
                                  f"answer ({reason}); start it or pass another --tracking-uri"
                                  ) from None
@@ -86,7 +96,9 @@ class Workspace:
         if exp is not None:
             return exp.experiment_id
         location = None
-        if self.tracking_uri.startswith("sqlite:"):  # keep artifacts in the workspace
+        # a database named directly (sqlite, postgresql, ...) keeps artifacts in the
+        # workspace, not in ./mlruns of wherever the command runs; a server keeps its own
+        if not self.tracking_uri.startswith(("http:", "https:", "databricks")):
             location = (self.root / "mlartifacts" / _safe(name)).as_uri()
         return client.create_experiment(name, artifact_location=location)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -164,6 +166,10 @@ class Pipeline:
         self.ws = ws
         self.interrupted_out = ""
         self.interrupted_code = None
+        self.killed_out = ""
+        self.killed_code = None
+        self.killed_state: dict = {}
+        self.killed_runs: dict = {}
         self.out = ""
         self.code = None
         self.dashboard: dict = {}
@@ -186,6 +192,35 @@ def _run_streaming(cmd, on_line=None, timeout: float = 900, **kw) -> tuple[int, 
         timer.cancel()
 
 
+def trial_records(ws: Path, experiment: str) -> dict[str, tuple[str, list]]:
+    """trial id -> (status, [(epoch, val_acc, timestamp)]) of an experiment's MLflow runs."""
+    import sqlite3
+
+    with sqlite3.connect(ws / "mlflow.db", timeout=30) as con:
+        runs = con.execute(
+            "select t.value, r.status, r.run_uuid from runs r join experiments e on "
+            "r.experiment_id = e.experiment_id join tags t on t.run_uuid = r.run_uuid "
+            "where t.key = 'trial_id' and e.name = ?", (experiment,)).fetchall()
+        return {trial: (status, con.execute(
+            "select step, value, timestamp from metrics where run_uuid = ? and key = "
+            "'val_acc' order by step, timestamp", (run,)).fetchall())
+            for trial, status, run in runs}
+
+
+def sigkill(proc: subprocess.Popen) -> None:
+    """SIGKILL a driver, then whatever of its Ray cluster outlives it (Ray's GCS, raylet and
+    workers share their driver's fate; some of its agents take a while)."""
+    import psutil
+
+    family = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()
+    proc.wait(timeout=60)
+    _, alive = psutil.wait_procs(family, timeout=30)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+
+
 def _values(obj, key: str):
     """Every value of ``key`` anywhere in nested dicts and lists."""
     if isinstance(obj, dict):
@@ -201,8 +236,6 @@ def _values(obj, key: str):
 def check_ray_dashboard(url: str, shots: Path) -> dict:
     """Open the Ray dashboard of a live cluster in Chromium: the token prompt, then (with the
     token set as the dashboard's cookie) the cluster page listing the node."""
-    import json
-
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -243,8 +276,9 @@ def check_ray_dashboard(url: str, shots: Path) -> dict:
 @pytest.fixture(scope="session")
 def smoke_pipeline(tmp_path_factory) -> Pipeline:
     """The README's first command at smoke scale, as a user would live it: started, stopped
-    with Ctrl-C during its second stage, then continued with --resume through `make run`;
-    while the resumed run's cluster is up, its Ray dashboard is opened in Chromium."""
+    with Ctrl-C during its second stage, continued with --resume and killed (SIGKILL) during
+    its third, then continued again with --resume through `make run`; while that run's cluster
+    is up, its Ray dashboard is opened in Chromium."""
     from trainables import data
 
     _, missing = data.find_files(data.SYSTEM_DIR)
@@ -265,6 +299,17 @@ def smoke_pipeline(tmp_path_factory) -> Pipeline:
     result.interrupted_code, result.interrupted_out = _run_streaming(
         [sys.executable, "-m", "search.pipeline", "--profile", "smoke", "--workspace", str(ws),
          "--dashboard-port", str(port)], interrupt_in_stage_two, timeout=600, env=env)
+
+    def kill_in_stage_three(proc, line):  # once one of its trials has finished
+        if line.startswith("[smoke-grid-inception] trial ") and "finished" in line and \
+                proc.poll() is None:
+            sigkill(proc)
+
+    result.killed_code, result.killed_out = _run_streaming(
+        [sys.executable, "-m", "search.pipeline", "--profile", "smoke", "--workspace", str(ws),
+         "--dashboard-port", str(port), "--resume"], kill_in_stage_three, timeout=600, env=env)
+    result.killed_state = json.loads((ws / "pipelines" / "smoke.json").read_text())
+    result.killed_runs = trial_records(ws, "smoke-grid-inception")
 
     shots = OUTPUT_ROOT / "ray_dashboard"
     shutil.rmtree(shots, ignore_errors=True)

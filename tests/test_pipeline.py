@@ -12,7 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import OUTPUT_ROOT, ROOT, VENV_BIN, exit_code, free_port, wait_http, wait_text
+from conftest import (
+    OUTPUT_ROOT,
+    ROOT,
+    VENV_BIN,
+    exit_code,
+    free_port,
+    trial_records,
+    wait_http,
+    wait_text,
+)
 
 STAGES = ["smoke-grid-cnn", "smoke-grid-resnet18", "smoke-grid-inception",
           "smoke-weights-resnet18", "smoke"]
@@ -40,12 +49,28 @@ def test_interrupted_pipeline_says_how_to_resume(smoke_pipeline):
     assert "=== stage 3/5" not in p.interrupted_out  # it stopped, it did not go on
 
 
+def test_a_killed_pipeline_resumes_where_it_was(smoke_pipeline):
+    p = smoke_pipeline
+    assert p.killed_code == -9, p.killed_out[-3000:]  # SIGKILL: no chance to save anything
+    assert "1 stage(s) already done" in p.killed_out
+    assert "=== stage 2/5: smoke-grid-resnet18 (grid resnet18) - resuming" in p.killed_out
+    assert [s["status"] for s in p.killed_state["stages"]] == [
+        "done", "done", "running", "pending", "pending"]
+    assert p.code == 0, p.out[-5000:]
+    assert "2 stage(s) already done" in p.out
+    assert "=== stage 2/5" not in p.out  # the finished grids were not started again
+    assert "=== stage 3/5: smoke-grid-inception (grid inception) - resuming" in p.out
+    finished = {t: r for t, r in p.killed_runs.items() if r[0] == "FINISHED"}
+    assert finished
+    after = trial_records(p.ws, "smoke-grid-inception")
+    assert len(after) == 4 and {s for s, _ in after.values()} == {"FINISHED"}
+    for trial, record in finished.items():  # not trained again: its records are untouched
+        assert after[trial] == record
+
+
 def test_resume_skips_finished_stages_and_completes(smoke_pipeline):
     p = smoke_pipeline
     assert p.code == 0, p.out[-5000:]
-    assert "1 stage(s) already done" in p.out
-    assert "=== stage 1/5" not in p.out  # the finished grid was not started again
-    assert "=== stage 2/5: smoke-grid-resnet18 (grid resnet18) - resuming" in p.out
     state = json.loads((p.ws / "pipelines" / "smoke.json").read_text())
     assert [s["name"] for s in state["stages"]] == STAGES
     assert all(s["status"] == "done" and s["seconds"] > 0 for s in state["stages"])

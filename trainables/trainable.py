@@ -151,7 +151,6 @@ def _other_checkpoints(bad: Path) -> list[Path]:
 def _node_id() -> str:
     import ray
 
-    try:
-        return ray.get_runtime_context().get_node_id()
-    except Exception:  # outside Ray (tests drive the Trainable directly)
-        return ""
+    if not ray.is_initialized():  # outside Ray (tests drive the Trainable directly); asking
+        return ""  # the runtime context would start or join a cluster
+    return ray.get_runtime_context().get_node_id()

@@ -20,12 +20,19 @@ row or image at fault, and exit code 2; nothing is written.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import os
 import re
 import sys
 from pathlib import Path
 
 import numpy as np
+
+# Fail fast on a tracking server that does not answer (MLflow retries for minutes by default).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 from trainables.cli import ArgParser
 from trainables.idx import FIX as IDX_FIX
@@ -267,12 +274,26 @@ def predict_frame(model_uri: str, images: np.ndarray, tracking_uri: str | None =
     import mlflow.pyfunc
     import pandas as pd
 
+    store = tracking_uri[len("sqlite:///"):] if (tracking_uri or "").startswith("sqlite:///") \
+        else None
+    if store and not Path(store).is_file():  # MLflow would create an empty one there
+        raise InputError(f"{tracking_uri}: no MLflow store at {store}; check --tracking-uri "
+                         "(e.g. sqlite:///outputs/mlflow.db)")
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
+    elif model_uri.startswith(("models:/", "runs:/")) and not os.environ.get(
+            "MLFLOW_TRACKING_URI") and not any(Path(p).exists() for p in ("mlflow.db", "mlruns")):
+        # MLflow would make an empty store in the current folder and then not find the model
+        raise InputError(f"{model_uri}: a registry or run URI needs its tracking store; pass "
+                         "--tracking-uri (e.g. sqlite:///outputs/mlflow.db) or set "
+                         "MLFLOW_TRACKING_URI")
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except Exception as e:  # MlflowException, OSError, ...: one line for the user
-        raise InputError(f"{model_uri}: cannot load the model ({_first_line(e)}); check "
+        reason = _first_line(e)
+        if "Max retries exceeded" in reason or "Connection refused" in reason:
+            reason = "the tracking server does not answer; start it"
+        raise InputError(f"{model_uri}: cannot load the model ({reason}); check "
                          "--model-uri and --tracking-uri") from None
     try:
         frame = model.predict(images)
@@ -299,12 +320,17 @@ def write_predictions(path: Path, ids: list, frame, probs: bool) -> None:
                              "drop --probs or use the tunefuse ensemble")
         for c in columns:
             out[c] = frame[c].to_numpy(dtype=np.float64)
-    try:
+    tmp = path.with_name(path.name + ".tmp")
+    try:  # atomic: a full disk never leaves half a CSV, nor replaces a previous one
         path.parent.mkdir(parents=True, exist_ok=True)
-        out.to_csv(path, index=False)
+        out.to_csv(tmp, index=False)
+        os.replace(tmp, path)
     except OSError as e:
-        raise InputError(f"{path}: cannot write the predictions ({e.strerror or e}); "
-                         "choose a writable --output") from None
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise InputError(f"{path}: cannot write the predictions ({why}); free space or choose "
+                         "a writable --output") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,9 +15,11 @@ validation set only; the test set is only scored.
 from __future__ import annotations
 
 import base64
+import errno
 import html
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,9 +27,11 @@ from pathlib import Path
 from analysis import fusion
 from analysis.select import SelectionError, distinct, gather, same_data, top_k
 from search.asha import ScheduleAwareASHA
+from search.driver import at_least
 from search.workspace import Workspace, WorkspaceError, redact
 from trainables.cli import ArgParser
 from trainables.data import CLASSES, DataError, add_data_args, load_split
+from trainables.engine import ConfigError, resolve_device
 
 EXIT_OK, EXIT_USAGE = 0, 2
 FUSION_EXPERIMENT = "fusion"
@@ -56,7 +60,7 @@ def parser() -> ArgParser:
     p.add_argument("--registered-name", default="tunefuse-ensemble",
                    help="model registry name of the fused model")
     p.add_argument("--no-register", action="store_true", help="do not log the pyfunc model")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--bootstrap", type=at_least(1), default=2000, help="bootstrap resamples")
     p.add_argument("--device", default="auto", help="inference device: auto, cpu, cuda")
     add_data_args(p)
     return p
@@ -64,7 +68,8 @@ def parser() -> ArgParser:
 
 def _weights_arg(text: str | None, k: int) -> list[float]:
     if not text:
-        raise SelectionError(f"--method weighted needs --weights with {k} values")
+        raise SelectionError(f"--method weighted needs --weights, one number per member "
+                             f"({k}, as --top-k)")
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -75,8 +80,9 @@ def _weights_arg(text: str | None, k: int) -> list[float]:
                              "per member (--top-k)")
     try:
         return fusion.normalise(values).tolist()
-    except ValueError as e:
-        raise SelectionError(str(e)) from None
+    except ValueError:
+        raise SelectionError(f"--weights must be finite, non-negative and not all zero, got "
+                             f"{text!r}; e.g. 0.4,0.3,0.2,0.1") from None
 
 
 def fetch_checkpoint(client, ws: Workspace, cand) -> Path:
@@ -239,6 +245,7 @@ def _inline(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        resolve_device(args.device)
         ws = Workspace.open(args.workspace, args.tracking_uri)
         client = ws.client()
         names = [n.strip() for n in args.experiments.split(",")] if args.experiments else None
@@ -263,10 +270,33 @@ def main(argv: list[str] | None = None) -> int:
             raise SelectionError(
                 f"the members were trained on data {best.fingerprint[:16]}, the data found "
                 f"gives {split.fingerprint[:16]}; pass the --data-dir they were trained on")
-    except (WorkspaceError, SelectionError, DataError) as e:
+    except (WorkspaceError, SelectionError, DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    return report(args, ws, client, names, group, others, members, weights, split)
+    args.name = args.name or time.strftime("fusion-%Y%m%d-%H%M%S")
+    try:
+        return report(args, ws, client, names, group, others, members, weights, split)
+    except OSError as e:  # a full disk, a read-only reports folder: one line, nothing lost
+        why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        print(f"error: cannot write the report in {ws.root} ({why}); earlier reports and runs "
+              "are as they were: free space on that disk and run it again", file=sys.stderr)
+        return EXIT_USAGE
+    finally:  # nothing half-written stays behind
+        shutil.rmtree(staging(ws.root / "reports" / args.name), ignore_errors=True)
+
+
+def staging(final: Path) -> Path:
+    return final.with_name(f".{final.name}.partial")
+
+
+def publish(out: Path, final: Path) -> None:
+    """Move a complete report into place; an earlier report of that name goes only now."""
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    out.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def report(args, ws, client, names, group, others, members, weights, split) -> int:
@@ -312,9 +342,11 @@ def report(args, ws, client, names, group, others, members, weights, split) -> i
     best = group[0]  # the best single candidate on validation; always a member unless greedy
     gain, lo, hi = fusion.bootstrap_difference(ens_test, test_p(best), y_test,
                                                n=args.bootstrap)
-    name = args.name or time.strftime("fusion-%Y%m%d-%H%M%S")
-    out = ws.root / "reports" / name
-    out.mkdir(parents=True, exist_ok=True)
+    name = args.name
+    final = ws.root / "reports" / name
+    out = staging(final)  # written here, moved into place once complete (publish)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     member_rows = []
     for c, w in zip(members, weights, strict=True):
         v, t = fusion.scores(val_p(c), y_val), fusion.scores(test_p(c), y_test)
@@ -374,9 +406,15 @@ def report(args, ws, client, names, group, others, members, weights, split) -> i
     run_id, model_uri = log_to_mlflow(args, ws, client, summary, out, members, weights,
                                       temps, paths)
     summary["mlflow"] = {"run_id": run_id, "model_uri": model_uri}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    client.log_artifact(run_id, str(out / "summary.json"), "report")
+    try:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        client.log_artifact(run_id, str(out / "summary.json"), "report")
+        publish(out, final)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")  # its report never came; not left RUNNING
+        raise
     client.set_terminated(run_id, "FINISHED")
+    out = final
 
     width = max(len(r[0]) for r in seed_table(summary))
     print(f"\n{'model':<{width}}  {'validation':>10}  {'test':>8}")
@@ -397,27 +435,33 @@ def log_to_mlflow(args, ws, client, summary, out: Path, members, weights, temps,
         "members": ",".join(c.run_id for c in members),
         **{f"member.{i}.run_id": c.run_id for i, c in enumerate(members)}})
     run_id = run.info.run_id
-    f = summary["fusion"]
-    for k, v in {"method": args.method, "top_k": args.top_k, "calibrate": args.calibrate,
-                 "per_model_cap": args.per_model_cap, "experiments": ",".join(
-                     summary["experiments"]), "data_fingerprint": summary["data"]["fingerprint"],
-                 "weights": json.dumps([round(w, 6) for w in weights])}.items():
-        client.log_param(run_id, k, str(v)[:500])
-    for k, v in {"val_acc": f["val_acc"], "test_acc": f["test_acc"], "val_nll": f["val"]["nll"],
-                 "test_nll": f["test"]["nll"], "test_ece": f["test"]["ece"],
-                 "test_gain": f["test_gain"], "test_gain_low": f["test_gain_interval"][0],
-                 "test_gain_high": f["test_gain_interval"][1]}.items():
-        client.log_metric(run_id, k, float(v))
-    for path in sorted(out.iterdir()):
-        if path.is_file() and path.name != "summary.json":
-            client.log_artifact(run_id, str(path), "report")
-    model_uri = None
-    if not args.no_register:
-        from analysis.ensemble import log_ensemble
+    try:
+        f = summary["fusion"]
+        for k, v in {"method": args.method, "top_k": args.top_k, "calibrate": args.calibrate,
+                     "per_model_cap": args.per_model_cap,
+                     "experiments": ",".join(summary["experiments"]),
+                     "data_fingerprint": summary["data"]["fingerprint"],
+                     "weights": json.dumps([round(w, 6) for w in weights])}.items():
+            client.log_param(run_id, k, str(v)[:500])
+        for k, v in {"val_acc": f["val_acc"], "test_acc": f["test_acc"],
+                     "val_nll": f["val"]["nll"], "test_nll": f["test"]["nll"],
+                     "test_ece": f["test"]["ece"],
+                     "test_gain": f["test_gain"], "test_gain_low": f["test_gain_interval"][0],
+                     "test_gain_high": f["test_gain_interval"][1]}.items():
+            client.log_metric(run_id, k, float(v))
+        for path in sorted(out.iterdir()):
+            if path.is_file() and path.name != "summary.json":
+                client.log_artifact(run_id, str(path), "report")
+        model_uri = None
+        if not args.no_register:
+            from analysis.ensemble import log_ensemble
 
-        model_uri, _ = log_ensemble(run_id, [str(paths[c.run_id]) for c in members], weights,
-                                    [temps[c.run_id] for c in members], args.registered_name,
-                                    ws.tracking_uri)
+            model_uri, _ = log_ensemble(run_id, [str(paths[c.run_id]) for c in members],
+                                        weights, [temps[c.run_id] for c in members],
+                                        args.registered_name, ws.tracking_uri)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")  # its report never came; not left RUNNING
+        raise
     return run_id, model_uri
 
 

@@ -14,7 +14,18 @@ import sys
 from pathlib import Path
 
 from search.asha import ScheduleAwareASHA
-from search.driver import EXIT_USAGE, Search, add_search_args, positive_ints, run_search, train_size
+from search.driver import (
+    EXIT_USAGE,
+    Search,
+    UsageError,
+    above_one,
+    add_search_args,
+    at_least,
+    check_resources,
+    positive_ints,
+    run_search,
+    train_size,
+)
 from search.profiles import PROFILES, Profile
 from trainables.cli import ArgParser
 from trainables.data import DataError, load_split
@@ -31,13 +42,14 @@ def parser() -> ArgParser:
     g = p.add_argument_group("grid")
     g.add_argument("--batch-sizes", type=positive_ints, help="e.g. 32,64 (default: profile)")
     g.add_argument("--epochs", type=positive_ints, help="e.g. 20,40, warm-up included")
-    g.add_argument("--width", type=int, help="channel width (resnet18, inception)")
-    g.add_argument("--warmup-epochs", type=int, help="default: the profile's (seed: 5)")
+    g.add_argument("--width", type=at_least(1), help="channel width (resnet18, inception)")
+    g.add_argument("--warmup-epochs", type=at_least(0), help="default: the profile's (seed: 5)")
     g.add_argument("--scheduler", choices=("asha", "none"), default="asha")
     g.add_argument("--no-shared-warmups", action="store_true",
                    help="every trial computes its own warm-up (for comparisons)")
-    g.add_argument("--grace-period", type=int, help="first ASHA rung, epochs (default profile)")
-    g.add_argument("--reduction-factor", type=float, help="ASHA's (default profile)")
+    g.add_argument("--grace-period", type=at_least(1),
+                   help="first ASHA rung, epochs (default profile)")
+    g.add_argument("--reduction-factor", type=above_one, help="ASHA's (default profile)")
     add_search_args(p, "grid-MODEL")
     return p
 
@@ -67,6 +79,7 @@ def main(argv: list[str] | None = None, space_overrides: dict | None = None) -> 
     profile = PROFILES[args.profile]
     name = args.name or f"grid-{model}"
     try:
+        check_resources(args)
         split = load_split(args.data_dir, train_size(args, profile), args.seed,
                            args.download)
         epochs = args.epochs or profile.grid(model)[1]
@@ -80,18 +93,16 @@ def main(argv: list[str] | None = None, space_overrides: dict | None = None) -> 
                               "epochs; raise --epochs or lower --warmup-epochs")
         if args.width is not None and model == "cnn":
             raise ConfigError("the cnn has a fixed width (the seed's); drop --width")
-        if args.gpus_per_trial < 0 or args.cpus_per_trial <= 0:
-            raise ConfigError("--cpus-per-trial must be positive, --gpus-per-trial at least 0")
-    except (DataError, ConfigError) as e:
+        warmups = None if args.no_shared_warmups else str(
+            Path(args.workspace).expanduser().resolve() / "warmups")
+        param_space = {**space(args, profile, model, warmups), **(space_overrides or {})}
+    except (DataError, ConfigError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     scheduler = None
     if args.scheduler == "asha":
         scheduler = ScheduleAwareASHA(args.grace_period or profile.grace_period,
                                       args.reduction_factor or profile.reduction_factor)
-    warmups = None if args.no_shared_warmups else str(
-        Path(args.workspace).expanduser().resolve() / "warmups")
-    param_space = {**space(args, profile, model, warmups), **(space_overrides or {})}
     params = {"model": model, "profile": profile.name, "batch_sizes": list(batch_sizes),
               "epochs": list(epochs), "scheduler": args.scheduler, "train_size": len(
                   split.y_train) + len(split.y_val), "seed": args.seed,

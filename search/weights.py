@@ -24,6 +24,7 @@ ranks pruned trials.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import warnings
 
@@ -33,7 +34,17 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from search.asha import ScheduleAwareASHA
-from search.driver import EXIT_USAGE, Search, add_search_args, run_search, train_size
+from search.driver import (
+    EXIT_USAGE,
+    Search,
+    UsageError,
+    above_one,
+    add_search_args,
+    at_least,
+    check_resources,
+    run_search,
+    train_size,
+)
 from search.grid import ALIASES
 from search.profiles import PROFILES
 from search.workspace import Workspace, WorkspaceError
@@ -59,16 +70,18 @@ def parser() -> ArgParser:
     g.add_argument("--high", type=float, default=2.5, help="largest weight (default 2.5)")
     g.add_argument("--objective", choices=OBJECTIVES, default="val_acc",
                    help="what TPE and ASHA maximise (hard_acc: mean of classes 0, 2, 4, 6)")
-    g.add_argument("--num-samples", type=int,
+    g.add_argument("--num-samples", type=at_least(2),
                    help="trials in the study in all, the two starting points included "
                         "(default: the profile's)")
-    g.add_argument("--batch-size", type=int, help="default: the grid's best, else the profile's")
-    g.add_argument("--epochs", type=int, help="warm-up included; default as --batch-size")
-    g.add_argument("--width", type=int, help="channel width; default as --batch-size")
-    g.add_argument("--warmup-epochs", type=int, help="default: the profile's (seed: 5)")
+    g.add_argument("--batch-size", type=at_least(1),
+                   help="default: the grid's best, else the profile's")
+    g.add_argument("--epochs", type=at_least(1), help="warm-up included; default as --batch-size")
+    g.add_argument("--width", type=at_least(1), help="channel width; default as --batch-size")
+    g.add_argument("--warmup-epochs", type=at_least(0), help="default: the profile's (seed: 5)")
     g.add_argument("--scheduler", choices=("asha", "none"), default="asha")
-    g.add_argument("--grace-period", type=int, help="first ASHA rung, epochs (default profile)")
-    g.add_argument("--reduction-factor", type=float, help="ASHA's (default profile)")
+    g.add_argument("--grace-period", type=at_least(1),
+                   help="first ASHA rung, epochs (default profile)")
+    g.add_argument("--reduction-factor", type=above_one, help="ASHA's (default profile)")
     add_search_args(p, "weights-MODEL")
     return p
 
@@ -226,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
-        if not 0 < args.low < args.high:
-            raise ConfigError(f"need 0 < --low < --high, got {args.low} and {args.high}")
+        check_resources(args)
+        if not (0 < args.low < args.high and math.isfinite(args.high)):
+            raise ConfigError(f"need 0 < --low < --high, both finite, got {args.low} and "
+                              f"{args.high}")
         known = [w for p in starting_points(args.space).values() for w in p.values()]
         if min(known) < args.low or max(known) > args.high:
             raise ConfigError(f"--low {args.low} .. --high {args.high} must contain the "
@@ -259,9 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         if epochs < warmup:
             raise ConfigError(f"epochs {epochs} is fewer than the {warmup} warm-up epochs; "
                               "raise --epochs or lower --warmup-epochs")
-        if args.gpus_per_trial < 0 or args.cpus_per_trial <= 0:
-            raise ConfigError("--cpus-per-trial must be positive, --gpus-per-trial at least 0")
-    except (DataError, ConfigError, WorkspaceError) as e:
+    except (DataError, ConfigError, WorkspaceError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     source = found.get("from") or f"the {profile.name} profile"

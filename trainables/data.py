@@ -89,6 +89,9 @@ def locate(data_dir: str | Path | None = None, download: bool = False) -> DataSo
     elif os.environ.get(ENV_VAR):
         explicit = (Path(os.environ[ENV_VAR]).expanduser(), f"${ENV_VAR}")
     candidates = [explicit] if explicit else [(SYSTEM_DIR, "system"), (cache_dir(), "cache")]
+    if explicit and explicit[0].is_file():
+        raise DataError(f"{explicit[0]} is a file, not a folder; point {explicit[1]} at the "
+                        "folder holding the four IDX files")
     notes = []
     for directory, origin in candidates:
         found, missing = find_files(directory)
@@ -278,6 +281,16 @@ def train_size_arg(text: str) -> int | None:
     return value
 
 
+def seed_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:  # numpy's generators take none below 0
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     """The data flags shared by every tunefuse command."""
     g = parser.add_argument_group("data")
@@ -288,7 +301,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--train-size", type=train_size_arg, default=DEFAULT_TRAIN_SIZE,
                    help=f"labelled images to use, split 9:1 into train/val, or 'all' "
                    f"(default {DEFAULT_TRAIN_SIZE}, the seed's protocol)")
-    g.add_argument("--seed", type=int, default=DEFAULT_SEED,
+    g.add_argument("--seed", type=seed_arg, default=DEFAULT_SEED,
                    help=f"seed of the split (default {DEFAULT_SEED})")
 
 

@@ -10,7 +10,10 @@ the final model, and writes DIR/metrics.json and DIR/checkpoint.pt (trainables/c
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,6 +53,8 @@ def class_weights_arg(text: str) -> tuple[float, ...]:
             f"expected {len(CLASSES)} weights, one per class, got {len(values)}")
     if any(not (v >= 0) or v == float("inf") for v in values):
         raise argparse.ArgumentTypeError(f"weights must be finite and non-negative: {text}")
+    if not any(values):
+        raise argparse.ArgumentTypeError(f"weights must not all be zero: {text}")
     return values
 
 
@@ -60,6 +65,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -76,7 +91,7 @@ def parser() -> ArgParser:
                    help="per-class loss weights (default: none, plain cross-entropy)")
     p.add_argument("--augment", choices=augment.POLICIES,
                    help="default: offline for cnn, online for the others (the seed's choice)")
-    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
+    p.add_argument("--warmup-epochs", type=non_negative_int, default=d.warmup_epochs)
     p.add_argument("--warmup-lr", type=float, default=d.warmup_lr)
     p.add_argument("--lr", type=float, default=d.lr, help="SGD's rate after the warm-up")
     p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
@@ -100,6 +115,21 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def write_error(e: Exception, out: Path) -> str:
+    """One line for results that could not be written (a full disk, a read-only folder)."""
+    cause = e.__cause__ or e
+    text = str(cause).strip()
+    # torch.save reports a short write on a full disk as "unexpected pos N vs M"
+    if getattr(cause, "errno", None) == errno.ENOSPC or "No space left" in text \
+            or "unexpected pos" in text:
+        why = "the disk is full"
+    else:
+        why = getattr(cause, "strerror", None) or (text.splitlines() or [type(cause).__name__]
+                                                    )[0][:200]
+    return (f"cannot write the results to {out} ({why}); nothing there was replaced: free "
+            "space on that disk or pass --out on another one")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -107,12 +137,21 @@ def main(argv: list[str] | None = None) -> int:
         split = load_split(args.data_dir, args.train_size, args.seed, args.download)
         if cfg.batch_size > len(split.y_train):
             raise ConfigError(f"batch size {cfg.batch_size} is larger than the "
-                              f"{len(split.y_train)} training images")
+                              f"{len(split.y_train)} training images; lower --batch-size")
         state = build(cfg, split)
     except (ConfigError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or Path("outputs/train") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:  # an --out that cannot be written fails now, not after the training
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        print(f"error: --out {out} is not writable ({e.strerror or e}); pass --out with a "
+              "writable folder", file=sys.stderr)
+        return 2
     print(f"{cfg.model} {cfg.model_args()} on {state.device}, {len(state.x_train)} training "
           f"images ({cfg.augment}), {len(split.y_val)} val, data {split.fingerprint[:16]}")
     started = time.perf_counter()
@@ -123,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                 m = run_epoch(state, on_batch=bar.update)
             except NonFiniteLoss as e:
                 print(f"error: epoch {state.epoch + 1}: {e}", file=sys.stderr)
+                with contextlib.suppress(OSError):
+                    out.rmdir()  # only when empty: a previous run's files stay
                 return 1
         print(f"epoch {m['epoch']:>3}/{cfg.epochs} {m['phase']:<6} lr {m['lr']:.2e}  "
               f"train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
@@ -136,8 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"final: val_acc {100 * last['val_acc']:.2f}%  test_acc {100 * test['acc']:.2f}%  "
           f"(best val {100 * best['val_acc']:.2f}% at epoch {best['epoch']}; "
           f"{time.perf_counter() - started:.0f} s in all)")
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint.save(state, out / "checkpoint.pt")
     metrics = {
         "config": cfg.to_dict(), "data_fingerprint": split.fingerprint,
         "data_source": split.source, "device": str(state.device), "history": state.history,
@@ -148,7 +187,18 @@ def main(argv: list[str] | None = None) -> int:
         "best_val": {"epoch": best["epoch"], "val_acc": best["val_acc"]},
         "torch": torch.__version__,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    # metrics.json replaces a previous one only once the checkpoint is in place, so a failed
+    # write (a full disk) leaves the previous run's pair as it was (checkpoint.save is atomic)
+    tmp = out / "metrics.json.tmp"
+    try:
+        tmp.write_text(json.dumps(metrics, indent=2))
+        checkpoint.save(state, out / "checkpoint.pt")
+        os.replace(tmp, out / "metrics.json")
+    except (OSError, RuntimeError, checkpoint.CheckpointError) as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        print(f"error: {write_error(e, out)}", file=sys.stderr)
+        return 2
     print(f"wrote {out / 'metrics.json'} and {out / 'checkpoint.pt'}")
     return 0
 

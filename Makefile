@@ -1,7 +1,8 @@
 # Set-up and the everyday commands. Every target is idempotent: it does only what is missing.
 #   make run     set up, then run the whole pipeline (PROFILE=quick, WORKSPACE=outputs, ARGS=...)
 #   make test    set up, then run the test suite (all but the slow tests; under 10 minutes)
-#   make test-slow   the slow tests (CI runs both)
+#   make test-slow   the slow tests that fit CI (CI runs both)
+#   make test-soak   the slow tests CI has no room for (they repeat what others cover)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,7 +19,7 @@ ARGS ?=
 APT = $(shell if [ "$$(id -u)" = 0 ]; then echo apt-get; elif sudo -n true 2>/dev/null; then \
 	echo "sudo -n apt-get"; fi)
 
-.PHONY: setup data browser compose postgres venv run test test-slow lint clean
+.PHONY: setup data browser compose postgres venv run test test-slow test-soak lint clean
 
 setup: data browser compose postgres venv
 
@@ -83,7 +84,10 @@ test: setup
 	$(PY) -m pytest -m "not slow"
 
 test-slow: setup
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -m "slow and not soak"
+
+test-soak: setup
+	$(PY) -m pytest -m soak
 
 lint: venv
 	$(VENV)/bin/ruff check .

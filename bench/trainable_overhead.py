@@ -47,7 +47,8 @@ def main() -> None:
     plain_ips = sum(h["images_per_s"] for h in plain) / len(plain)
     plain_s = time.perf_counter() - t0
 
-    ray.init(num_cpus=args.threads, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=args.threads, include_dashboard=False,
+             logging_level="ERROR")
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace.open(tmp)
         client = ws.client()

@@ -413,6 +413,8 @@ def summarise(results, client, parent_id: str, ws: Workspace, dashboard: str | N
         for cfg, why in failed:
             print(f"  {', '.join(f'{k} {cell(cfg.get(k))}' for k in cols)}: {why}")
     if finished:
+        # ties go to the first trial by id, so a resumed search names the same winner
+        finished.sort(key=lambda t: str((t[2].metrics or {}).get("trial_id", "")))
         best, cfg, r = max(finished, key=lambda t: t[0])
         keys = ("model", "model_kwargs", "batch_size", "epochs", "class_weights", "augment",
                 *(k for k in cols if k not in ("batch_size", "epochs")))

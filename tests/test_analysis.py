@@ -182,6 +182,7 @@ def searched(smoke_pipeline):
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_report_end_to_end(searched, tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient

@@ -181,6 +181,9 @@ def test_checkpoint_mismatch_and_corruption(split, tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="do not fit the model"):
         checkpoint.model_from(ckpt)
     path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(checkpoint.CheckpointError, match=r"corrupted \(its SHA-256"):
+        checkpoint.load(path)
+    checkpoint.digest_path(path).unlink()  # without its checksum: torch.load fails on it
     with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint"):
         checkpoint.load(path)
     torch.save({"anything": 1}, tmp_path / "x.pt")

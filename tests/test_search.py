@@ -106,7 +106,7 @@ def test_validate_save_restore(split):
 
     config = TrainConfig(model="resnet18", model_kwargs={"width": 4}, augment="none",
                          warmup_epochs=1, epochs=6, device="cpu", num_threads=1).to_dict()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
         assert validate_save_restore(tune.with_parameters(ClassifierTrainable, split=split),
                                      config)
@@ -134,6 +134,7 @@ def mlflow_runs(ws: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_smoke_grid_end_to_end(split, tmp_path):
     ws = tmp_path / "ws"
     # batch 512 of 900 images takes two steps an epoch: clearly behind at the first rung

@@ -132,6 +132,7 @@ SMOKE = ["--model", "resnet", "--profile", "smoke", "--num-cpus", "2", "--dashbo
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_smoke_weights_search_end_to_end_and_resume(tmp_path):
     needs_data()
     ws = tmp_path / "ws"
@@ -188,6 +189,7 @@ def test_smoke_weights_search_end_to_end_and_resume(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_hard_pairs_objective_and_grid_defaults(tmp_path):
     needs_data()
     ws = tmp_path / "ws"

@@ -27,9 +27,8 @@ from pathlib import Path
 from analysis import fusion
 from analysis.select import SelectionError, distinct, gather, same_data, top_k
 from search.asha import ScheduleAwareASHA
-from search.driver import at_least
 from search.workspace import Workspace, WorkspaceError, redact
-from trainables.cli import ArgParser
+from trainables.cli import ArgParser, at_least
 from trainables.data import CLASSES, DataError, add_data_args, load_split
 from trainables.engine import ConfigError, resolve_device
 

@@ -43,20 +43,6 @@ def positive_ints(text: str) -> tuple[int, ...]:
     return values
 
 
-def at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: a whole number no smaller than ``low``."""
-    def whole(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    return whole
-
-
 def above_one(text: str) -> float:
     """An argparse type for ASHA's reduction factor (Ray asserts it is above 1)."""
     try:

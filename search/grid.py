@@ -20,14 +20,13 @@ from search.driver import (
     UsageError,
     above_one,
     add_search_args,
-    at_least,
     check_resources,
     positive_ints,
     run_search,
     train_size,
 )
 from search.profiles import PROFILES, Profile
-from trainables.cli import ArgParser
+from trainables.cli import ArgParser, at_least
 from trainables.data import DataError, load_split
 from trainables.engine import ConfigError, TrainConfig
 from trainables.models import list_models

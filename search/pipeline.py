@@ -32,7 +32,6 @@ from search.driver import (
     PROFILE_TRAIN_SIZE,
     UsageError,
     add_search_args,
-    at_least,
     check_resources,
     check_resume,
     dashboard_url,
@@ -41,7 +40,7 @@ from search.driver import (
 from search.grid import ALIASES
 from search.profiles import PROFILES
 from search.workspace import Workspace, WorkspaceError, redact
-from trainables.cli import ArgParser
+from trainables.cli import ArgParser, at_least
 from trainables.data import DataError, load_split
 from trainables.models import list_models
 

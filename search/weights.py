@@ -40,7 +40,6 @@ from search.driver import (
     UsageError,
     above_one,
     add_search_args,
-    at_least,
     check_resources,
     run_search,
     train_size,
@@ -48,7 +47,7 @@ from search.driver import (
 from search.grid import ALIASES
 from search.profiles import PROFILES
 from search.workspace import Workspace, WorkspaceError
-from trainables.cli import ArgParser
+from trainables.cli import ArgParser, at_least
 from trainables.data import NUM_CLASSES, DataError, load_split
 from trainables.engine import HARD_CLASSES, SEED_CLASS_WEIGHTS, ConfigError, TrainConfig
 from trainables.models import list_models

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables.cli import ArgParser
+from trainables.cli import ArgParser, at_least
 from trainables.idx import DataError, read_idx
 
 __all__ = ["DataError", "DataSplit", "load_split", "locate", "split_indices"]
@@ -281,14 +281,7 @@ def train_size_arg(text: str) -> int | None:
     return value
 
 
-def seed_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:  # numpy's generators take none below 0
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+seed_arg = at_least(0, "0 or more")  # numpy's generators take no seed below 0
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:

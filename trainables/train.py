@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from trainables import augment, checkpoint
-from trainables.cli import ArgParser
+from trainables.cli import ArgParser, at_least
 from trainables.data import CLASSES, DataError, add_data_args, load_split
 from trainables.engine import (
     SCHEDULES,
@@ -58,24 +58,8 @@ def class_weights_arg(text: str) -> tuple[float, ...]:
     return values
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+positive_int = at_least(1)
+non_negative_int = at_least(0, "0 or more")
 
 
 def parser() -> ArgParser:

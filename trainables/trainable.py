@@ -11,14 +11,25 @@ others wait for the lock, load it and replay its per-epoch metrics instead of tr
 epoch draws its randomness from (seed, epoch) only, so the result is exactly what an
 independent warm-up would have given.
 
-Faults (Tune restores a trial from its latest checkpoint after its worker died or the driver
-was restarted with ``--resume``): a latest checkpoint that does not load or fails its checksum
-is not used silently. The trial falls back to the newest good checkpoint beside it (Tune keeps
-the best one as well as the latest), else starts again from scratch; either way the next result
-carries ``checkpoint_fault`` (the lineage records it on the trial's MLflow run). Because every
-epoch's randomness comes from (seed, epoch), replayed epochs give the same numbers. A trial
-restored from the checkpoint of its last epoch (it ended after Tune's last snapshot of the
-experiment) reports that epoch again instead of training past its schedule.
+Faults (Tune restores a trial from the checkpoint its saved experiment state names, after
+the trial's worker died or the driver was restarted with ``--resume``). A SIGKILL can fall
+anywhere, so what the state names and what is on disk may disagree (docs/crash-windows.md):
+
+- The named checkpoint was deleted after the state was saved (Tune keeps one besides the
+  best, and removes the older one when a newer one is registered), or it is half written,
+  corrupt or fails its checksum: the trial continues from the newest good checkpoint beside
+  it, else from its stored warm-up or from scratch, and says so once (``checkpoint_fault`` in
+  its next result, which the lineage records on the trial's MLflow run).
+- Each step reports exactly the epoch after the last one the saved state knows
+  (``self.reported``). A checkpoint newer than that (the state was saved before it) holds
+  epochs already computed: they are reported from its history before any training. An older
+  one is trained forward, without reporting again, up to that epoch. Every epoch's randomness
+  comes from (seed, epoch), so either way the numbers are those of an uninterrupted run.
+- A result asks Tune for a checkpoint (``should_checkpoint``) only when the weights are those
+  of the epoch it reports, so every checkpoint holds the epoch it names: the epochs of a
+  replayed warm-up or of a newer checkpoint are reported but not checkpointed.
+- A trial restored at its last epoch (it ended after Tune's last snapshot) reports that epoch
+  once more, ending it, instead of training past its schedule.
 """
 
 from __future__ import annotations
@@ -28,11 +39,14 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from ray import tune
+from ray.train._internal.session import _TrainingResult  # what Tune passes to restore()
+from ray.tune.result import SHOULD_CHECKPOINT, TRAINING_ITERATION
 
-from trainables import checkpoint
+from trainables import checkpoint, failpoints
 from trainables.engine import SGD_ONLY, TrainConfig, build, run_epoch
 
 METRIC, MODE = "val_acc", "max"  # shared by the scheduler, checkpointing and selection
@@ -51,13 +65,16 @@ class ClassifierTrainable(tune.Trainable):
         if split is None:
             raise ValueError("the data set must be passed with tune.with_parameters(..., split=)")
         self.split = split
-        self.fault = None  # why the latest checkpoint could not be used, for the next result
+        self.fault = None  # why the named checkpoint could not be used, for the next result
+        self.known = 0  # the epoch of the checkpoint Tune restores, as its saved state says
+        self.missing = None  # the checkpoint Tune named, when it no longer exists
         self._start(config)
 
     def _start(self, config: dict):
         self.cfg = TrainConfig.from_dict(config)
         self.state = build(self.cfg, self.split)
-        self.pending = []  # metrics of a stored warm-up still to be reported, epoch by epoch
+        self.reported = 0  # epochs reported to Tune, one result an epoch
+        self.reused = False  # the weights are a stored warm-up's
         self.lock = None
         self.warmup_path = None
         cache = config.get("warmup_cache")
@@ -78,7 +95,7 @@ class ClassifierTrainable(tune.Trainable):
             self.state = build(self.cfg, self.split)
             self.warmup_path = None
             return
-        self.pending = list(self.state.history)
+        self.reused = True
 
     def _release(self):
         if self.lock is not None:
@@ -86,17 +103,29 @@ class ClassifierTrainable(tune.Trainable):
             self.lock.close()
             self.lock = None
 
+    def _train(self) -> dict:
+        metrics = run_epoch(self.state)
+        if self.lock is not None and self.state.epoch == self.cfg.warmup_epochs:
+            checkpoint.save(self.state, self.warmup_path)
+            failpoints.reach("warmup-stored", epoch=self.state.epoch)
+            self._release()
+        return metrics
+
     def step(self) -> dict:
-        if self.pending:  # the weights are already the stored warm-up's; report its epochs
-            result = {**self.pending.pop(0), "warmup_reused": True}
-        elif self.state.epoch >= self.cfg.epochs and self.state.history:
-            result = {**self.state.history[-1], "warmup_reused": False}  # restored at its end
+        epoch = min(self.reported + 1, self.cfg.epochs)
+        if self.reported >= self.cfg.epochs:  # restored at its end: one result that ends it
+            result, holds = dict(self.state.history[epoch - 1]), False
+        elif epoch <= self.state.epoch:  # computed before: a stored warm-up, or a checkpoint
+            result = dict(self.state.history[epoch - 1])  # newer than Tune's saved state
+            holds = epoch == self.state.epoch
         else:
-            result = {**run_epoch(self.state), "warmup_reused": False}
-            if self.lock is not None and self.state.epoch == self.cfg.warmup_epochs:
-                checkpoint.save(self.state, self.warmup_path)
-                self._release()
-        result["done"] = not self.pending and self.state.epoch >= self.cfg.epochs
+            while self.state.epoch < epoch - 1:  # a checkpoint older than Tune's saved state:
+                self._train()  # these epochs were reported before
+            result, holds = dict(self._train()), True
+        self.reported = epoch
+        result["warmup_reused"] = self.reused and epoch <= self.cfg.warmup_epochs
+        result["done"] = epoch >= self.cfg.epochs
+        result[SHOULD_CHECKPOINT] = holds  # the weights are this epoch's
         result["node_id"] = _node_id()
         if self.fault:
             result["checkpoint_fault"], self.fault = self.fault, None
@@ -104,27 +133,51 @@ class ClassifierTrainable(tune.Trainable):
 
     def save_checkpoint(self, checkpoint_dir: str):
         checkpoint.save(self.state, os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+        # written where Tune will copy it from; not in the trial's folder yet
+        failpoints.reach("checkpoint-written", trial=self.trial_id, epoch=self.state.epoch)
+
+    def restore(self, checkpoint_path):
+        """Tune's restore, from the checkpoint its saved state names; when that one no longer
+        exists (Tune refuses it), from an empty stand-in, so that load_checkpoint falls back."""
+        restoring = checkpoint_path
+        self.known, self.missing = 0, None
+        if isinstance(restoring, _TrainingResult) and restoring.checkpoint is not None:
+            metrics = restoring.metrics or {}
+            self.known = int(metrics.get(TIME_ATTR) or metrics.get(TRAINING_ITERATION) or 0)
+            named = restoring.checkpoint
+            if named.filesystem.type_name == "local" and not os.path.isdir(named.path):
+                self.missing = Path(named.path)
+                with tempfile.TemporaryDirectory(prefix="tunefuse-missing-") as stand_in:
+                    return super().restore(_TrainingResult(
+                        checkpoint=tune.Checkpoint.from_directory(stand_in), metrics=metrics))
+        return super().restore(restoring)
 
     def load_checkpoint(self, checkpoint_dir: str):
         path = Path(checkpoint_dir, CHECKPOINT_FILE)
-        try:
-            checkpoint.restore(self.state, checkpoint.load(path), str(path))
-            self.pending = []  # epochs restored from a checkpoint were reported before
-        except checkpoint.CheckpointError as e:
-            self._recover(path, str(e))
+        if self.missing is not None:
+            self._recover(self.missing / CHECKPOINT_FILE, f"{self.missing.name}, named by the "
+                          "saved experiment state, no longer exists")
+        else:
+            try:
+                checkpoint.restore(self.state, checkpoint.load(path), str(path))
+                self.reused = False
+            except checkpoint.CheckpointError as e:
+                self._recover(path, str(e))
+        # the next result is the epoch after the one Tune's saved state holds
+        self.reported = self.known or self.state.epoch
         if self.state.epoch >= self.cfg.warmup_epochs:
             self._release()
 
     def _recover(self, bad: Path, why: str) -> None:
-        """The latest checkpoint is unusable: the newest good one beside it, else scratch."""
-        for older in _other_checkpoints(bad):
+        """The named checkpoint is unusable: the newest good one beside it, else scratch."""
+        for other in _other_checkpoints(bad):
             try:
                 state = build(self.cfg, self.split)
-                checkpoint.restore(state, checkpoint.load(older), str(older))
+                checkpoint.restore(state, checkpoint.load(other), str(other))
             except checkpoint.CheckpointError:
                 continue
-            self.state, self.pending = state, []
-            self.fault = f"{why}; continued from {older.parent.name} (epoch {state.epoch})"
+            self.state, self.reused = state, False
+            self.fault = f"{why}; continued from {other.parent.name} (epoch {state.epoch})"
             break
         else:  # as a new trial would start (a stored warm-up is reused)
             self._release()
@@ -136,6 +189,7 @@ class ClassifierTrainable(tune.Trainable):
         self._release()
         self._start(new_config)
         self.config = new_config
+        self.fault, self.known, self.missing = None, 0, None
         return True
 
     def cleanup(self):

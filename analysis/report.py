@@ -19,6 +19,7 @@ import errno
 import html
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -88,9 +89,14 @@ def fetch_checkpoint(client, ws: Workspace, cand) -> Path:
     """The member's best checkpoint, downloaded once into the workspace's cache."""
     dst = ws.root / "cache" / "checkpoints" / cand.run_id
     local = dst / Path(cand.checkpoint).name
-    if not local.exists():
+    if not local.exists():  # downloaded beside it, moved in whole: a kill leaves no half file
+        part = dst.with_name(dst.name + ".partial")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
+        got = Path(client.download_artifacts(cand.run_id, cand.checkpoint, str(part)))
         dst.mkdir(parents=True, exist_ok=True)
-        local = Path(client.download_artifacts(cand.run_id, cand.checkpoint, str(dst)))
+        os.replace(got, local)
+        shutil.rmtree(part, ignore_errors=True)
     return local
 
 

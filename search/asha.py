@@ -9,10 +9,15 @@ learning rate. Rungs sit at ``grace_period * reduction_factor**k`` epochs, count
 start of the run (the warm-up included), below each group's max_t.
 
 Every stop is recorded (trial, epoch, rung, cutoff, the trial's value) so the lineage can say
-when and why a trial was stopped.
+when and why a trial was stopped. Tune does not save a scheduler with its experiment state: a
+resumed search rebuilds the rungs from what each trial reported before (``_replay``), so its
+decisions are those of the uninterrupted search.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
@@ -29,6 +34,7 @@ class ScheduleAwareASHA(FIFOScheduler):
         self.group_key = group_key
         self.groups: dict[int, AsyncHyperBandScheduler] = {}
         self.stops: dict[str, dict] = {}  # trial_id -> why it was stopped
+        self.replayed_stops: dict[str, int] = {}  # trial_id -> epoch (a resumed search)
 
     def _group(self, trial) -> AsyncHyperBandScheduler:
         return self._group_for_length(int(trial.config[self.group_key]))
@@ -50,23 +56,59 @@ class ScheduleAwareASHA(FIFOScheduler):
         return metric in (None, self.metric) and mode in (None, MODE)
 
     def on_trial_add(self, tune_controller, trial):
-        self._group(trial).on_trial_add(tune_controller, trial)
+        group = self._group(trial)
+        group.on_trial_add(tune_controller, trial)
+        self._replay(group, trial)
+
+    def _replay(self, group: AsyncHyperBandScheduler, trial) -> None:
+        """A resumed search: Tune does not save its scheduler, so each trial it restores
+        brings back the rung values of the results it reported before (its result.json, the
+        epochs in order) as the uninterrupted run recorded them, and a decision to stop it
+        that Tune had not carried out when it was killed; its later results are judged
+        against the same rungs. A new trial has no results: nothing to do. (Trials are
+        restored in the order they were created, which is the order of their results when
+        they ran one at a time; with trials side by side the rungs may fill in another order.)
+        """
+        path = getattr(trial, "path", None)  # the trial's folder on the storage path
+        results = Path(path, "result.json") if path else None
+        if results is None or not results.exists():
+            return
+        bracket = group._trial_info[trial.trial_id]
+        for line in results.read_text().splitlines():
+            try:
+                result = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if TIME_ATTR not in result or not isinstance(result.get(self.metric), int | float):
+                continue
+            epoch, value = result[TIME_ATTR], result[self.metric]
+            action = bracket.on_result(trial, epoch, group._metric_op * value)
+            if action == TrialScheduler.STOP and epoch < group._max_t and \
+                    trial.status != "TERMINATED":
+                self.replayed_stops[trial.trial_id] = epoch
+                self._record_stop(group, trial, epoch, value)
+                return
+
+    def _record_stop(self, group: AsyncHyperBandScheduler, trial, epoch, value) -> None:
+        bracket = group._trial_info[trial.trial_id]
+        rung = max(m for m, _ in bracket._rungs if m <= epoch)
+        recorded = dict(next(r for m, r in bracket._rungs if m == rung))
+        recorded.pop(trial.trial_id, None)
+        self.stops[trial.trial_id] = {
+            "epoch": int(epoch), "rung": int(rung), "metric": self.metric,
+            "value": float(value),
+            "cutoff": float(bracket.cutoff(recorded)) if recorded else None,
+            "compared_with": len(recorded), "group_epochs": int(group._max_t),
+        }
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         group = self._group(trial)
-        decision = group.on_trial_result(tune_controller, trial, result)
         epoch = result.get(TIME_ATTR, 0)
+        if epoch >= self.replayed_stops.get(trial.trial_id, float("inf")):
+            return TrialScheduler.STOP  # decided before the interruption (_replay)
+        decision = group.on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.STOP and epoch < group._max_t:
-            bracket = group._trial_info[trial.trial_id]
-            rung = max(m for m, _ in bracket._rungs if m <= epoch)
-            recorded = dict(next(r for m, r in bracket._rungs if m == rung))
-            recorded.pop(trial.trial_id, None)
-            self.stops[trial.trial_id] = {
-                "epoch": int(epoch), "rung": int(rung), "metric": self.metric,
-                "value": float(result[self.metric]),
-                "cutoff": float(bracket.cutoff(recorded)) if recorded else None,
-                "compared_with": len(recorded), "group_epochs": int(group._max_t),
-            }
+            self._record_stop(group, trial, epoch, result[self.metric])
         return decision
 
     def on_trial_complete(self, tune_controller, trial, result: dict):

@@ -24,6 +24,7 @@ from search.lineage import (
     BEST_KEYS,
     _scalar_metrics,
     asha_tags,
+    config_key,
     flat_params,
     record_end,
     trial_run_name,
@@ -93,7 +94,8 @@ def backfill(results, client, experiment_id: str, parent_id: str, metric: str,
         if run is None:
             trial = SimpleNamespace(trial_id=tid, config=config)
             run = client.create_run(experiment_id, run_name=trial_run_name(trial), tags={
-                "mlflow.parentRunId": parent_id, "trial_id": tid, "kind": "trial"})
+                "mlflow.parentRunId": parent_id, "trial_id": tid, "kind": "trial",
+                "config_key": config_key(config)})
             params = [Param(k, v) for k, v in flat_params(config).items()]
             for i in range(0, len(params), 100):
                 client.log_batch(run.info.run_id, params=params[i:i + 100])

@@ -16,14 +16,17 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from search import offline
 from search.workspace import Workspace, WorkspaceError, git_commit, redact
+from trainables import failpoints
 from trainables.cli import ArgParser
 from trainables.data import add_data_args
 from trainables.trainable import METRIC, MODE
 
 EXIT_OK, EXIT_NONE_FINISHED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_STATE = 4  # Tune's saved experiment state is unreadable (search/driver.py interrupted)
 
 
 class UsageError(Exception):
@@ -251,21 +254,17 @@ def run_search(args, search: Search, split, on_start=None) -> int:
         return EXIT_USAGE
     offline.back_online(ws.tracking_uri)  # it answered: this search records again
     experiment_id = ws.experiment_id(client, search.name)
-    if state is None:
-        run_name = f"{search.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-        parent = client.create_run(experiment_id, run_name=run_name,
-                                   tags={"kind": search.kind, **(search.tags or {})})
-        parent_id = parent.info.run_id
-        for k, v in {**(search.params or {}), "data_fingerprint": split.fingerprint,
-                     "git_commit": git_commit(), "train_images": len(split.y_train)}.items():
-            client.log_param(parent_id, k, str(v)[:500])
-        state = {"name": search.name, "kind": search.kind, "parent_run_id": parent_id,
-                 "experiment_id": experiment_id, "storage_path": ws.storage_path,
-                 "data_fingerprint": split.fingerprint, "created": time.time()}
+    if state is None:  # saved before the parent run exists: a kill between the two leaves a
+        state = {"name": search.name, "kind": search.kind, "parent_run_id": None,  # state
+                 "experiment_id": experiment_id, "storage_path": ws.storage_path,  # that
+                 "data_fingerprint": split.fingerprint, "created": time.time()}  # finds it
+        ws.save_state(search.name, state)
+    if state.get("parent_run_id") is None:
+        state["parent_run_id"] = parent_run(client, experiment_id, search, split, state)
         ws.save_state(search.name, state)
     else:
-        parent_id = state["parent_run_id"]
-        client.update_run(parent_id, status="RUNNING")
+        client.update_run(state["parent_run_id"], status="RUNNING")
+    parent_id = state["parent_run_id"]
 
     if on_start:
         on_start(ws, dashboard)
@@ -283,11 +282,18 @@ def run_search(args, search: Search, split, on_start=None) -> int:
                                            trainable=trainable).get_results())
     path = os.path.join(ws.storage_path, parts[-1])
     if args.resume and tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
+        try:
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        except Exception as e:  # a state file that is there but does not load
+            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            print(f"error: {StateError(f'Tune cannot restore {path} ({why})')}; start the "
+                  "experiment again under a new --name (its MLflow runs stay as they are)",
+                  file=sys.stderr)
+            return EXIT_STATE
         results += list(tuner.fit())
-        if interrupted(path):
-            return stop_interrupted(client, parent_id, search, ws, state)
+        if (code := stopped(path, client, parent_id, search, ws, state)) is not None:
+            return code
         missing = search.num_samples - search.trials_done(ws) if search.trials_done else 0
         if missing > 0:  # a finished search asked for more trials: a new part runs them
             part = f"{search.name}-part{len(parts) + 1}"
@@ -301,8 +307,8 @@ def run_search(args, search: Search, split, on_start=None) -> int:
     else:
         results += list(_tuner(search, trainable, lineage, ws, args, parts[-1],
                                search.num_samples, first=True).fit())
-    if interrupted(path):
-        return stop_interrupted(client, parent_id, search, ws, state)
+    if (code := stopped(path, client, parent_id, search, ws, state)) is not None:
+        return code
     if args.resume:  # what MLflow missed (a server that went away), from Tune's results
         from search.backfill import catch_up
 
@@ -312,15 +318,61 @@ def run_search(args, search: Search, split, on_start=None) -> int:
     return code
 
 
+def parent_run(client, experiment_id: str, search: Search, split, state: dict) -> str:
+    """The search's parent run: the one created for this state before a kill, else a new one
+    (tagged with the state's creation time, so that a resumed search finds it)."""
+    created = repr(state["created"])
+    found = client.search_runs([experiment_id], f"tags.state_created = '{created}'",
+                               max_results=1)
+    if found:
+        parent_id = found[0].info.run_id
+    else:
+        run_name = f"{search.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+        parent_id = client.create_run(experiment_id, run_name=run_name, tags={
+            "kind": search.kind, "state_created": created, **(search.tags or {})}).info.run_id
+        # the run exists; the workspace's state does not name it yet
+        failpoints.reach("parent-run-created", run=parent_id)
+    params = {**(search.params or {}), "data_fingerprint": split.fingerprint,
+              "git_commit": git_commit(), "train_images": len(split.y_train)}
+    logged = client.get_run(parent_id).data.params
+    for k, v in params.items():
+        if k not in logged:
+            client.log_param(parent_id, k, str(v)[:500])
+    return parent_id
+
+
+class StateError(Exception):
+    """Tune's saved experiment state is there but cannot be read; one line, exit 4."""
+
+
 def interrupted(path: str) -> bool:
-    """Whether the Tune run saved at ``path`` was stopped (Ctrl-C) with trials still open."""
+    """Whether the Tune run saved at ``path`` was stopped (Ctrl-C) with trials still open.
+    Nothing saved yet means it never got going (stopped at once); a saved state that cannot
+    be read is a StateError, not an interruption."""
     from ray.tune import ExperimentAnalysis
 
+    if not list(Path(path).glob("experiment_state*.json")):
+        return True
     try:
         trials = ExperimentAnalysis(path).trials
-    except Exception:  # nothing saved yet: the run never got going
-        return True
+    except Exception as e:
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise StateError(f"Tune's saved state in {path} cannot be read ({why}); it is not "
+                         "this project's to repair: start the experiment again under a new "
+                         "--name (its MLflow runs stay as they are)") from None
     return any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+
+
+def stopped(path: str, client, parent_id: str, search: Search, ws: Workspace,
+            state: dict) -> int | None:
+    """None when the Tune run at ``path`` ended; else the search's exit code."""
+    try:
+        if not interrupted(path):
+            return None
+    except StateError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_STATE
+    return stop_interrupted(client, parent_id, search, ws, state)
 
 
 def stop_interrupted(client, parent_id: str, search: Search, ws: Workspace,
@@ -360,9 +412,11 @@ def _tuner(search: Search, trainable, lineage, ws: Workspace, args, name: str,
             name=name, storage_path=ws.storage_path, verbose=1, progress_reporter=reporter,
             callbacks=[lineage, TrialLines(name, search.metric, search.columns,
                                            search.scheduler)],
+            # each result says whether to checkpoint (should_checkpoint): every epoch whose
+            # weights the trial holds, not the epochs it replays (trainables/trainable.py)
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=search.metric,
-                checkpoint_score_order=MODE, checkpoint_frequency=1),
+                checkpoint_score_order=MODE, checkpoint_frequency=0),
             failure_config=tune.FailureConfig(max_failures=args.max_failures)))
 
 

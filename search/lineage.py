@@ -15,7 +15,10 @@ and the trial retried from its last checkpoint, with ``last_failure``), ``checkp
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,11 +29,14 @@ from ray import tune
 
 from search.driver import cell
 from search.offline import remember, resolve, tracked_hook
+from trainables import failpoints
+from trainables.data import NUM_CLASSES
 from trainables.trainable import CHECKPOINT_FILE, METRIC
 
 SKIP_PARAMS = ("warmup_cache",)
 # metrics also logged as best_<key> for the epoch of a trial's best checkpoint
-BEST_KEYS = ("val_acc", "val_loss", "hard_acc", *(f"val_acc_{c}" for c in range(10)))
+BEST_KEYS = ("val_acc", "val_loss", "hard_acc",
+             *(f"val_acc_{c}" for c in range(NUM_CLASSES)))
 
 
 def _scalar_metrics(result: dict) -> dict[str, float]:
@@ -62,6 +68,12 @@ def flat_params(config: dict) -> dict[str, str]:
     return out
 
 
+def config_key(config: dict) -> str:
+    """What a trial is, as a short hash of its params (a tag set when its run is created)."""
+    text = json.dumps(flat_params(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def trial_run_name(trial) -> str:
     """A child run's name: what the trial is, then its Tune id (cnn-b64-e12-00003)."""
     cfg = trial.config or {}
@@ -86,6 +98,8 @@ class MLflowLineage(tune.Callback):
         self.best: dict[str, tuple[float, int]] = {}  # trial_id -> (metric, epoch)
         self.best_result: dict[str, dict] = {}  # trial_id -> the metrics of that epoch
         self.best_checkpoint: dict[str, str] = {}
+        self.latest_checkpoint: dict[str, str] = {}  # trial_id -> its newest checkpoint
+        self.replaced: list[tuple[str, str]] = []  # (trial_id, checkpoint) since Tune's save
         self.last_result: dict[str, dict] = {}
         self.node: dict[str, str] = {}  # trial_id -> the node of its latest result
 
@@ -100,44 +114,76 @@ class MLflowLineage(tune.Callback):
             self._client = MlflowClient(resolve(self.tracking_uri))
         return self._client
 
-    def _run_for(self, trial) -> str:
+    def _run_for(self, trial, trials=None) -> str:
         if trial.trial_id in self.runs:
             return self.runs[trial.trial_id]
         found = self.client.search_runs(
             [self.experiment_id],
             f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' "
             f"and tags.trial_id = '{trial.trial_id}'", max_results=1)
-        if found:  # a resumed search: same child run, continue after its last logged epoch
-            run_id = found[0].info.run_id
-            history = self.client.get_metric_history(run_id, "epoch")
-            self.logged_step[trial.trial_id] = max((int(m.value) for m in history), default=0)
-            best = max(self.client.get_metric_history(run_id, self.metric),
-                       key=lambda m: (m.value, -m.step), default=None)
-            if best is not None:  # the best epoch before the interruption still counts
-                self.best[trial.trial_id] = (best.value, best.step)
-                self.best_result[trial.trial_id] = {
-                    k: next((m.value for m in self.client.get_metric_history(run_id, k)
-                             if m.step == best.step), None) for k in BEST_KEYS}
-            self.client.set_tag(run_id, "resumed", "true")
+        run_id = found[0].info.run_id if found else self._orphan(trial, trials)
+        if run_id:  # a resumed search: same child run, continue after its last logged epoch
+            self._resume_run(trial, run_id)
         else:
             run = self.client.create_run(
                 self.experiment_id, run_name=trial_run_name(trial),
                 tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": trial.trial_id,
-                      "kind": "trial"})
+                      "kind": "trial", "config_key": config_key(trial.config)})
             run_id = run.info.run_id
-            params = [Param(k, v) for k, v in flat_params(trial.config).items()]
-            for i in range(0, len(params), 100):
-                self.client.log_batch(run_id, params=params[i:i + 100])
+            # the run exists; Tune's saved experiment state may not know the trial yet
+            failpoints.reach("trial-run-created", trial=trial.trial_id, run=run_id)
+            self._log_params(run_id, trial.config)
         self.runs[trial.trial_id] = run_id
         return run_id
 
+    def _log_params(self, run_id: str, config: dict) -> None:
+        params = [Param(k, v) for k, v in flat_params(config).items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(run_id, params=params[i:i + 100])
+
+    def _orphan(self, trial, trials) -> str | None:
+        """The open child run of a trial that Tune forgot: created for it before the driver
+        was killed, when Tune's saved state did not hold the trial yet; Tune made it again
+        under a new id. Found by its config, taken over by the new id."""
+        if trials is None:
+            return None
+        known = {t.trial_id for t in trials}
+        candidates = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and "
+            f"tags.config_key = '{config_key(trial.config)}' and "
+            "attributes.status = 'RUNNING'", max_results=100)
+        orphans = [r for r in candidates if r.data.tags.get("trial_id") not in known and
+                   r.data.tags.get("trial_id") not in self.runs]
+        if not orphans:
+            return None
+        run = min(orphans, key=lambda r: r.info.start_time or 0)
+        self.client.set_tag(run.info.run_id, "trial_id_lost", run.data.tags.get("trial_id"))
+        self.client.set_tag(run.info.run_id, "trial_id", trial.trial_id)
+        self.client.set_tag(run.info.run_id, "mlflow.runName", trial_run_name(trial))
+        if not run.data.params:  # killed before its params were logged
+            self._log_params(run.info.run_id, trial.config)
+        return run.info.run_id
+
+    def _resume_run(self, trial, run_id: str) -> None:
+        history = self.client.get_metric_history(run_id, "epoch")
+        self.logged_step[trial.trial_id] = max((int(m.value) for m in history), default=0)
+        best = max(self.client.get_metric_history(run_id, self.metric),
+                   key=lambda m: (m.value, -m.step), default=None)
+        if best is not None:  # the best epoch before the interruption still counts
+            self.best[trial.trial_id] = (best.value, best.step)
+            self.best_result[trial.trial_id] = {
+                k: next((m.value for m in self.client.get_metric_history(run_id, k)
+                         if m.step == best.step), None) for k in BEST_KEYS}
+        self.client.set_tag(run_id, "resumed", "true")
+
     @tracked_hook
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._run_for(trial)
+        self._run_for(trial, trials)
 
     @tracked_hook
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self._run_for(trial)
+        run_id = self._run_for(trial, trials)
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         self.last_result[trial.trial_id] = result
         node = result.get("node_id")
@@ -159,12 +205,28 @@ class MLflowLineage(tune.Callback):
             if epoch == 1 else []
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self.logged_step[trial.trial_id] = epoch
+        # MLflow holds the epoch; Tune's saved state and checkpoints do not yet
+        failpoints.reach("result-logged", trial=trial.trial_id, epoch=epoch)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         result = self.last_result.get(trial.trial_id, {})
         epoch = int(result.get("epoch", 0))
         if self.best.get(trial.trial_id, (None, -1))[1] == epoch:
             self.best_checkpoint[trial.trial_id] = checkpoint.path
+        previous = self.latest_checkpoint.get(trial.trial_id)
+        self.latest_checkpoint[trial.trial_id] = checkpoint.path
+        if previous:  # Tune deletes it next if it is not the trial's best
+            self.replaced.append((trial.trial_id, previous))
+
+    def get_state(self) -> None:
+        """Tune asks as it saves its experiment state: written in its staging folder, not yet
+        copied to the storage path, whose state may name a checkpoint Tune has deleted since
+        (docs/crash-windows.md). Nothing to save: the lineage state is MLflow's."""
+        replaced, self.replaced = self.replaced, []
+        for trial_id, path in replaced:
+            if not os.path.exists(path):
+                failpoints.reach("checkpoint-replaced", trial=trial_id, deleted=path)
+        return None
 
     def _finish(self, trial, status: str, extra_tags: dict):
         stop = getattr(self.scheduler, "stops", {}).get(trial.trial_id)

@@ -40,6 +40,7 @@ from search.driver import (
 from search.grid import ALIASES
 from search.profiles import PROFILES
 from search.workspace import Workspace, WorkspaceError, redact
+from trainables import failpoints
 from trainables.cli import ArgParser, at_least
 from trainables.data import DataError, load_split
 from trainables.models import list_models
@@ -244,13 +245,23 @@ def run_pipeline(args, ws, client, store, state, stages, profile) -> int:
               f"{' ' + stage.model if stage.model else ''}){' - resuming' if resume else ''}",
               flush=True)
         bar.set_postfix_str(stage.name)
-        rec["status"] = "running"
-        store.save(state)
         t0 = time.time()
-        try:
-            code = run_stage(args, ws, client, state, stage, stages, profile, resume)
-        except KeyboardInterrupt:
-            code = EXIT_INTERRUPTED
+        if stage.kind == "report" and report_done(ws, client, stage, rec):
+            code = EXIT_OK  # it ended before a kill, and the state did not say so yet
+            print(f"the report {stage.name} was written before the interruption; kept",
+                  flush=True)
+        else:
+            if stage.kind == "report" and "started" in rec:
+                close_killed_reports(client, stage)
+            rec["status"] = "running"
+            rec.setdefault("started", time.time())
+            store.save(state)
+            try:
+                code = run_stage(args, ws, client, state, stage, stages, profile, resume)
+            except KeyboardInterrupt:
+                code = EXIT_INTERRUPTED
+            # the stage has ended; the pipeline's state does not say so yet
+            failpoints.reach("stage-finished", stage=stage.name, code=code)
         if code == EXIT_OK and (ws.load_state(stage.name) or {}).get("mlflow_offline"):
             code = EXIT_OFFLINE
         dashboard = dashboard or dashboard_url()
@@ -276,6 +287,32 @@ def run_pipeline(args, ws, client, store, state, stages, profile) -> int:
     store.save(state)
     print_summary(ws, client, state, stages, time.time() - started, dashboard)
     return EXIT_OK
+
+
+def report_done(ws: Workspace, client, stage: Stage, rec: dict) -> bool:
+    """Whether this pipeline's report stage wrote its report and finished its MLflow run
+    (after the stage started) although the pipeline's state still says it runs."""
+    if "started" not in rec:
+        return False
+    try:
+        summary = json.loads((ws.root / "reports" / stage.name / "summary.json").read_text())
+        run = client.get_run(summary["mlflow"]["run_id"])
+    except Exception:  # no report, or one without its run: write it
+        return False
+    return run.info.status == "FINISHED" and run.info.start_time / 1000 >= rec["started"] - 1
+
+
+def close_killed_reports(client, stage: Stage) -> None:
+    """A report killed before it ended left its fusion run RUNNING: mark it KILLED (the
+    report is written again under a new run)."""
+    from analysis.report import FUSION_EXPERIMENT
+
+    exp = client.get_experiment_by_name(FUSION_EXPERIMENT)
+    if exp is None:
+        return
+    for run in client.search_runs([exp.experiment_id], f"attributes.run_name = '{stage.name}' "
+                                  "and attributes.status = 'RUNNING'", max_results=100):
+        client.set_terminated(run.info.run_id, "KILLED")
 
 
 def run_stage(args, ws, client, state, stage: Stage, stages, profile, resume: bool) -> int:

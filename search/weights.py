@@ -47,6 +47,7 @@ from search.driver import (
 from search.grid import ALIASES
 from search.profiles import PROFILES
 from search.workspace import Workspace, WorkspaceError
+from trainables import failpoints
 from trainables.cli import ArgParser, at_least
 from trainables.data import NUM_CLASSES, DataError, load_split
 from trainables.engine import HARD_CLASSES, SEED_CLASS_WEIGHTS, ConfigError, TrainConfig
@@ -90,7 +91,9 @@ class SeededTPESampler(TPESampler):
 
     A plain seeded sampler carries one random stream through the study, so a study resumed in
     a new process (a fresh sampler) would offer different points than the uninterrupted one;
-    re-seeding per trial number makes the sequence depend on the study's history only.
+    re-seeding per trial makes the sequence depend on the study's history only. The trial is
+    counted among the trials that ran, not by its number: a trial asked for and lost with a
+    killed driver (marked ``lost``) takes a number, and must not shift what later trials get.
     """
 
     def __init__(self, seed: int, **kwargs):
@@ -98,7 +101,9 @@ class SeededTPESampler(TPESampler):
         self.base_seed = seed
 
     def before_trial(self, study, trial) -> None:
-        seed = (self.base_seed * 1_000_003 + trial.number * 7_919 + 1) % 2**32
+        ran = sum(1 for t in study.get_trials(deepcopy=False)
+                  if t.number < trial.number and "lost" not in t.user_attrs)
+        seed = (self.base_seed * 1_000_003 + ran * 7_919 + 1) % 2**32
         self._rng.rng.seed(seed)
         self._random_sampler._rng.rng.seed(seed)
         super().before_trial(study, trial)
@@ -111,7 +116,9 @@ class DurableOptunaSearch(OptunaSearch):
       it by its last reported value) rather than COMPLETE with a partial-run value.
     - After Tune restores the searcher from its snapshot, trials the study still holds as
       RUNNING but the snapshot does not know (asked after it, then lost with the driver)
-      are marked FAIL, so that TPE's constant liar does not count them for ever.
+      are marked FAIL and ``lost``, so that TPE's constant liar does not count them for ever;
+      a lost trial that held one of the starting points gives it back to the queue, so the
+      point is still tried.
     """
 
     def __init__(self, *, epochs: int, **kwargs):
@@ -130,15 +137,26 @@ class DurableOptunaSearch(OptunaSearch):
             logging.getLogger(__name__).warning("optuna: %s", e)
         self._completed_trials.add(trial_id)
 
+    def suggest(self, trial_id: str):
+        params = super().suggest(trial_id)
+        # asked of the study, not yet in Tune's saved searcher (docs/crash-windows.md)
+        failpoints.reach("optuna-asked", trial=trial_id,
+                         number=self._ot_trials[trial_id].number)
+        return params
+
     def restore(self, checkpoint_path: str):
         super().restore(checkpoint_path)
         known = {t.number for t in self._ot_trials.values()}
-        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.number not in known:
-                storage = self._ot_study._storage
-                storage.set_trial_user_attr(t._trial_id, "lost", "asked before an "
-                                            "interruption, never run")
-                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        lost = [t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.number not in known]
+        for t in lost:
+            storage = self._ot_study._storage
+            storage.set_trial_user_attr(t._trial_id, "lost", "asked before an "
+                                        "interruption, never run")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        for t in lost:  # a starting point it held goes back to the queue, in its order
+            if "fixed_params" in t.system_attrs:
+                self._ot_study.enqueue_trial(t.system_attrs["fixed_params"])
 
 
 def storage_url(ws: Workspace) -> str:

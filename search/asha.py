@@ -69,7 +69,10 @@ class ScheduleAwareASHA(FIFOScheduler):
         restored in the order they were created, which is the order of their results when
         they ran one at a time; with trials side by side the rungs may fill in another order.)
         """
-        path = getattr(trial, "path", None)  # the trial's folder on the storage path
+        try:
+            path = trial.path  # the trial's folder on the storage path
+        except (AttributeError, RuntimeError):  # a new trial: Tune has not named its folder
+            return
         results = Path(path, "result.json") if path else None
         if results is None or not results.exists():
             return

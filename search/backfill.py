@@ -33,13 +33,20 @@ from search.lineage import (
 BATCH = 1000  # MLflow's limit of metrics per log_batch
 
 
+# Tune's trial folders: NAME_<trial id>_<index>_<config>_<date>; a grid's trial ids are
+# <5 hex>_<5 digits>, a searcher's (Trial.generate_id) 8 hex digits
+TRIAL_FOLDER = re.compile(r"^[A-Za-z0-9]+_([0-9a-f]{5}_\d{5}|[0-9a-f]{8})_\d+(?:_|$)")
+
+
 def trial_id(result) -> str | None:
+    """The id of the trial a Result belongs to, from its own folder: its metrics may be
+    another trial's (a trial that failed before its first result on a reused actor carries the
+    previous trial's), so they count only when the folder says nothing."""
+    m = TRIAL_FOLDER.search(Path(result.path).name) if result.path else None
+    if m:
+        return m.group(1)
     tid = (result.metrics or {}).get("trial_id")
-    if tid:
-        return str(tid)
-    # a trial that failed before its first result: Tune's folder name holds its id
-    m = re.search(r"_([0-9a-f]{5}_\d{5})(?:_|$)", Path(result.path).name)
-    return m.group(1) if m else None
+    return str(tid) if tid else None
 
 
 def epochs(result) -> dict[int, dict]:
@@ -96,10 +103,11 @@ def backfill(results, client, experiment_id: str, parent_id: str, metric: str,
             run = client.create_run(experiment_id, run_name=trial_run_name(trial), tags={
                 "mlflow.parentRunId": parent_id, "trial_id": tid, "kind": "trial",
                 "config_key": config_key(config)})
+            done["runs"] += 1
+        if not run.data.params:  # new, or created by a driver killed before its params
             params = [Param(k, v) for k, v in flat_params(config).items()]
             for i in range(0, len(params), 100):
                 client.log_batch(run.info.run_id, params=params[i:i + 100])
-            done["runs"] += 1
         run_id = run.info.run_id
         rows = epochs(result)
         logged = {m.step for m in client.get_metric_history(run_id, "epoch")}

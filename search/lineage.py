@@ -121,8 +121,11 @@ class MLflowLineage(tune.Callback):
             [self.experiment_id],
             f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' "
             f"and tags.trial_id = '{trial.trial_id}'", max_results=1)
-        run_id = found[0].info.run_id if found else self._orphan(trial, trials)
-        if run_id:  # a resumed search: same child run, continue after its last logged epoch
+        run = found[0] if found else self._orphan(trial, trials)
+        if run is not None:  # a resumed search: same child run, after its last logged epoch
+            run_id = run.info.run_id
+            if not run.data.params:  # killed between creating it and logging its params
+                self._log_params(run_id, trial.config)
             self._resume_run(trial, run_id)
         else:
             run = self.client.create_run(
@@ -141,7 +144,7 @@ class MLflowLineage(tune.Callback):
         for i in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[i:i + 100])
 
-    def _orphan(self, trial, trials) -> str | None:
+    def _orphan(self, trial, trials):
         """The open child run of a trial that Tune forgot: created for it before the driver
         was killed, when Tune's saved state did not hold the trial yet; Tune made it again
         under a new id. Found by its config, taken over by the new id."""
@@ -161,9 +164,7 @@ class MLflowLineage(tune.Callback):
         self.client.set_tag(run.info.run_id, "trial_id_lost", run.data.tags.get("trial_id"))
         self.client.set_tag(run.info.run_id, "trial_id", trial.trial_id)
         self.client.set_tag(run.info.run_id, "mlflow.runName", trial_run_name(trial))
-        if not run.data.params:  # killed before its params were logged
-            self._log_params(run.info.run_id, trial.config)
-        return run.info.run_id
+        return run
 
     def _resume_run(self, trial, run_id: str) -> None:
         history = self.client.get_metric_history(run_id, "epoch")

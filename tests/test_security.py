@@ -1,21 +1,40 @@
 """Security defaults: nothing is unpickled from files, servers bind to 127.0.0.1 unless asked
 otherwise, Ray's token authentication is left on. (Credentials in tracking URIs:
-tests/test_mlflow_server.py; the live dashboard's 401 without a token: tests/test_pipeline.py.)"""
+tests/test_mlflow_server.py; the live dashboard's 401 without a token: tests/test_pipeline.py.)
+
+"Binds to 127.0.0.1" is checked on the sockets that listen while the servers run: the Ray
+dashboard that search/driver.py's start_ray starts, and the README's `mlflow ui` and `mlflow
+models serve` commands; each server's process tree is listed with psutil, and its port is
+tried on every other address of the machine."""
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import ipaddress
+import os
 import pickle
 import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
+import psutil
 import pytest
 import torch
+from conftest import free_port, wait_http
 
 from trainables import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 SOURCES = sorted(p for d in ("search", "trainables", "analysis", "bench")
                  for p in (ROOT / d).rglob("*.py"))
 
@@ -107,3 +126,231 @@ def test_servers_bind_to_loopback_and_ray_keeps_its_token():
     for line in readme.splitlines():
         if "mlflow ui" in line or "mlflow server" in line:
             assert "--host 0.0.0.0" not in line, line
+
+
+# --- what really listens ----------------------------------------------------------------------
+
+def is_loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    if addr.version == 6 and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
+
+
+def listening(root: psutil.Process) -> list[tuple[int, str, str, int]]:
+    """(pid, process name, address, port) of every listening TCP socket of ``root`` and its
+    descendants."""
+    found = []
+    for p in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            name = p.name()
+            found += [(p.pid, name, c.laddr.ip, c.laddr.port)
+                      for c in p.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
+    return found
+
+
+def wait_listening(root: psutil.Process, port: int, timeout: float = 180) -> None:
+    """Poll the process tree until one of its sockets listens on ``port``."""
+    deadline = time.monotonic() + timeout
+    while not any(p == port for *_, p in listening(root)):
+        assert root.is_running() and root.status() != psutil.STATUS_ZOMBIE, \
+            f"{root.cmdline()} exited before listening on {port}"
+        assert time.monotonic() < deadline, f"nothing listens on {port} after {timeout:.0f} s"
+        time.sleep(0.25)
+
+
+def other_addresses() -> list[str]:
+    """This machine's addresses other than loopback (link-local IPv6 left out)."""
+    out = []
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family in (socket.AF_INET, socket.AF_INET6):
+                ip = a.address.split("%")[0]
+                addr = ipaddress.ip_address(ip)
+                if not (addr.is_loopback or addr.is_link_local):
+                    out.append(ip)
+    return out
+
+
+def answers(ip: str, port: int) -> bool:
+    try:
+        socket.create_connection((ip, port), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def table(title: str, sockets) -> str:
+    rows = [f"  {pid:>7} {name[:28]:<28} {ip}:{port}" for pid, name, ip, port in sorted(sockets)]
+    return "\n".join([title, *rows])
+
+
+def assert_loopback_only(port: int, sockets, what: str) -> None:
+    on_port = [s for s in sockets if s[3] == port]
+    assert on_port, f"{what}: nothing listens on {port}"
+    assert all(is_loopback(ip) for _, _, ip, _ in on_port), \
+        table(f"{what} listens beyond loopback:", on_port)
+    reached = [ip for ip in other_addresses() if answers(ip, port)]
+    assert not reached, f"{what} answers on {reached} port {port}"
+
+
+def stop_tree(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's session, then SIGKILL to whatever of its tree is left."""
+    with contextlib.suppress(psutil.Error):
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+    _, alive = psutil.wait_procs(family, timeout=30)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+
+
+def readme_command(program: str) -> tuple[dict[str, str], list[str]]:
+    """The README's first command that runs ``program`` (e.g. "mlflow ui"): its leading
+    VAR=value assignments and its argv, continuation lines joined."""
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    lines = [ln.strip() for ln in text.splitlines() if re.search(rf"\b{program}\b", ln) and
+             "--host" in ln]
+    assert lines, f"the README has no `{program} ... --host` command"
+    words = shlex.split(lines[0])
+    env = {}
+    while "=" in words[0] and not words[0].startswith("-"):
+        k, v = words.pop(0).split("=", 1)
+        env[k] = v
+    return env, words
+
+
+def with_value(argv: list[str], flag: str, value: str) -> list[str]:
+    assert flag in argv, f"{flag} missing from {argv}"
+    i = argv.index(flag)
+    return [*argv[:i + 1], value, *argv[i + 2:]]
+
+
+def serve(argv: list[str], env: dict, port: int, ready: str, cwd: Path) -> list:
+    """Start a README command, wait until its port listens and ``ready`` answers, and return
+    the listening sockets of its process tree; the server is stopped in any case."""
+    log = cwd / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        root = psutil.Process(proc.pid)
+        try:
+            wait_listening(root, port)
+            wait_http(f"http://127.0.0.1:{port}{ready}", timeout=180)
+        except (AssertionError, OSError) as e:
+            raise AssertionError(f"{e}\n{log.read_text()[-3000:]}") from None
+        sockets = listening(root)
+        print(table(f"{' '.join(argv[:3])}: listening sockets", sockets))
+        return sockets
+    finally:
+        stop_tree(proc)
+
+
+def test_the_ray_dashboard_listens_on_loopback_only(monkeypatch):
+    """search/driver.py's start_ray, as `python -m search.grid` calls it. Only the dashboard
+    is the project's promise: Ray's GCS, raylet, workers, agents and metrics exporters listen
+    beyond loopback by design (README, *A Ray cluster*); the table lists them."""
+    import ray
+    from ray.dashboard.consts import DASHBOARD_METRIC_PORT
+
+    from search import driver
+    from search.grid import parser
+
+    port = free_port()
+    args = parser().parse_args(["--model", "cnn", "--num-cpus", "1", "--dashboard-port",
+                                str(port)])
+    monkeypatch.setattr(driver, "_DASHBOARD", [])
+    with mock.patch.dict(os.environ, {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}):
+        try:
+            url = driver.start_ray(args)
+            assert url == f"http://127.0.0.1:{port}"
+            me = psutil.Process()
+            wait_listening(me, port)
+            # it answers, and its API wants the token (the page itself is public)
+            assert wait_http(f"{url}/nodes?view=summary") == 401
+            # the dashboard's process opens its metrics exporter on a fixed port a moment
+            # later (where no other Ray on this machine holds it): list the sockets after
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(
+                    c.laddr.port == DASHBOARD_METRIC_PORT and c.status == psutil.CONN_LISTEN
+                    for c in psutil.net_connections(kind="tcp")):
+                time.sleep(0.25)
+            sockets = listening(me)
+        finally:
+            ray.shutdown()
+    print(table("Ray (start_ray): listening sockets", sockets))
+    assert_loopback_only(port, sockets, "the Ray dashboard")
+    # whatever else the dashboard's own process opens stays on loopback too, but for Ray's
+    # Prometheus exporter of the dashboard's metrics (read-only, no token)
+    dashboard = {pid for pid, _, _, p in sockets if p == port}
+    beyond = [s for s in sockets if s[0] in dashboard and not is_loopback(s[2]) and
+              s[3] != DASHBOARD_METRIC_PORT]
+    assert not beyond, table("the Ray dashboard's process listens beyond loopback:", beyond)
+
+
+@pytest.mark.slow
+def test_the_readme_s_mlflow_ui_listens_on_loopback_only(tmp_path):
+    _, argv = readme_command("mlflow ui")
+    assert argv[0].endswith("mlflow") and "127.0.0.1" in argv
+    port = free_port()
+    argv = with_value(argv, "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    argv = [str(VENV_BIN / "mlflow"), *with_value(argv, "--port", str(port))[1:]]
+    sockets = serve(argv, ENV, port, "/health", tmp_path)
+    assert_loopback_only(port, sockets, "mlflow ui")
+    assert all(is_loopback(ip) for _, _, ip, _ in sockets), table(
+        "mlflow ui's process tree listens beyond loopback:", sockets)
+
+
+ECHO_MODEL = """
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class Echo(PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+mlflow.models.set_model(Echo())
+"""
+
+
+@pytest.mark.slow
+def test_the_readme_s_mlflow_models_serve_listens_on_loopback_only(tmp_path):
+    """The README's `mlflow models serve` of the registered model, with a stand-in model
+    registered under its name (what binds is the command, not the model)."""
+    import mlflow
+
+    env, argv = readme_command("mlflow models serve")
+    assert argv[:3] == ["mlflow", "models", "serve"] and "127.0.0.1" in argv
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    model_uri = argv[argv.index("-m") + 1]
+    name, version = re.fullmatch(r"models:/([^/]+)/(\d+)", model_uri).groups()
+    (tmp_path / "echo.py").write_text(ECHO_MODEL)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.create_experiment("serve", artifact_location=(
+            tmp_path / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment):
+            info = mlflow.pyfunc.log_model(name="model", python_model=str(tmp_path / "echo.py"),
+                                           registered_model_name=name)
+        assert str(info.registered_model_version) == version
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert set(env) == {"PATH", "MLFLOW_TRACKING_URI"}
+    env = {**ENV, "MLFLOW_TRACKING_URI": uri,  # the CLI execs the uvicorn found on PATH
+           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    port = free_port()
+    argv = [str(VENV_BIN / "mlflow"), *with_value(argv, "--port", str(port))[1:]]
+    sockets = serve(argv, env, port, "/ping", tmp_path)
+    assert_loopback_only(port, sockets, "mlflow models serve")
+    assert all(is_loopback(ip) for _, _, ip, _ in sockets), table(
+        "mlflow models serve's process tree listens beyond loopback:", sockets)

@@ -1,0 +1,203 @@
+"""Every window in which what is on disk and what a saved state says can disagree, forced: the
+run is stopped at a failpoint (trainables/failpoints.py) inside the window, the test waits for
+the state to be as the window says, SIGKILLs the whole process group, resumes, and compares the
+run with an uninterrupted one (bench/chaos.py's compare: no trial lost, no duplicated run, the
+same val_acc epoch by epoch). docs/crash-windows.md lists the windows."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+from bench import chaos
+
+pytestmark = pytest.mark.slow
+COMMON = ("--profile", "smoke", "--train-size", "400", "--num-cpus", "1", "--max-concurrent",
+          "1", "--dashboard-port", "0")
+GRID = ("--model", "cnn", "--batch-sizes", "32,64", "--epochs", "3", "--scheduler", "none",
+        *COMMON)
+WEIGHTS = ("--model", "cnn", "--num-samples", "3", "--batch-size", "64", "--epochs", "2",
+           "--scheduler", "none", *COMMON)
+PIPELINE = ("--models", "cnn", "--no-weights", "--no-register", "--top-k", "1", *COMMON)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def need_data():
+    from trainables import data
+
+    _, missing = data.find_files(data.SYSTEM_DIR)
+    if missing:
+        if chaos.os.environ.get("CI"):
+            pytest.fail(f"{data.SYSTEM_DIR} lacks {missing}: the set-up should install them")
+        pytest.skip("the Debian data set is not installed (make data)")
+
+
+def grid(ws: Path, resume=False) -> list[str]:
+    return chaos.command("search.grid", GRID, ws, None, resume)
+
+
+@pytest.fixture(scope="module")
+def grid_reference(tmp_path_factory) -> Path:
+    ws = tmp_path_factory.mktemp("grid-reference") / "ws"
+    assert chaos.finish(grid(ws), ws.parent / "run.log") == 0
+    return ws
+
+
+def saved_trials(ws: Path, experiment: str = "grid-cnn") -> dict:
+    """trial id -> (status, the checkpoint the saved experiment state names, its epoch)."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(str(ws / "ray_results" / experiment)).trials
+    except Exception:  # nothing saved yet
+        return {}
+    out = {}
+    for t in trials:
+        result = t.run_metadata.checkpoint_manager.latest_checkpoint_result
+        out[t.trial_id] = (t.status, t.checkpoint.path if t.checkpoint else None,
+                           (result.metrics or {}).get("epoch") if result else None)
+    return out
+
+
+def resume_and_compare(cmd: list[str], ws: Path, reference: Path, what: str) -> str:
+    log = ws.parent / "resumed.log"
+    assert chaos.finish(cmd, log) == 0, log.read_text()[-3000:]
+    assert chaos.compare(ws, reference, what) == {"lost": 0, "duplicated": 0, "mismatched": 0}
+    return log.read_text()
+
+
+def tags_of(ws: Path, trial: str) -> dict:
+    with sqlite3.connect(ws / "mlflow.db") as con:
+        run = con.execute("select run_uuid from tags where key = 'trial_id' and value = ?",
+                          (trial,)).fetchall()
+        assert len(run) == 1
+        return dict(con.execute("select key, value from tags where run_uuid = ?", run[0]))
+
+
+def test_a_checkpoint_deleted_after_the_saved_state_named_it(tmp_path, grid_reference):
+    """Tune registered a newer checkpoint and deleted the one its saved state names, then the
+    driver died before saving its state again (the flaky pipeline test's failure)."""
+    ws = tmp_path / "ws"
+
+    def state_names_the_deleted_one(info):
+        return saved_trials(ws).get(info["trial"], (None, None))[1] == info["deleted"]
+
+    info = chaos.stop_at(grid(ws), tmp_path / "run.log", "checkpoint-replaced",
+                         state_names_the_deleted_one)
+    assert not Path(info["deleted"]).exists()
+    resume_and_compare(grid(ws, True), ws, grid_reference, "grid")
+    fault = tags_of(ws, info["trial"])["checkpoint_fault"]
+    assert f"{Path(info['deleted']).name}, named by the saved experiment state, no longer " \
+           "exists; continued from checkpoint_" in fault
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["not-copied", "half-copied"])
+def test_a_checkpoint_written_before_tune_recorded_it(tmp_path, grid_reference, half):
+    """The worker wrote its second checkpoint; Tune had not copied it into the trial's folder
+    (or had copied half of it) nor named it in its saved state when everything was killed."""
+    ws = tmp_path / "ws"
+    marker = tmp_path / "run.failpoint.json"
+
+    def state_names_the_first(info):
+        _status, path, epoch = saved_trials(ws).get(info["trial"], (None, None, None))
+        if epoch != info["epoch"] - 1:
+            return False
+        if half:  # what a kill in the middle of Tune's copy leaves behind
+            trial_dir = Path(path).parent
+            src = Path(path) / "checkpoint.pt"
+            target = trial_dir / f"checkpoint_{int(Path(path).name[-6:]) + 1:06d}"
+            target.mkdir()
+            (target / "checkpoint.pt").write_bytes(src.read_bytes()[:src.stat().st_size // 2])
+        return True
+
+    info = chaos.stop_at(grid(ws), tmp_path / "run.log", "checkpoint-written@2",
+                         state_names_the_first)
+    assert json.loads(marker.read_text())["epoch"] == 2
+    out = resume_and_compare(grid(ws, True), ws, grid_reference, "grid")
+    assert "checkpoint_fault" not in tags_of(ws, info["trial"])  # the named one was good
+    assert "Traceback" not in out
+
+
+def test_mlflow_ahead_of_the_saved_state(tmp_path, grid_reference):
+    """MLflow logged an epoch whose checkpoint Tune had not saved yet; the state names the
+    previous epoch's checkpoint. The resumed trial trains that epoch again, and it is not
+    logged twice."""
+    ws = tmp_path / "ws"
+
+    def state_one_epoch_behind(info):
+        return saved_trials(ws).get(info["trial"], (0, 0, 0))[2] == info["epoch"] - 1
+
+    chaos.stop_at(grid(ws), tmp_path / "run.log", "result-logged@3", state_one_epoch_behind)
+    resume_and_compare(grid(ws, True), ws, grid_reference, "grid")
+
+
+@pytest.mark.parametrize("hit", [1, 2], ids=["first-trial", "second-trial"])
+def test_a_trial_run_created_before_tune_saved_the_trial(tmp_path, grid_reference, hit):
+    """The lineage created a trial's MLflow run (and was killed before it logged its params);
+    Tune's saved state may not hold the trial yet, so the resumed Tune makes it again under a
+    new id: the run is taken over, not doubled, and gets its params."""
+    ws = tmp_path / "ws"
+    info = chaos.stop_at(grid(ws), tmp_path / "run.log", f"trial-run-created@{hit}")
+    resume_and_compare(grid(ws, True), ws, grid_reference, "grid")
+    with sqlite3.connect(ws / "mlflow.db") as con:
+        tags = dict(con.execute("select key, value from tags where run_uuid = ?",
+                                (info["run"],)).fetchall())
+    assert tags["trial_id"] in saved_trials(ws)  # the run is the trial Tune ran
+    if tags["trial_id"] != info["trial"]:
+        assert tags["trial_id_lost"] == info["trial"]
+
+
+def test_a_parent_run_created_before_the_workspace_named_it(tmp_path, grid_reference):
+    ws = tmp_path / "ws"
+    info = chaos.stop_at(grid(ws), tmp_path / "run.log", "parent-run-created")
+    state = json.loads((ws / "experiments" / "grid-cnn.json").read_text())
+    assert state["parent_run_id"] is None
+    resume_and_compare(grid(ws, True), ws, grid_reference, "grid")
+    state = json.loads((ws / "experiments" / "grid-cnn.json").read_text())
+    assert state["parent_run_id"] == info["run"]
+
+
+def test_an_optuna_trial_asked_before_tune_saved_its_searcher(tmp_path):
+    reference = tmp_path / "reference"
+    cmd = chaos.command("search.weights", WEIGHTS, reference, None, False)
+    assert chaos.finish(cmd, tmp_path / "reference.log") == 0
+    ws = tmp_path / "ws"
+    chaos.stop_at(chaos.command("search.weights", WEIGHTS, ws, None, False),
+                  tmp_path / "run.log", "optuna-asked@2")
+    resume_and_compare(chaos.command("search.weights", WEIGHTS, ws, None, True), ws,
+                       reference, "weights")
+    assert chaos.study(ws, "weights-cnn") == chaos.study(reference, "weights-cnn")
+
+
+def test_the_pipeline_state_behind_its_stages(tmp_path):
+    """Killed after a stage ended and before the pipeline's state said so: first the grid
+    stage, then the report. Resumed, the grid is continued (nothing trained again) and the
+    report written before is kept (no second fusion run)."""
+    ws = tmp_path / "ws"
+
+    def pipeline(resume):
+        return chaos.command("search.pipeline", PIPELINE, ws, None, resume)
+
+    chaos.stop_at(pipeline(False), tmp_path / "run.log", "stage-finished")
+    state = json.loads((ws / "pipelines" / "smoke.json").read_text())
+    assert [s["status"] for s in state["stages"]] == ["running", "pending"]
+    chaos.stop_at(pipeline(True), tmp_path / "run.log", "stage-finished@2")
+    state = json.loads((ws / "pipelines" / "smoke.json").read_text())
+    assert [s["status"] for s in state["stages"]] == ["done", "running"]
+    log = tmp_path / "resumed.log"
+    assert chaos.finish(pipeline(True), log) == 0, log.read_text()[-3000:]
+    assert "was written before the interruption; kept" in log.read_text()
+    with sqlite3.connect(ws / "mlflow.db") as con:
+        fusion = con.execute("select r.status from runs r join experiments e on "
+                             "e.experiment_id = r.experiment_id where e.name = 'fusion'"
+                             ).fetchall()
+    assert fusion == [("FINISHED",)]
+    runs = chaos.mlflow_runs(ws, "smoke-grid-cnn")
+    assert runs["parents"] == ["FINISHED"]
+    assert all(len(r) == 1 and r[0]["status"] == "FINISHED" for r in runs["trials"].values())

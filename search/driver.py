@@ -246,12 +246,18 @@ def run_search(args, search: Search, split, on_start=None) -> int:
                              f"{state['data_fingerprint'][:16]}, this one is "
                              f"{split.fingerprint[:16]}; use the same --data-dir, --train-size "
                              "and --seed")
+        if state is not None:  # before anything is recorded: a state Tune cannot read
+            for part in state.get("parts", [search.name]):
+                interrupted(os.path.join(ws.storage_path, part))
         client = ws.client()
         dashboard = start_ray(args)  # before anything is recorded: a cluster that refuses us
         check_cluster(args)
     except (WorkspaceError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except StateError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_STATE
     offline.back_online(ws.tracking_uri)  # it answered: this search records again
     experiment_id = ws.experiment_id(client, search.name)
     if state is None:  # saved before the parent run exists: a kill between the two leaves a
@@ -285,11 +291,13 @@ def run_search(args, search: Search, split, on_start=None) -> int:
         try:
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
-        except Exception as e:  # a state file that is there but does not load
-            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            print(f"error: {StateError(f'Tune cannot restore {path} ({why})')}; start the "
-                  "experiment again under a new --name (its MLflow runs stay as they are)",
-                  file=sys.stderr)
+        except Exception as e:
+            if not isinstance(e, StateError):
+                why = str(e).strip().splitlines()[0][:200] if str(e).strip() else \
+                    type(e).__name__
+                e = StateError(f"Tune cannot restore {path} ({why}); start the experiment "
+                               "again under a new --name (its MLflow runs stay as they are)")
+            print(f"error: {e}", file=sys.stderr)
             return EXIT_STATE
         results += list(tuner.fit())
         if (code := stopped(path, client, parent_id, search, ws, state)) is not None:
@@ -357,9 +365,9 @@ def interrupted(path: str) -> bool:
         trials = ExperimentAnalysis(path).trials
     except Exception as e:
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise StateError(f"Tune's saved state in {path} cannot be read ({why}); it is not "
-                         "this project's to repair: start the experiment again under a new "
-                         "--name (its MLflow runs stay as they are)") from None
+        raise StateError(f"Tune cannot restore {path}: its saved state cannot be read "
+                         f"({why}); start the experiment again under a new --name (its "
+                         "MLflow runs stay as they are)") from None
     return any(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 

@@ -201,3 +201,38 @@ def test_the_pipeline_state_behind_its_stages(tmp_path):
     runs = chaos.mlflow_runs(ws, "smoke-grid-cnn")
     assert runs["parents"] == ["FINISHED"]
     assert all(len(r) == 1 and r[0]["status"] == "FINISHED" for r in runs["trials"].values())
+
+
+def test_unreadable_tune_state_is_its_own_error_not_an_interruption(tmp_path, grid_reference):
+    """A Tune state file that is there but damaged: one line, exit 4 (not 130 and a resume
+    hint), and MLflow's records as they were."""
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(grid_reference, ws)
+    for f in (ws / "ray_results" / "grid-cnn").glob("experiment_state*.json"):
+        f.write_text(f.read_text()[:100])
+    before = chaos.mlflow_runs(ws, "grid-cnn")
+    out = chaos.subprocess.run(grid(ws, True), cwd=ROOT, capture_output=True, text=True,
+                               timeout=600, env=chaos.ENV)
+    assert out.returncode == 4, out.stdout[-2000:] + out.stderr[-2000:]
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "cannot restore" in errors[0] and "--name" in errors[0]
+    assert "--resume" not in errors[0] and "Traceback" not in out.stderr
+    assert chaos.mlflow_runs(ws, "grid-cnn") == before
+
+
+def test_interrupted_tells_an_unreadable_state_from_an_interruption(tmp_path):
+    from search.driver import StateError, interrupted
+
+    assert interrupted(str(tmp_path))  # nothing saved yet: stopped before it got going
+    (tmp_path / "experiment_state-2026.json").write_text('{"trial_data": [')
+    with pytest.raises(StateError, match="cannot be read"):
+        interrupted(str(tmp_path))
+
+
+@pytest.mark.parametrize("what", ["grid"])
+def test_chaos_kills_at_random_instants_lose_nothing(tmp_path, what):
+    """bench/chaos.py's short version: three cycles of random SIGKILLs and resumes."""
+    assert chaos.main(["--cycles", "3", "--what", what, "--seed", "0", "--workspace",
+                       str(tmp_path)]) == 0

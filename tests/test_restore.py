@@ -243,3 +243,40 @@ def test_a_resumed_asha_decides_as_the_uninterrupted_one(tmp_path):
         asha.on_trial_add(None, t)
     assert killed[2].report(asha, 1, values["c"][0]) == "STOP"
     assert asha.stops["c"]["epoch"] == 1 and asha.stops["c"]["compared_with"] == 2
+
+
+# --- the lineage, whose child runs may be ahead of Tune's saved state ------------------------
+
+
+def test_a_trial_tune_made_again_takes_over_the_run_created_for_it(tmp_path):
+    """A child run was created (params not logged yet) for a trial Tune's saved state did not
+    hold; the resumed Tune makes the trial again under a new id. The lineage takes the open run
+    over instead of creating a second one; a finished run of the same config is not taken."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from search.lineage import MLflowLineage, config_key
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("grid-cnn")
+    parent = client.create_run(exp).info.run_id
+    cfg = {"model": "cnn", "batch_size": 64, "epochs": 3}
+    finished = client.create_run(exp, tags={"mlflow.parentRunId": parent, "kind": "trial",
+                                            "trial_id": "a_00009",
+                                            "config_key": config_key(cfg)})
+    client.set_terminated(finished.info.run_id, "FINISHED")
+    orphan = client.create_run(exp, tags={"mlflow.parentRunId": parent, "kind": "trial",
+                                          "trial_id": "a_00001", "config_key": config_key(cfg)})
+    again = SimpleNamespace(trial_id="b_00001", config=cfg)
+    lineage = MLflowLineage(uri, exp, parent)
+    assert lineage._run_for(again, [again]) == orphan.info.run_id
+    run = client.get_run(orphan.info.run_id)
+    assert run.data.tags["trial_id"] == "b_00001" and run.data.tags["trial_id_lost"] == "a_00001"
+    assert run.data.params["batch_size"] == "64"
+    other = SimpleNamespace(trial_id="b_00002", config={**cfg, "batch_size": 128})
+    assert lineage._run_for(other, [again, other]) not in (orphan.info.run_id,
+                                                           finished.info.run_id)
+    kids = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert len(kids) == 3

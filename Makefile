@@ -23,18 +23,30 @@ APT = $(shell if [ "$$(id -u)" = 0 ]; then echo apt-get; elif sudo -n true 2>/de
 
 setup: data browser compose postgres venv
 
-# Debian's dataset-fashion-mnist, when the files are not there yet and apt can be used.
+# Debian's dataset-fashion-mnist, when the files are not there yet and apt can be used; the
+# files in the cache (what --download fetched) or $TUNEFUSE_DATA do as well. Without any of
+# them it fails, with one line saying what to do: every command would fail without data.
+# `make data DATA_DIR=DIR APT=` checks another folder without apt (the tests do).
 data:
-	@missing=0; for f in $(DATA_FILES); do \
-	  [ -f $(DATA_DIR)/$$f ] || [ -f $(DATA_DIR)/$$f.gz ] || missing=1; done; \
-	if [ $$missing = 0 ]; then echo "data: Fashion-MNIST found in $(DATA_DIR)"; \
+	@has_data() { for f in $(DATA_FILES); do \
+	  [ -f "$$1/$$f" ] || [ -f "$$1/$$f.gz" ] || return 1; done; }; \
+	cache="$${XDG_CACHE_HOME:-$$HOME/.cache}/tunefuse/fashion-mnist"; \
+	if has_data "$(DATA_DIR)"; then echo "data: Fashion-MNIST found in $(DATA_DIR)"; \
 	elif [ -n "$${TUNEFUSE_DATA:-}" ]; then echo "data: using \$$TUNEFUSE_DATA=$$TUNEFUSE_DATA"; \
+	elif has_data "$$cache"; then echo "data: Fashion-MNIST found in $$cache"; \
 	elif command -v apt-get >/dev/null && [ -n "$(APT)" ]; then \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  $(APT) install -y -q dataset-fashion-mnist \
-	    || { $(APT) update -q && $(APT) install -y -q dataset-fashion-mnist; }; \
-	else echo "data: Fashion-MNIST is not installed and apt-get cannot be used here;" \
-	  "install dataset-fashion-mnist, or pass --data-dir or --download to the commands"; fi
+	  { $(APT) install -y -q dataset-fashion-mnist \
+	    || { $(APT) update -q && $(APT) install -y -q dataset-fashion-mnist; }; } \
+	  && has_data "$(DATA_DIR)" \
+	  || { echo "data: apt-get did not install dataset-fashion-mnist into $(DATA_DIR); see" \
+	    "its output above, or set TUNEFUSE_DATA to a folder holding the four IDX files" >&2; \
+	    exit 1; }; \
+	else echo "data: Fashion-MNIST is not in $(DATA_DIR) nor in $$cache, \$$TUNEFUSE_DATA is" \
+	  "not set, and apt-get cannot be used here: install dataset-fashion-mnist as root, set" \
+	  "TUNEFUSE_DATA to a folder holding the four IDX files, or fetch them into the cache" \
+	  "(make venv, then .venv/bin/python -m trainables.data --summary --download)" >&2; \
+	  exit 1; fi
 
 # Debian's Chromium and ChromeDriver, for the browser tests of the MLflow UI, the Ray dashboard
 # and the report.

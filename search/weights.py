@@ -164,7 +164,10 @@ def storage_url(ws: Workspace) -> str:
 
 
 def study_trials(ws: Workspace, name: str) -> list:
-    """The study's trials that ran (not the ones lost to an interruption)."""
+    """The study's trials that ran (not the ones lost to an interruption). No study file, no
+    trials: looking one up must not create the file (a refused command leaves no trace)."""
+    if not (ws.root / STORAGE_FILE).exists():
+        return []
     try:
         study = optuna.load_study(study_name=name, storage=storage_url(ws))
     except KeyError:

@@ -15,9 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, VENV_BIN, free_port
-
-from trainables import data
+from conftest import ROOT, VENV_BIN, free_port, need_real_data
 
 RAY = str(VENV_BIN / "ray")
 # Nodes that join a cluster, and drivers, send Ray's token only in token mode (the head turns it
@@ -53,9 +51,7 @@ def alive_nodes(address: str) -> list[str]:
 
 @pytest.fixture
 def cluster(tmp_path):
-    _, missing = data.find_files(data.SYSTEM_DIR)
-    if missing:
-        pytest.skip("the Debian data set is not installed (make data)")
+    need_real_data()  # before any node starts
     port, dash = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     head = ray_start(tmp_path / "head.log", "--head", "--num-cpus", "1", "--port", str(port),

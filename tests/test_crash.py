@@ -20,7 +20,6 @@ import psutil
 import pytest
 from conftest import ROOT
 
-from trainables import data
 from trainables.trainable import CHECKPOINT_FILE
 
 pytestmark = pytest.mark.slow
@@ -37,9 +36,9 @@ WEIGHTS = ("--model", "cnn", "--profile", "smoke", "--train-size", "400", "--num
 
 @pytest.fixture(scope="module", autouse=True)
 def need_data():
-    _, missing = data.find_files(data.SYSTEM_DIR)
-    if missing:
-        pytest.skip("the Debian data set is not installed (make data)")
+    from conftest import need_real_data
+
+    need_real_data()
 
 
 def command(module: str, *args) -> list[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import need_real_data
 
 from trainables import checkpoint, data
 from trainables.engine import (
@@ -32,10 +33,7 @@ FAST = dict(model="cnn", augment="none", batch_size=64, device="cpu")
 @pytest.fixture(scope="module")
 def split():
     """2,000 real images (1,800 train / 200 val): enough to learn, quick to train on."""
-    _, missing = data.find_files(data.SYSTEM_DIR)
-    if missing:
-        pytest.skip("the Debian data set is not installed (make data)")
-    return data.load_split(data.SYSTEM_DIR, train_size=2_000, seed=0)
+    return data.load_split(need_real_data(), train_size=2_000, seed=0)
 
 
 def weights(model):
@@ -233,8 +231,9 @@ def test_cli_run_writes_metrics_and_checkpoint(split, tmp_path):
     (["--class-weights=-1," + ",".join(["1"] * 9)], "non-negative"),
     (["--epochs", "3"], "warm-up"), (["--batch-size", "5000", "--train-size", "1000"], "larger"),
 ])
-def test_cli_bad_arguments(args, message):
-    out = train_cli(*args)
+def test_cli_bad_arguments(args, message, tmp_path):
+    out = train_cli(*args, "--out", str(tmp_path / "run"))
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], out.stderr
+    assert not (tmp_path / "run").exists()  # docs/bad-input.md: nothing written

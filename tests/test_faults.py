@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import need_real_data
 
 from trainables import checkpoint, data
 from trainables.engine import TrainConfig
 from trainables.trainable import CHECKPOINT_FILE, ClassifierTrainable
 
+pytestmark = pytest.mark.usefixtures("torch_threads_kept")  # CONFIG sets 2 threads
+
 
 @pytest.fixture(scope="module")
 def split():
-    _, missing = data.find_files(data.SYSTEM_DIR)
-    if missing:
-        pytest.skip("the Debian data set is not installed (make data)")
-    return data.load_split(data.SYSTEM_DIR, train_size=400, seed=0)
+    return data.load_split(need_real_data(), train_size=400, seed=0)
 
 
 CONFIG = TrainConfig(model="cnn", augment="flip", batch_size=64, warmup_epochs=1, epochs=3,

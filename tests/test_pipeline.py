@@ -3,22 +3,31 @@ a browser: the MLflow UI, the Ray dashboard and the report (Debian's headless Ch
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import (
     OUTPUT_ROOT,
     ROOT,
     VENV_BIN,
+    _run_streaming,
     exit_code,
     free_port,
+    need_browser,
+    one_run_per_trial,
     trial_records,
+    untouched,
     wait_http,
     wait_text,
 )
@@ -38,6 +47,26 @@ def trial_runs(ws: Path) -> dict[str, list[tuple[str, str]]]:
     for name, trial, status in rows:
         out.setdefault(name, []).append((trial, status))
     return out
+
+
+def parent_runs(ws: Path, experiment: str) -> list[tuple[str, str, dict]]:
+    """(run id, status, tags) of every run of an experiment that is not a trial's."""
+    with contextlib.closing(sqlite3.connect(ws / "mlflow.db")) as con:
+        runs = con.execute(
+            "select r.run_uuid, r.status from runs r join experiments e on r.experiment_id = "
+            "e.experiment_id where e.name = ? and not exists (select 1 from tags t where "
+            "t.run_uuid = r.run_uuid and t.key = 'kind' and t.value = 'trial')",
+            (experiment,)).fetchall()
+        return [(run, status, dict(con.execute(
+            "select key, value from tags where run_uuid = ?", (run,)).fetchall()))
+            for run, status in runs]
+
+
+def the_parent(ws: Path, experiment: str) -> tuple[str, str, dict]:
+    """The experiment's one parent run: a second one (a resume that started another) fails."""
+    parents = parent_runs(ws, experiment)
+    assert len(parents) == 1, f"{experiment}: {len(parents)} parent runs, not one: {parents}"
+    return parents[0]
 
 
 # --- the pipeline -----------------------------------------------------------------------------
@@ -60,7 +89,8 @@ def test_a_killed_pipeline_resumes_where_it_was(smoke_pipeline):
     assert "2 stage(s) already done" in p.out
     assert "=== stage 2/5" not in p.out  # the finished grids were not started again
     assert "=== stage 3/5: smoke-grid-inception (grid inception) - resuming" in p.out
-    finished = {t: r for t, r in p.killed_runs.items() if r[0] == "FINISHED"}
+    killed = one_run_per_trial(p.killed_runs, "smoke-grid-inception when killed")
+    finished = {t: r for t, r in killed.items() if r[0] == "FINISHED"}
     assert finished
     after = trial_records(p.ws, "smoke-grid-inception")
     assert len(after) == 4 and {s for s, _ in after.values()} == {"FINISHED"}
@@ -80,13 +110,9 @@ def test_resume_skips_finished_stages_and_completes(smoke_pipeline):
         assert len(trials) == 4, (name, trials)  # smoke: 4 trials each, no duplicates
         assert len({t for t, _ in trials}) == 4
         assert {s for _, s in trials} == {"FINISHED"}, (name, trials)
-    with sqlite3.connect(p.ws / "mlflow.db") as con:  # the interruption is on record
-        tags = dict(con.execute(
-            "select t.key, r.status from runs r join experiments e on r.experiment_id = "
-            "e.experiment_id join tags t on t.run_uuid = r.run_uuid where e.name = "
-            "'smoke-grid-resnet18' and t.key in ('interrupted', 'kind') and t.value != 'trial'"
-        ).fetchall())
-    assert tags == {"interrupted": "FINISHED", "kind": "FINISHED"}, tags
+        the_parent(p.ws, name)  # one parent run, however often the stage was resumed
+    _, status, tags = the_parent(p.ws, "smoke-grid-resnet18")  # the interruption is on record
+    assert status == "FINISHED" and tags["kind"] == "grid" and "interrupted" in tags, tags
 
 
 def test_pipeline_ends_with_the_seed_table_and_where_to_look(smoke_pipeline):
@@ -114,28 +140,130 @@ def test_the_weights_stage_starts_from_the_grid_winner(smoke_pipeline):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{smoke_pipeline.ws / 'mlflow.db'}")
-    grid_parent = client.search_runs(
+    grid_parents = client.search_runs(
         [client.get_experiment_by_name("smoke-grid-resnet18").experiment_id],
-        "tags.kind = 'grid'")[0]
-    weights_parent = client.search_runs(
+        "tags.kind = 'grid'")
+    weights_parents = client.search_runs(
         [client.get_experiment_by_name("smoke-weights-resnet18").experiment_id],
-        "tags.kind = 'weights'")[0]
+        "tags.kind = 'weights'")
+    assert len(grid_parents) == 1 and len(weights_parents) == 1, (grid_parents, weights_parents)
+    grid_parent, weights_parent = grid_parents[0], weights_parents[0]
     for key in ("batch_size", "epochs"):
         assert weights_parent.data.params[key] == grid_parent.data.tags[f"best.{key}"]
     assert weights_parent.data.params["width"] == grid_parent.data.tags[
         "best.model_kwargs.width"]
 
 
+def trial_histories(ws: Path, parent_id: str, metric: str) -> dict[str, dict]:
+    """trial id -> its run's status, tags, epochs and {epoch: (metric, timestamp)}, for the
+    trial runs under one parent run (one run per trial, asserted)."""
+    with contextlib.closing(sqlite3.connect(ws / "mlflow.db")) as con:
+        runs = con.execute(
+            "select r.run_uuid, r.status from runs r join tags t on t.run_uuid = r.run_uuid "
+            "where t.key = 'mlflow.parentRunId' and t.value = ?", (parent_id,)).fetchall()
+        out: dict[str, dict] = {}
+        for run, status in runs:
+            tags = dict(con.execute("select key, value from tags where run_uuid = ?", (run,)))
+            assert tags["trial_id"] not in out, f"trial {tags['trial_id']} has two runs"
+            epochs = con.execute("select value from params where run_uuid = ? and key = "
+                                 "'epochs'", (run,)).fetchone()[0]
+            history = {step: (value, ts) for step, value, ts in con.execute(
+                "select step, value, timestamp from metrics where run_uuid = ? and key = ?",
+                (run, metric))}
+            out[tags["trial_id"]] = {"status": status, "tags": tags, "epochs": int(epochs),
+                                     "history": history}
+        return out
+
+
+def asha_replays(history: dict[str, dict], rungs: list[int], rf: float) -> list[dict]:
+    """ASHA's decisions replayed on the recorded metrics of one group of trials (same epochs):
+    at each rung, trials arrive in the order of their metric's timestamp at that epoch (the
+    lineage logs a result right after the scheduler has ruled on it) and one is stopped when
+    its value is below the (1 - 1/rf) percentile of those that arrived before it. Returns
+    {trial: (rung, value, cutoff, trials compared)} of the stopped ones, for each arrival order
+    the timestamps allow (two trials in the same millisecond could have come either way)."""
+    outcomes: list[tuple[dict, set]] = [({}, set(history))]
+    for rung in rungs:
+        replayed = []
+        for stops, alive in outcomes:
+            assert all(rung in history[t] for t in alive), (rung, alive)  # all reached it
+            arrivals = sorted((history[t][rung][1], t) for t in alive)
+            ties = [[t for _, t in group]
+                    for _, group in itertools.groupby(arrivals, key=lambda a: a[0])]
+            for order in itertools.product(*(itertools.permutations(g) for g in ties)):
+                stopped, seen = dict(stops), []
+                for trial in itertools.chain.from_iterable(order):
+                    value = history[trial][rung][0]
+                    if seen and value < (cutoff := float(np.percentile(seen, (1 - 1 / rf)
+                                                                       * 100))):
+                        stopped[trial] = (rung, value, cutoff, len(seen))
+                    seen.append(value)
+                replayed.append((stopped, alive - set(stopped)))
+        outcomes = replayed
+    return [stopped for stopped, _ in outcomes]
+
+
+def stop_reason(rung: int, length: int, metric: str, value: float, cutoff: float,
+                compared: int) -> str:
+    """The stop_reason tag of a trial ASHA stopped (search/lineage.py asha_tags)."""
+    return (f"ASHA rung at epoch {rung} of the {length}-epoch trials: {metric} {value:.4f} "
+            f"below the cutoff {cutoff:.4f} of {compared} other trial(s)")
+
+
+def test_asha_stopped_exactly_the_trials_below_their_rungs_cutoff(smoke_pipeline):
+    """Schedule-aware ASHA end to end: in each search that ran start to end in one process (no
+    Ctrl-C, no kill, no resume in between), the trials whose MLflow runs say stopped_by=asha
+    are exactly those that ASHA, replayed on the recorded metrics of the trials of the same
+    length at the same rung, stops; each stopped where the replay says, trained no further,
+    and says why with the value and cutoff the replay computes. The others trained to their
+    last epoch."""
+    p = smoke_pipeline
+    headers = re.findall(r"^=== stage \d+/\d+: (\S+) ",
+                         "\n".join((p.interrupted_out, p.killed_out, p.out)), re.M)
+    whole = {name for name in STAGES[:-1] if headers.count(name) == 1}
+    assert {"smoke-grid-cnn", "smoke-weights-resnet18"} <= whole, headers  # how the fixture
+    stopped = {}  # interrupts the pipeline: in its second and third stages
+    for name in sorted(whole):
+        parent_id, _, _ = the_parent(p.ws, name)
+        with contextlib.closing(sqlite3.connect(p.ws / "mlflow.db")) as con:
+            params = dict(con.execute("select key, value from params where run_uuid = ?",
+                                      (parent_id,)))
+        grace, rf = int(params["grace_period"]), float(params["reduction_factor"])
+        metric = params.get("objective", "val_acc")  # what the search (and ASHA) maximises
+        trials = trial_histories(p.ws, parent_id, metric)
+        assert len(trials) == 4, (name, sorted(trials))
+        for length in sorted({t["epochs"] for t in trials.values()}):
+            group = {tid: t for tid, t in trials.items() if t["epochs"] == length}
+            rungs = [r for r in (int(grace * rf ** k) for k in range(8)) if r < length]
+            assert rungs, (name, length)  # the smoke grids are long enough to have a rung
+            expected = [{tid: (str(rung), stop_reason(rung, length, metric, *why))
+                         for tid, (rung, *why) in replay.items()}
+                        for replay in asha_replays({tid: t["history"] for tid, t in
+                                                    group.items()}, rungs, rf)]
+            recorded = {tid: (t["tags"]["stopped_at_epoch"], t["tags"]["stop_reason"])
+                        for tid, t in group.items() if t["tags"].get("stopped_by") == "asha"}
+            assert recorded in expected, (name, length, recorded, expected)
+            for tid, t in group.items():  # a stopped trial trained no further than its rung
+                last = int(recorded[tid][0]) if tid in recorded else length
+                assert sorted(t["history"]) == list(range(1, last + 1)), (name, tid)
+                assert t["status"] == "FINISHED", (name, tid, t["status"])
+                if tid not in recorded:
+                    assert not {"stopped_by", "stopped_at_epoch", "stop_reason"} & set(
+                        t["tags"]), (name, tid, t["tags"])
+            stopped.update({f"{name}/{tid}": why for tid, why in recorded.items()})
+    assert stopped, "ASHA stopped no trial in these searches: nothing of its was checked"
+
+
 def test_resume_of_a_finished_pipeline_only_prints_the_summary(smoke_pipeline):
     from search import pipeline
 
     before = trial_runs(smoke_pipeline.ws)
-    out = subprocess.run([sys.executable, "-m", "search.pipeline", "--profile", "smoke",
-                          "--workspace", str(smoke_pipeline.ws), "--resume"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "5 stage(s) already done" in out.stdout and "=== stage" not in out.stdout
-    assert "seed: Model fusion (4 models)" in out.stdout
+    code, out = _run_streaming([sys.executable, "-m", "search.pipeline", "--profile", "smoke",
+                                "--workspace", str(smoke_pipeline.ws), "--resume"],
+                               timeout=300)  # in a process group of its own, killed after
+    assert code == 0, out[-5000:]
+    assert "5 stage(s) already done" in out and "=== stage" not in out
+    assert "seed: Model fusion (4 models)" in out
     assert trial_runs(smoke_pipeline.ws) == before
     assert pipeline.fmt_time(3725) == "1h 02m" and pipeline.fmt_time(61.4) == "1m 01s"
 
@@ -147,11 +275,12 @@ def test_resume_of_a_finished_pipeline_only_prints_the_summary(smoke_pipeline):
     (["--top-k", "0"], "--top-k must be at least 1"),
     (["--resume"], "no pipeline named 'smoke'"),
 ])
-def test_bad_arguments(args, message, tmp_path, capsys):
+def test_bad_arguments(args, message, earlier_workspace, capsys):
     from search import pipeline
 
-    code = exit_code(pipeline.main, "--profile", "smoke", "--workspace", str(tmp_path / "ws"),
-                     *args)
+    with untouched(earlier_workspace):  # docs/bad-input.md: workspace untouched
+        code = exit_code(pipeline.main, "--profile", "smoke", "--workspace",
+                         str(earlier_workspace), *args)
     assert code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
@@ -176,14 +305,15 @@ def test_the_train_size_reaches_every_stage(given, expected):
 def test_a_second_pipeline_of_the_same_name_is_refused(smoke_pipeline, capsys):
     from search import pipeline
 
-    code = exit_code(pipeline.main, "--profile", "smoke", "--workspace",
-                     str(smoke_pipeline.ws))
-    assert code == 2
-    assert "already exists" in capsys.readouterr().err
-    code = exit_code(pipeline.main, "--profile", "smoke", "--workspace",
-                     str(smoke_pipeline.ws), "--resume", "--models", "cnn")
-    assert code == 2
-    assert "other stages" in capsys.readouterr().err
+    with untouched(smoke_pipeline.ws):  # the pipeline's state, its runs and files as they were
+        code = exit_code(pipeline.main, "--profile", "smoke", "--workspace",
+                         str(smoke_pipeline.ws))
+        assert code == 2
+        assert "already exists" in capsys.readouterr().err
+        code = exit_code(pipeline.main, "--profile", "smoke", "--workspace",
+                         str(smoke_pipeline.ws), "--resume", "--models", "cnn")
+        assert code == 2
+        assert "other stages" in capsys.readouterr().err
 
 
 # --- the README -------------------------------------------------------------------------------
@@ -224,6 +354,7 @@ def test_readme_commands_name_real_flags():
 # --- in the browser ---------------------------------------------------------------------------
 
 def test_ray_dashboard_of_the_pipeline_lists_its_node(smoke_pipeline):
+    need_browser()  # without Chromium the pipeline ran without opening its dashboard
     d = smoke_pipeline.dashboard
     assert d, "the resumed pipeline never printed its dashboard address"
     assert "error" not in d, d.get("error")
@@ -240,13 +371,19 @@ def mlflow_ui(smoke_pipeline):
     proc = subprocess.Popen(
         [str(VENV_BIN / "mlflow"), "ui", "--backend-store-uri",
          f"sqlite:///{smoke_pipeline.ws / 'mlflow.db'}", "--host", "127.0.0.1",
-         "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)  # its server workers share its process group
     try:
         assert wait_http(f"http://127.0.0.1:{port}/health", timeout=120) == 200
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # whatever did not stop
 
 
 def test_mlflow_ui_shows_the_experiment_its_trials_and_a_val_acc_chart(
@@ -258,7 +395,9 @@ def test_mlflow_ui_shows_the_experiment_its_trials_and_a_val_acc_chart(
     client = MlflowClient(f"sqlite:///{smoke_pipeline.ws / 'mlflow.db'}")
     exp = client.get_experiment_by_name("smoke-grid-cnn")
     runs = client.search_runs([exp.experiment_id])
-    parent = next(r for r in runs if r.data.tags.get("kind") == "grid")
+    parents = [r for r in runs if r.data.tags.get("kind") == "grid"]
+    assert len(parents) == 1, [r.info.run_id for r in parents]
+    parent = parents[0]
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(trials) == 4
 

@@ -6,11 +6,11 @@ same windows with real clusters and SIGKILLs are in tests/test_windows.py."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
+from conftest import need_real_data
 from ray import tune
 from ray.train._internal.session import _TrainingResult
 
@@ -23,11 +23,7 @@ KEYS = ("epoch", "val_acc", "val_loss", "train_loss")
 
 @pytest.fixture(scope="module")
 def split():
-    _, missing = data.find_files(data.SYSTEM_DIR)
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{data.SYSTEM_DIR} lacks {missing}: the set-up should install them")
-        pytest.skip("the Debian data set is not installed (make data)")
+    need_real_data()
     return data.load_split(data.SYSTEM_DIR, train_size=400, seed=0)
 
 

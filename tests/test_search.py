@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import exit_code
+from conftest import environ_kept, exit_code, need_real_data, untouched
 from ray.tune.schedulers import TrialScheduler
 
 from search.asha import ScheduleAwareASHA
@@ -20,12 +20,12 @@ from trainables.trainable import ClassifierTrainable
 ROOT = Path(__file__).resolve().parents[1]
 
 
+pytestmark = pytest.mark.usefixtures("torch_threads_kept")  # trials set torch's threads
+
+
 @pytest.fixture(scope="module")
 def split():
-    _, missing = data.find_files(data.SYSTEM_DIR)
-    if missing:
-        pytest.skip("the Debian data set is not installed (make data)")
-    return data.load_split(data.SYSTEM_DIR, train_size=1_000, seed=0)
+    return data.load_split(need_real_data(), train_size=1_000, seed=0)
 
 
 # --- ASHA compares trials only at the same point of the same schedule -------------------------
@@ -172,18 +172,22 @@ def test_smoke_grid_end_to_end(split, tmp_path):
 
 @pytest.mark.slow
 def test_a_failing_trial_is_recorded_and_the_rest_go_on(tmp_path):
+    import ray
     from ray import tune
 
     from search import grid as grid_module
 
+    need_real_data()
     ws = tmp_path / "ws"
-    code = grid_module.main(
-        ["--model", "resnet18", "--profile", "smoke", "--batch-sizes", "64", "--epochs", "3",
-         "--workspace", str(ws), "--num-cpus", "2", "--scheduler", "none",
-         "--max-failures", "0", "--dashboard-port", "0"],
-        space_overrides={"lr": tune.grid_search([0.01, 1e12])})  # 1e12: the loss explodes
-    import ray
-    ray.shutdown()
+    with environ_kept():  # the search starts this process's Ray cluster and sets its defaults
+        try:
+            code = grid_module.main(
+                ["--model", "resnet18", "--profile", "smoke", "--batch-sizes", "64", "--epochs",
+                 "3", "--workspace", str(ws), "--num-cpus", "2", "--scheduler", "none",
+                 "--max-failures", "0", "--dashboard-port", "0"],
+                space_overrides={"lr": tune.grid_search([0.01, 1e12])})  # 1e12: loss explodes
+        finally:
+            ray.shutdown()
     assert code == 0
     _, _, children = mlflow_runs(ws)
     status = sorted(c.info.status for c in children)
@@ -203,17 +207,19 @@ def test_a_failing_trial_is_recorded_and_the_rest_go_on(tmp_path):
     (["--model", "cnn", "--profile", "smoke", "--tracking-uri", "http://127.0.0.1:9"],
      "does not answer"),
 ])
-def test_bad_arguments(args, message, tmp_path, capsys):
+def test_bad_arguments(args, message, earlier_workspace, capsys):
     from search import grid as grid_module
 
-    assert exit_code(grid_module.main, *args, "--workspace", str(tmp_path / "ws")) == 2
+    with untouched(earlier_workspace):  # docs/bad-input.md: workspace untouched
+        assert exit_code(grid_module.main, *args, "--workspace", str(earlier_workspace)) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
 
 
-def test_bad_arguments_from_the_shell(tmp_path):
-    out = grid("--model", "cnn", "--profile", "smoke", "--batch-sizes", "5000",
-               "--workspace", str(tmp_path / "ws"), timeout=120)
+def test_bad_arguments_from_the_shell(earlier_workspace):
+    with untouched(earlier_workspace):
+        out = grid("--model", "cnn", "--profile", "smoke", "--batch-sizes", "5000",
+                   "--workspace", str(earlier_workspace), timeout=120)
     assert out.returncode == 2, out.stdout + out.stderr
     assert out.stderr.strip().splitlines() == [
         "error: batch size 5000 is larger than the 900 training images; lower --batch-sizes"]

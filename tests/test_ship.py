@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import need_real_data
 from PIL import Image
 
 from analysis import predict
@@ -46,11 +47,7 @@ ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
 @pytest.fixture(scope="module")
 def split():
-    _, missing = data.find_files(data.SYSTEM_DIR)
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{data.SYSTEM_DIR} lacks {missing}: the set-up should install them")
-        pytest.skip("the Debian data set is not installed (make data)")
+    need_real_data()
     return data.load_split(data.SYSTEM_DIR, train_size=500, seed=0)
 
 

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import exit_code
+from conftest import exit_code, need_real_data, untouched
 from optuna.trial import TrialState
 
 from search.weights import DurableOptunaSearch, SeededTPESampler
-from trainables import data
 from trainables.engine import SEED_CLASS_WEIGHTS, ConfigError, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,12 +22,6 @@ UNIFORM = [1.0] * 10
 @pytest.fixture(scope="module", autouse=True)
 def quiet_optuna():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def needs_data():
-    _, missing = data.find_files(data.SYSTEM_DIR)
-    if missing:
-        pytest.skip("the Debian data set is not installed (make data)")
 
 
 def run(module, *args, timeout=600):
@@ -134,7 +127,7 @@ SMOKE = ["--model", "resnet", "--profile", "smoke", "--num-cpus", "2", "--dashbo
 @pytest.mark.slow
 @pytest.mark.soak
 def test_smoke_weights_search_end_to_end_and_resume(tmp_path):
-    needs_data()
+    need_real_data()
     ws = tmp_path / "ws"
     args = [*SMOKE, "--workspace", str(ws), "--max-concurrent", "2", "--num-samples", "4"]
     out = run("search.weights", *args)
@@ -191,7 +184,7 @@ def test_smoke_weights_search_end_to_end_and_resume(tmp_path):
 @pytest.mark.slow
 @pytest.mark.soak
 def test_hard_pairs_objective_and_grid_defaults(tmp_path):
-    needs_data()
+    need_real_data()
     ws = tmp_path / "ws"
     common = [*SMOKE, "--workspace", str(ws), "--train-size", "600", "--warmup-epochs", "1"]
     out = run("search.grid", *common, "--batch-sizes", "32", "--epochs", "2")
@@ -221,18 +214,20 @@ def test_hard_pairs_objective_and_grid_defaults(tmp_path):
     (["--batch-size", "5000"], "larger than"),
     (["--resume"], "to resume"),
 ])
-def test_bad_arguments(args, message, tmp_path, capsys):
+def test_bad_arguments(args, message, earlier_workspace, capsys):
     from search import weights
 
-    assert exit_code(weights.main, "--model", "cnn", "--profile", "smoke", *args,
-                     "--workspace", str(tmp_path / "ws")) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], lines
+    with untouched(earlier_workspace):  # docs/bad-input.md: workspace untouched
+        assert exit_code(weights.main, "--model", "cnn", "--profile", "smoke", *args,
+                         "--workspace", str(earlier_workspace)) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines  # before the workspace's check
 
 
-def test_bad_arguments_from_the_shell(tmp_path):
-    out = run("search.weights", "--model", "cnn", "--low", "1.2", "--workspace",
-              str(tmp_path / "ws"), timeout=120)
+def test_bad_arguments_from_the_shell(earlier_workspace):
+    with untouched(earlier_workspace):
+        out = run("search.weights", "--model", "cnn", "--low", "1.2", "--workspace",
+                  str(earlier_workspace), timeout=120)
     assert out.returncode == 2, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "must contain" in lines[0], out.stderr

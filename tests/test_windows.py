@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, need_real_data
 
 sys.path.insert(0, str(ROOT))
 from bench import chaos
@@ -29,13 +29,7 @@ PIPELINE = ("--models", "cnn", "--no-weights", "--no-register", "--top-k", "1", 
 
 @pytest.fixture(scope="module", autouse=True)
 def need_data():
-    from trainables import data
-
-    _, missing = data.find_files(data.SYSTEM_DIR)
-    if missing:
-        if chaos.os.environ.get("CI"):
-            pytest.fail(f"{data.SYSTEM_DIR} lacks {missing}: the set-up should install them")
-        pytest.skip("the Debian data set is not installed (make data)")
+    need_real_data()
 
 
 def grid(ws: Path, resume=False) -> list[str]:

@@ -1,6 +1,6 @@
 """Softmax probabilities of a checkpoint on uint8 images: batched, on the best device.
 
-    probs = predict_probs(checkpoint.load(path), images)          # (N, 10) float64 numpy
+    probs = predict_probs(checkpoint.load(path), images)          # (N, NUM_CLASSES) float64
     val, test = cached_probs(cache_dir, path, split)             # computed once per checkpoint
 
 The checkpoint carries its model, weights and normalisation (trainables/checkpoint.py), so the
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from trainables import checkpoint
+from trainables.data import NUM_CLASSES
 from trainables.engine import resolve_device
 
 
@@ -40,7 +41,7 @@ def predict_probs(ckpt: dict, images, device: str = "auto", batch_size: int = 10
                 logits = model(xb)
             out.append(logits.float().softmax(1).double().cpu())
     if not out:
-        return np.zeros((0, 10))
+        return np.zeros((0, NUM_CLASSES))
     return torch.cat(out).numpy()
 
 

@@ -34,13 +34,13 @@ import numpy as np
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
+from trainables.classes import NUM_CLASSES
 from trainables.cli import ArgParser
 from trainables.idx import FIX as IDX_FIX
 from trainables.idx import DataError, read_idx
 
 H, W = 28, 28
 PIXELS = H * W
-CLASSES = 10
 IDX_NAMES = (".gz", "ubyte", ".idx")
 FIX_VALUES = "pixels must be whole numbers in 0..255"
 MODES = {"RGB": "an RGB colour", "RGBA": "an RGBA colour", "LA": "a grayscale+alpha",
@@ -251,11 +251,11 @@ def read_csv(path: Path):
     if label is not None:
         y = values[:, label]
         with np.errstate(invalid="ignore"):
-            bad_y = ~np.isfinite(y) | (y < 0) | (y >= CLASSES) | (y != np.round(y))
+            bad_y = ~np.isfinite(y) | (y < 0) | (y >= NUM_CLASSES) | (y != np.round(y))
         if bad_y.any():
             r = int(np.flatnonzero(bad_y)[0])
             raise InputError(f"{path}: line {lines[r]}: label {rows[r][label]!r} is not a "
-                             f"class; labels must be whole numbers in 0..{CLASSES - 1}")
+                             f"class; labels must be whole numbers in 0..{NUM_CLASSES - 1}")
         labels = y.astype(np.int64)
     images = x.astype(np.uint8).reshape(-1, H, W)
     return _row_ids(len(images)), images, labels
@@ -313,7 +313,7 @@ def write_predictions(path: Path, ids: list, frame, probs: bool) -> None:
 
     out = pd.DataFrame({"id": ids, "label": frame["label"].to_numpy().astype(np.int64)})
     if probs:
-        columns = [f"p{c}" for c in range(CLASSES)]
+        columns = [f"p{c}" for c in range(NUM_CLASSES)]
         missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise InputError(f"{path}: the model gives no {', '.join(missing)}; "

@@ -164,7 +164,14 @@ def test_test_set_cannot_change_the_chosen_weights():
     w = fusion.greedy_weights([a_val, b_val], y_val)
     assert w[0] > w[1]
     assert fusion.greedy_weights([a_test, b_test], y_test)[1] > 0.5  # what test would pick
-    assert fusion.fit_temperature(a_val, y_val) == fusion.fit_temperature(a_val, y_val)
+    # the temperature, too, is the one minimising validation NLL (against a fine grid over
+    # fit_temperature's range), far from the one the test set would pick
+    t = fusion.fit_temperature(a_val, y_val)
+    grid = np.geomspace(0.05, 20.0, 1001)  # steps of 0.6%
+    grid_nll = [fusion.nll(fusion.apply_temperature(a_val, g), y_val) for g in grid]
+    assert t == pytest.approx(grid[np.argmin(grid_nll)], rel=0.01)
+    assert fusion.nll(fusion.apply_temperature(a_val, t), y_val) <= min(grid_nll) + 1e-12
+    assert fusion.fit_temperature(a_test, y_test) > 3 * t
 
 
 # --- the report end to end --------------------------------------------------------------------
@@ -181,36 +188,53 @@ def searched(smoke_pipeline):
     return smoke_pipeline.ws
 
 
+GREEDY = ("--top-k", "3", "--method", "greedy", "--calibrate")
+
+
+@pytest.fixture(scope="module")
+def greedy_report(smoke_pipeline) -> tuple[Path, list[str], dict, str]:
+    """The report the smoke pipeline did not make, as a user runs it: greedy selection with
+    temperature scaling, registered. Its pool is every candidate of the searches the
+    pipeline's own (uniform) report took its members from, the CNN grid: that report left
+    their probabilities in the workspace's cache, and inference of all the others (the
+    Inception nets above all) would cost minutes. (workspace, arguments, summary, output)"""
+    ws = smoke_pipeline.ws
+    smoke = json.loads((ws / "reports" / "smoke" / "summary.json").read_text())
+    searches = ",".join(sorted({m["experiment"] for m in smoke["members"]}))
+    args = ["--workspace", str(ws), *GREEDY, "--experiments", searches]
+    out = run("analysis.report", *args, "--name", "g")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return ws, args, json.loads((ws / "reports" / "g" / "summary.json").read_text()), out.stdout
+
+
 @pytest.mark.slow
-@pytest.mark.soak
-def test_report_end_to_end(searched, tmp_path):
+def test_report_end_to_end(greedy_report):
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from analysis import report
     from analysis.inference import predict_probs
     from trainables import checkpoint, data
 
-    out = run("analysis.report", "--workspace", str(searched), "--top-k", "3",
-              "--method", "greedy", "--calibrate", "--name", "g")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "Model fusion (4 models)" in out.stdout and "90.33%" in out.stdout
+    searched, _, s, stdout = greedy_report
+    assert "Model fusion (4 models)" in stdout and "90.33%" in stdout
     rep = searched / "reports" / "g"
     for f in ("summary.json", "report.md", "report.html", "roc.png", "pr.png",
               "confusion.png", "reliability.png", "grid_heatmap.png", "asha_rungs.png"):
         assert (rep / f).stat().st_size > 0, f
     html = (rep / "report.html").read_text()
     assert "data:image/png;base64," in html and "<table>" in html and "src=\"roc" not in html
-    s = json.loads((rep / "summary.json").read_text())
     assert s["fusion"]["method"] == "greedy" and sum(s["fusion"]["weights"]) == \
         pytest.approx(1.0)
-    # every number recomputed from the checkpoints themselves
+    # every number recomputed from the checkpoints themselves (each model built once)
     split = data.load_split(data.SYSTEM_DIR, s["data"]["train_size"], s["data"]["seed"])
     y_val, y_test = split.y_val.numpy(), split.y_test.numpy()
     vals, tests = [], []
     for m in s["members"]:
         ckpt = checkpoint.load(m["checkpoint"])
-        pv = fusion.apply_temperature(predict_probs(ckpt, split.x_val), m["temperature"])
-        pt = fusion.apply_temperature(predict_probs(ckpt, split.x_test), m["temperature"])
+        model = checkpoint.model_from(ckpt, m["checkpoint"])
+        pv, pt = (fusion.apply_temperature(predict_probs(ckpt, x, model=model),
+                                           m["temperature"]) for x in (split.x_val, split.x_test))
         assert fusion.accuracy(pv, y_val) == pytest.approx(m["val_acc"], abs=1e-9)
         assert fusion.accuracy(pt, y_test) == pytest.approx(m["test_acc"], abs=1e-9)
         assert m["val_acc"] == pytest.approx(m["recorded_val_acc"], abs=1e-6)
@@ -224,25 +248,78 @@ def test_report_end_to_end(searched, tmp_path):
     lo, hi = s["fusion"]["test_gain_interval"]
     assert lo <= s["fusion"]["test_gain"] <= hi
     # the MLflow fusion run links its members, holds the report and the registered model
-    client = MlflowClient(f"sqlite:///{searched / 'mlflow.db'}")
+    uri = f"sqlite:///{searched / 'mlflow.db'}"
+    client = MlflowClient(uri)
     run_ = client.get_run(s["mlflow"]["run_id"])
     assert run_.data.tags["members"].split(",") == [m["run_id"] for m in s["members"]]
     assert client.get_experiment(run_.info.experiment_id).name == "fusion"
     assert {a.path for a in client.list_artifacts(run_.info.run_id, "report")} >= {
         "report/report.html", "report/summary.json", "report/roc.png"}
-    mlflow.set_tracking_uri(f"sqlite:///{searched / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model(s["mlflow"]["model_uri"])
+    # the registered version, found through this store (mlflow.set_tracking_uri would stay set,
+    # in the environment too, for every later test; models:/ URIs resolve only through it)
+    name, version = s["mlflow"]["model_uri"].removeprefix("models:/").split("/")
+    assert client.get_model_version(name, version).run_id == run_.info.run_id
+    model = mlflow.pyfunc.load_model(client.get_model_version_download_uri(name, version))
     pred = model.predict(split.x_test.numpy()[:200])
     ours = fusion.fuse(tests, w)[:200]
     assert np.allclose(pred[[f"p{c}" for c in range(10)]].to_numpy(), ours, atol=1e-5)
 
-    # uniform over the top 2, one per architecture; probabilities come from the cache now
-    out = run("analysis.report", "--workspace", str(searched), "--top-k", "2",
-              "--per-model-cap", "1", "--name", "u", "--no-register")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # uniform over the top 2 of every search, one per architecture
+    assert exit_code(report.main, "--workspace", str(searched), "--top-k", "2",
+                     "--per-model-cap", "1", "--name", "u", "--no-register") == 0
     s = json.loads((searched / "reports" / "u" / "summary.json").read_text())
     models = [m["model"] for m in s["members"]]
     assert len(set(models)) == 2 and s["fusion"]["weights"] == [0.5, 0.5]
+
+
+@pytest.mark.slow
+def test_test_labels_change_nothing_the_report_chooses(greedy_report, monkeypatch):
+    """The greedy report again, same workspace, candidates and validation set, with the test
+    labels a candidate greedy left out (or weighed least) predicts: that one is right on every
+    test image, so had the test set chosen anything, it would have chosen it. The same members,
+    weights and temperatures; only the test scores move.
+
+    The labels change in the split the report loads, not in the files: other files give another
+    data fingerprint, which the report refuses (tests/test_bad_input.py). The images are the
+    same, so every candidate's probabilities come from the cache the first report filled."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from analysis import report
+    from analysis.inference import cached_probs
+    from analysis.select import distinct, gather, same_data
+
+    ws, args, first, _ = greedy_report
+    weight = {m["run_id"]: m["weight"] for m in first["members"]}
+    searches = args[args.index("--experiments") + 1].split(",")
+    pool, _ = same_data(gather(MlflowClient(f"sqlite:///{ws / 'mlflow.db'}"), searches))
+    outsider = min(distinct(pool), key=lambda c: (weight.get(c.run_id, 0.0), -c.val_acc))
+    checkpoint = ws / "cache" / "checkpoints" / outsider.run_id / Path(outsider.checkpoint).name
+    load_split, loaded = report.load_split, []
+
+    def load_relabelled(*args, **kwargs):
+        split = load_split(*args, **kwargs)
+        _, test = cached_probs(ws / "cache" / "probs", checkpoint, split)
+        y_new = test.argmax(1)
+        loaded.append((split.y_test.numpy(), y_new))
+        return replace(split, y_test=torch.from_numpy(y_new))
+
+    monkeypatch.setattr(report, "load_split", load_relabelled)
+    assert exit_code(report.main, *args, "--name", "g-relabelled", "--no-register",
+                     "--bootstrap", "100") == 0
+    [(y_real, y_new)] = loaded
+    assert (y_real != y_new).mean() > 0.05
+    second = json.loads((ws / "reports" / "g-relabelled" / "summary.json").read_text())
+
+    def chosen(s):
+        return [(m["run_id"], m["weight"], m["temperature"], m["val_acc"]) for m in s["members"]]
+
+    assert chosen(second) == chosen(first)
+    for key in ("weights", "val_acc", "best_member_run_id"):
+        assert second["fusion"][key] == first["fusion"][key], key
+    assert second["fusion"]["test_acc"] != first["fusion"]["test_acc"]
+    assert [m["test_acc"] for m in second["members"]] != \
+        [m["test_acc"] for m in first["members"]]
 
 
 @pytest.mark.parametrize("args, message", [

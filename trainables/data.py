@@ -29,10 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainables.classes import CLASSES, NUM_CLASSES
 from trainables.cli import ArgParser, at_least
 from trainables.idx import DataError, read_idx
 
-__all__ = ["DataError", "DataSplit", "load_split", "locate", "split_indices"]
+__all__ = ["CLASSES", "NUM_CLASSES", "DataError", "DataSplit", "load_split", "locate",
+           "split_indices"]
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -40,9 +42,6 @@ FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-NUM_CLASSES = len(CLASSES)
 IMAGE_SHAPE = (28, 28)
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "TUNEFUSE_DATA"

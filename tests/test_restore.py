@@ -188,6 +188,15 @@ def test_a_trial_restored_at_its_end_reports_its_last_epoch_once(split, referenc
     resumed = resume(split, config(), named(d / "checkpoint_000003", 4))
     assert len(resumed) == 1 and resumed[0]["done"] and not resumed[0]["should_checkpoint"]
     assert numbers(resumed) == numbers(results[3:])
+    # its last checkpoint is corrupt: from the one before, the last epoch trained again
+    trial = tmp_path / "trial"
+    shutil.copytree(d, trial)
+    path = trial / "checkpoint_000003" / CHECKPOINT_FILE
+    path.write_bytes(path.read_bytes()[:1000])
+    resumed = resume(split, config(), named(trial / "checkpoint_000003", 4))
+    assert len(resumed) == 1 and resumed[0]["done"] and resumed[0]["should_checkpoint"]
+    assert numbers(resumed) == numbers(results[3:])
+    assert "continued from checkpoint_000002 (epoch 3)" in resumed[0]["checkpoint_fault"]
 
 
 # --- the scheduler, which Tune does not save ------------------------------------------------

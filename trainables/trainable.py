@@ -112,15 +112,16 @@ class ClassifierTrainable(tune.Trainable):
         return metrics
 
     def step(self) -> dict:
-        epoch = min(self.reported + 1, self.cfg.epochs)
-        if self.reported >= self.cfg.epochs:  # restored at its end: one result that ends it
-            result, holds = dict(self.state.history[epoch - 1]), False
-        elif epoch <= self.state.epoch:  # computed before: a stored warm-up, or a checkpoint
-            result = dict(self.state.history[epoch - 1])  # newer than Tune's saved state
-            holds = epoch == self.state.epoch
+        again = self.reported >= self.cfg.epochs  # restored at its end: its last epoch once
+        epoch = self.cfg.epochs if again else self.reported + 1  # more, to end it
+        trained = False
+        while self.state.epoch < epoch - 1 or (again and self.state.epoch < epoch):
+            self._train()  # a checkpoint older than Tune's saved state: reported before
+            trained = True
+        if epoch <= self.state.epoch:  # computed before: a stored warm-up, a checkpoint newer
+            result = dict(self.state.history[epoch - 1])  # than Tune's state, or its end
+            holds = epoch == self.state.epoch and (trained or not again)
         else:
-            while self.state.epoch < epoch - 1:  # a checkpoint older than Tune's saved state:
-                self._train()  # these epochs were reported before
             result, holds = dict(self._train()), True
         self.reported = epoch
         result["warmup_reused"] = self.reused and epoch <= self.cfg.warmup_epochs

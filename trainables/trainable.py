@@ -107,7 +107,6 @@ class ClassifierTrainable(tune.Trainable):
         metrics = run_epoch(self.state)
         if self.lock is not None and self.state.epoch == self.cfg.warmup_epochs:
             checkpoint.save(self.state, self.warmup_path)
-            failpoints.reach("warmup-stored", epoch=self.state.epoch)
             self._release()
         return metrics
 

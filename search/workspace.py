@@ -81,6 +81,7 @@ class Workspace:
     def client(self) -> MlflowClient:
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its table-creation notes
         try:  # a database named directly is connected to (and retried) here already
+            self._create_sqlite_store()
             client = MlflowClient(self.tracking_uri)
             client.search_experiments(max_results=1)
         except Exception as e:
@@ -90,6 +91,28 @@ class Workspace:
                                  f"answer ({reason}); start it or pass another --tracking-uri"
                                  ) from None
         return client
+
+    def _create_sqlite_store(self) -> None:
+        """A new sqlite store is made whole beside its place and then linked into it: MLflow
+        creates its tables in many steps, and a store killed half way would refuse every
+        later command ("table ... already exists")."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return
+        db = Path(self.tracking_uri[len("sqlite:///"):])
+        if db.exists():
+            return
+        for stale in db.parent.glob(f"{db.name}.init-*"):  # left by a process killed here
+            if not _alive(stale.name.split(".init-", 1)[1].split("-")[0]):
+                stale.unlink(missing_ok=True)
+        tmp = db.with_name(f"{db.name}.init-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)
+        try:
+            os.link(tmp, db)  # only if no other process made it meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def experiment_id(self, client: MlflowClient, name: str) -> str:
         exp = client.get_experiment_by_name(name)
@@ -127,3 +150,13 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True

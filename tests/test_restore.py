@@ -285,3 +285,35 @@ def test_a_trial_tune_made_again_takes_over_the_run_created_for_it(tmp_path):
                                                            finished.info.run_id)
     kids = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'")
     assert len(kids) == 3
+
+
+def test_a_store_killed_while_mlflow_creates_its_tables_is_made_again(tmp_path):
+    """MLflow creates a sqlite store's tables in many steps; a kill among them used to leave a
+    mlflow.db every later command refused ("table secrets already exists"). The store is now
+    made beside its place and linked in whole."""
+    import subprocess
+    import sys
+
+    from search.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    db = tmp_path / "ws" / "mlflow.db"
+    # a process killed while it made the store: its half-made file is left beside it
+    code = ("import os, signal, sqlite3, sys\n"
+            "from search import workspace\n"
+            "real = workspace.MlflowClient\n"
+            "class Dying(real):\n"
+            "    def __init__(self, uri, *a, **kw):\n"
+            "        if '.init-' in uri:\n"
+            "            db = sqlite3.connect(uri[len('sqlite:///'):])\n"
+            "            db.execute('create table secrets (x)')\n"
+            "            os.kill(os.getpid(), signal.SIGKILL)\n"
+            "        super().__init__(uri, *a, **kw)\n"
+            "workspace.MlflowClient = Dying\n"
+            f"workspace.Workspace.open({str(tmp_path / 'ws')!r}).client()\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1])
+    assert out.returncode == -9
+    assert not db.exists() and list(db.parent.glob("mlflow.db.init-*"))
+    client = ws.client()  # the next command: a whole store, the leftover gone
+    assert client.search_experiments() is not None and db.exists()
+    assert not list(db.parent.glob("mlflow.db.init-*"))

@@ -229,6 +229,7 @@ def test_a_grid_survives_a_killed_worker_a_killed_driver_and_a_corrupt_checkpoin
     assert "checkpoint fault" in out.stdout + out.stderr
 
 
+@pytest.mark.soak  # tests/test_windows.py kills one in its Optuna window; bench/chaos.py
 def test_a_killed_weights_search_keeps_its_optuna_study(tmp_path_factory):
     from search.weights import study_trials
     from search.workspace import Workspace

@@ -91,7 +91,8 @@ def test_a_checkpoint_deleted_after_the_saved_state_named_it(tmp_path, grid_refe
            "exists; continued from checkpoint_" in fault
 
 
-@pytest.mark.parametrize("half", [False, True], ids=["not-copied", "half-copied"])
+@pytest.mark.parametrize("half", [pytest.param(False, marks=pytest.mark.soak), True],
+                         ids=["not-copied", "half-copied"])
 def test_a_checkpoint_written_before_tune_recorded_it(tmp_path, grid_reference, half):
     """The worker wrote its second checkpoint; Tune had not copied it into the trial's folder
     (or had copied half of it) nor named it in its saved state when everything was killed."""
@@ -131,7 +132,8 @@ def test_mlflow_ahead_of_the_saved_state(tmp_path, grid_reference):
     resume_and_compare(grid(ws, True), ws, grid_reference, "grid")
 
 
-@pytest.mark.parametrize("hit", [1, 2], ids=["first-trial", "second-trial"])
+@pytest.mark.parametrize("hit", [pytest.param(1, marks=pytest.mark.soak), 2],
+                         ids=["first-trial", "second-trial"])
 def test_a_trial_run_created_before_tune_saved_the_trial(tmp_path, grid_reference, hit):
     """The lineage created a trial's MLflow run (and was killed before it logged its params);
     Tune's saved state may not hold the trial yet, so the resumed Tune makes it again under a

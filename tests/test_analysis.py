@@ -207,7 +207,6 @@ def greedy_report(smoke_pipeline) -> tuple[Path, list[str], dict, str]:
     return ws, args, json.loads((ws / "reports" / "g" / "summary.json").read_text()), out.stdout
 
 
-@pytest.mark.slow
 def test_report_end_to_end(greedy_report):
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -272,7 +271,6 @@ def test_report_end_to_end(greedy_report):
     assert len(set(models)) == 2 and s["fusion"]["weights"] == [0.5, 0.5]
 
 
-@pytest.mark.slow
 def test_test_labels_change_nothing_the_report_chooses(greedy_report, monkeypatch):
     """The greedy report again, same workspace, candidates and validation set, with the test
     labels a candidate greedy left out (or weighed least) predicts: that one is right on every
@@ -329,7 +327,6 @@ def test_test_labels_change_nothing_the_report_chooses(greedy_report, monkeypatc
     (["--experiments", "nope"], "no experiment named"),
     (["--top-k", "0"], "at least 1"),
 ])
-@pytest.mark.slow
 def test_bad_arguments(searched, args, message, capsys):
     from analysis import report
 

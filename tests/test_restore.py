@@ -317,3 +317,32 @@ def test_a_store_killed_while_mlflow_creates_its_tables_is_made_again(tmp_path):
     client = ws.client()  # the next command: a whole store, the leftover gone
     assert client.search_experiments() is not None and db.exists()
     assert not list(db.parent.glob("mlflow.db.init-*"))
+
+
+def test_a_checkpoint_download_cut_short_is_not_taken_for_the_checkpoint(tmp_path):
+    """The report's cache of members' checkpoints: a download killed half way leaves nothing
+    the next report would take for a whole checkpoint."""
+    from types import SimpleNamespace
+
+    from analysis.report import fetch_checkpoint
+    from search.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    cand = SimpleNamespace(run_id="r1", checkpoint="best_checkpoint/checkpoint.pt")
+
+    class Client:
+        def __init__(self, cut: bool):
+            self.cut = cut
+
+        def download_artifacts(self, run_id, path, dst):
+            out = Path(dst, Path(path).name)
+            out.write_bytes(b"half" if self.cut else b"whole checkpoint")
+            if self.cut:
+                raise KeyboardInterrupt  # the process stops here
+            return str(out)
+
+    with pytest.raises(KeyboardInterrupt):
+        fetch_checkpoint(Client(cut=True), ws, cand)
+    local = fetch_checkpoint(Client(cut=False), ws, cand)
+    assert local.read_bytes() == b"whole checkpoint"
+    assert sorted(p.name for p in local.parent.parent.iterdir()) == ["r1"]

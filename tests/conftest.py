@@ -5,7 +5,6 @@ their snapshots, and the smoke pipeline."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,8 @@ from typing import NoReturn
 import numpy as np
 import pytest
 
+from analysis.inference import file_digest
+from bench.chaos import kill_group
 from trainables import data
 from trainables.idx import write_idx
 
@@ -161,14 +162,6 @@ def torch_threads_kept():
 
 # --- a workspace holding earlier results, and what it holds -------------------------------------
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def workspace_snapshot(ws: Path) -> dict:
     """Everything a workspace holds: every folder, every file with its SHA-256, and every row
     of every table of its MLflow store (mlflow.db is compared by its rows, not its bytes:
@@ -183,7 +176,7 @@ def workspace_snapshot(ws: Path) -> dict:
         elif p.name == "mlflow.db":
             files[rel] = "(rows below)"
         else:
-            files[rel] = _digest(p)
+            files[rel] = file_digest(p)
     rows = None
     if (ws / "mlflow.db").exists():
         with contextlib.closing(sqlite3.connect(ws / "mlflow.db", timeout=30)) as db:
@@ -376,15 +369,6 @@ class Pipeline:
         self.dashboard: dict = {}
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the process group of ``proc`` (started with start_new_session=True): it and
-    whatever it started there (make's python, Ray's processes), then reap it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=60)
-
-
 def _run_streaming(cmd, on_line=None, timeout: float = 900, **kw) -> tuple[int, str]:
     """Run ``cmd`` in a session of its own, calling on_line(proc, line) for each output line;
     (exit code, output). Its process group is killed when it ends, times out, or when anything
@@ -433,20 +417,6 @@ def trial_records(ws: Path, experiment: str) -> dict[str, tuple[str, list]]:
     """trial id -> (status, [(epoch, val_acc, timestamp)]) of an experiment's MLflow runs,
     asserting that each trial has exactly one run (a duplicate must not merge silently)."""
     return one_run_per_trial(trial_run_records(ws, experiment), experiment)
-
-
-def sigkill(proc: subprocess.Popen) -> None:
-    """SIGKILL a driver, then whatever of its Ray cluster outlives it (Ray's GCS, raylet and
-    workers share their driver's fate; some of its agents take a while)."""
-    import psutil
-
-    family = psutil.Process(proc.pid).children(recursive=True)
-    proc.kill()
-    proc.wait(timeout=60)
-    _, alive = psutil.wait_procs(family, timeout=30)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
 
 
 def _values(obj, key: str):
@@ -532,7 +502,7 @@ def smoke_pipeline(tmp_path_factory) -> Pipeline:
     def kill_in_stage_three(proc, line):  # once one of its trials has finished
         if line.startswith("[smoke-grid-inception] trial ") and "finished" in line and \
                 proc.poll() is None:
-            sigkill(proc)
+            kill_group(proc)
 
     result.killed_code, result.killed_out = _run_streaming(
         [sys.executable, "-m", "search.pipeline", "--profile", "smoke", "--workspace", str(ws),

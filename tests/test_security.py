@@ -20,7 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 from unittest import mock
 
@@ -30,6 +30,7 @@ import pytest
 import torch
 from conftest import free_port, wait_http
 
+from bench.chaos import kill_group
 from trainables import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,16 +150,6 @@ def listening(root: psutil.Process) -> list[tuple[int, str, str, int]]:
     return found
 
 
-def wait_listening(root: psutil.Process, port: int, timeout: float = 180) -> None:
-    """Poll the process tree until one of its sockets listens on ``port``."""
-    deadline = time.monotonic() + timeout
-    while not any(p == port for *_, p in listening(root)):
-        assert root.is_running() and root.status() != psutil.STATUS_ZOMBIE, \
-            f"{root.cmdline()} exited before listening on {port}"
-        assert time.monotonic() < deadline, f"nothing listens on {port} after {timeout:.0f} s"
-        time.sleep(0.25)
-
-
 def other_addresses() -> list[str]:
     """This machine's addresses other than loopback (link-local IPv6 left out)."""
     out = []
@@ -195,20 +186,13 @@ def assert_loopback_only(port: int, sockets, what: str) -> None:
 
 
 def stop_tree(proc: subprocess.Popen) -> None:
-    """SIGTERM to the server's session, then SIGKILL to whatever of its tree is left."""
-    with contextlib.suppress(psutil.Error):
-        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    """SIGTERM to the server's session (it shuts down as at Ctrl-C), then SIGKILL to whatever
+    of it is left (bench/chaos.py's kill_group)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=30)
-    _, alive = psutil.wait_procs(family, timeout=30)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
+    kill_group(proc)
 
 
 def readme_command(program: str) -> tuple[dict[str, str], list[str]]:
@@ -232,21 +216,36 @@ def with_value(argv: list[str], flag: str, value: str) -> list[str]:
     return [*argv[:i + 1], value, *argv[i + 2:]]
 
 
+# what the uvicorn of mlflow ui and mlflow models serve prints once a server process has
+# started (its "Uvicorn running on" comes earlier, from the parent that binds the socket)
+READY = "Application startup complete."
+
+
 def serve(argv: list[str], env: dict, port: int, ready: str, cwd: Path) -> list:
-    """Start a README command, wait until its port listens and ``ready`` answers, and return
-    the listening sockets of its process tree; the server is stopped in any case."""
-    log = cwd / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    """Start a README command, wait for the line its server prints once it has started, then
+    for ``ready`` to answer, and return the listening sockets of its process tree; the server is
+    stopped in any case."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    listens = threading.Event()
+
+    def read():  # every line, until the server ends (its pipe closes)
+        for line in proc.stdout:
+            lines.append(line)
+            if READY in line:
+                listens.set()
+        listens.set()
+
+    threading.Thread(target=read, daemon=True).start()
     try:
-        root = psutil.Process(proc.pid)
-        try:
-            wait_listening(root, port)
-            wait_http(f"http://127.0.0.1:{port}{ready}", timeout=180)
-        except (AssertionError, OSError) as e:
-            raise AssertionError(f"{e}\n{log.read_text()[-3000:]}") from None
-        sockets = listening(root)
+        listens.wait(timeout=180)
+        assert any(READY in line for line in lines), \
+            f"{argv[:3]} never said it listens:\n{''.join(lines)[-3000:]}"
+        # uvicorn listens a moment after that line and prints nothing then: conftest's
+        # wait_http waits for the answer
+        assert wait_http(f"http://127.0.0.1:{port}{ready}", timeout=60) == 200
+        sockets = listening(psutil.Process(proc.pid))
         print(table(f"{' '.join(argv[:3])}: listening sockets", sockets))
         return sockets
     finally:
@@ -271,18 +270,10 @@ def test_the_ray_dashboard_listens_on_loopback_only(monkeypatch):
         try:
             url = driver.start_ray(args)
             assert url == f"http://127.0.0.1:{port}"
-            me = psutil.Process()
-            wait_listening(me, port)
-            # it answers, and its API wants the token (the page itself is public)
+            # it answers once up (ray.init does not wait for it), and its API wants the
+            # token (the page itself is public)
             assert wait_http(f"{url}/nodes?view=summary") == 401
-            # the dashboard's process opens its metrics exporter on a fixed port a moment
-            # later (where no other Ray on this machine holds it): list the sockets after
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not any(
-                    c.laddr.port == DASHBOARD_METRIC_PORT and c.status == psutil.CONN_LISTEN
-                    for c in psutil.net_connections(kind="tcp")):
-                time.sleep(0.25)
-            sockets = listening(me)
+            sockets = listening(psutil.Process())
         finally:
             ray.shutdown()
     print(table("Ray (start_ray): listening sockets", sockets))

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, need_real_data
 
-sys.path.insert(0, str(ROOT))
 from bench import chaos
 
 pytestmark = pytest.mark.slow

@@ -2,7 +2,7 @@
 
 Plain numpy over arrays of probabilities (N, C), one per member; nothing here sees a model.
 Every weight and temperature is fitted on validation arrays only: the functions that fit take
-the validation probabilities and labels and nothing else (SEED.md, "Fusion": softmax outputs
+the validation probabilities and labels and nothing else (docs/seed.md, "Fusion": softmax outputs
 averaged with weights, arg-max is the label).
 
     uniform   the seed's average

@@ -35,7 +35,7 @@ from trainables.engine import ConfigError, resolve_device
 
 EXIT_OK, EXIT_USAGE = 0, 2
 FUSION_EXPERIMENT = "fusion"
-# SEED.md, "Evaluation": the seed's own validation and test accuracies.
+# docs/seed.md, "Evaluation": the seed's own validation and test accuracies.
 SEED_RESULTS = (("4-CNN", 0.8963, 0.8953), ("ResNet", 0.9128, 0.8860),
                 ("Inception", 0.9097, 0.9006), ("Model fusion (4 models)", 0.9172, 0.9033))
 

@@ -1,6 +1,6 @@
 """Named presets for every search (nanoGPT style: profiles, not flag soup).
 
-``seed`` is the seed's own grid (SEED.md, "Tuning"); ``quick`` is a reduced grid with narrow
+``seed`` is the seed's own grid (docs/seed.md, "Tuning"); ``quick`` is a reduced grid with narrow
 models that finishes in minutes on a 2-core CPU and still gives a real classifier; ``smoke``
 is a tiny subset for tests (about a minute).
 """

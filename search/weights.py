@@ -3,7 +3,7 @@
     python -m search.weights --model resnet [--space full|hard-pairs] [--objective val_acc|hard_acc]
         [--num-samples N] [--batch-size B] [--epochs E] [--profile smoke|quick|seed] [--resume]
 
-The seed hand-tuned the weights of its "strong" ResNet (SEED.md, "Tuning"); here TPE searches
+The seed hand-tuned the weights of its "strong" ResNet (docs/seed.md, "Tuning"); here TPE searches
 them, starting from what is known: the seed's vector and the uniform vector are the first two
 trials. ``--space hard-pairs`` searches only the weights of classes 0, 2, 4 and 6 (the hard
 pairs 0/6 and 2/4) with the rest fixed at 1.0; its "seed" point is the seed's weights for those

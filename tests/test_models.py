@@ -111,7 +111,7 @@ def test_cnn_is_the_seed_s_exactly():
         "MaxPool2d", "Dropout", "Flatten",
         "Linear", "ReLU", "BatchNorm1d", "Dropout", "Linear", "ReLU", "BatchNorm1d", "Dropout",
         "Linear",
-    ]  # SEED.md's layer table, in its order
+    ]  # docs/seed.md's layer table, in its order
     convs = [(m.in_channels, m.out_channels) for m in model if isinstance(m, nn.Conv2d)]
     assert convs == [(1, 32), (32, 32), (32, 64), (64, 128)]
     linears = [(m.in_features, m.out_features) for m in model if isinstance(m, nn.Linear)]

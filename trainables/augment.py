@@ -1,6 +1,6 @@
 """The seed's two data treatments, done on whole batches of tensors on the training device.
 
-SEED.md, "Tuning": the CNN's training set is expanded offline to three times its size
+docs/seed.md, "Tuning": the CNN's training set is expanded offline to three times its size
 (originals + horizontal flip then random erasing + Gaussian blur); ResNet and Inception get
 online augmentation (random horizontal flip, rotation, crop and erasing), drawn fresh each batch.
 

@@ -2,10 +2,10 @@
 
     python -m trainables.train --model cnn --epochs 10      # one run; see trainables/train.py
 
-Recipe (SEED.md, "Training"): ``warmup_epochs`` epochs of Adam at ``warmup_lr`` (5 at 1e-3), then
-SGD with momentum 0.9 from those weights, the rate cut by a schedule sized to the epochs left.
+Recipe (docs/seed.md, "Training"): ``warmup_epochs`` epochs of Adam at ``warmup_lr`` (5 at
+1e-3), then SGD with momentum 0.9 from those weights, the rate cut by a schedule sized to the epochs left.
 ``epochs`` counts both phases. The loss is cross-entropy, weighted per class when
-``class_weights`` is given (SEED.md, "Tuning": gradient weights for the hard classes).
+``class_weights`` is given (docs/seed.md, "Tuning": gradient weights for the hard classes).
 
 Every epoch draws its shuffling, augmentation and dropout randomness from (seed, epoch) alone, so
 a run restored from a checkpoint at epoch k continues exactly as the uninterrupted run would, and
@@ -26,7 +26,7 @@ from trainables.data import NUM_CLASSES, DataSplit
 from trainables.models import get_model, list_models
 
 SCHEDULES = ("cosine", "step", "multistep")
-# SEED.md, "Tuning": the strong ResNet's weights for labels 0..9 (hard pairs 0/6 and 2/4).
+# docs/seed.md, "Tuning": the strong ResNet's weights for labels 0..9 (hard pairs 0/6 and 2/4).
 SEED_CLASS_WEIGHTS = (2.0, 0.8, 1.5, 0.8, 1.5, 1.2, 2.0, 1.2, 1.0, 1.2)
 HARD_CLASSES = (0, 2, 4, 6)
 
@@ -130,7 +130,7 @@ class TrainConfig:
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
     """The learning rate of (0-based) ``epoch``: constant during the warm-up, then the schedule
-    over the SGD epochs (SEED.md figure 4: the rate is cut step by step)."""
+    over the SGD epochs (docs/seed.md, "Training": the rate is cut step by step)."""
     if epoch < cfg.warmup_epochs:
         return cfg.warmup_lr
     k, n = epoch - cfg.warmup_epochs, cfg.epochs - cfg.warmup_epochs
@@ -261,7 +261,7 @@ def build(cfg: TrainConfig, split: DataSplit) -> TrainState:
     pixels = split.x_train.float().div_(255)
     mean, std = pixels.mean().item(), pixels.std().item()
     x, y = split.x_train.to(device), split.y_train.to(device)
-    if cfg.augment == "offline":  # SEED.md, "Tuning": the CNN's training set tripled, once
+    if cfg.augment == "offline":  # docs/seed.md, "Tuning": the CNN's training set tripled, once
         g = torch.Generator(device).manual_seed(epoch_seed(cfg.seed, -1))
         x, y = augment.expand_offline(x, y, g)
     weights = None
@@ -277,7 +277,7 @@ def run_epoch(state: TrainState, on_batch=None) -> dict:
     """Train one epoch (switching Adam -> SGD when the warm-up is over), then validate."""
     cfg = state.cfg
     if state.epoch >= cfg.warmup_epochs and state.phase == "warmup":
-        state.phase = "sgd"  # SEED.md: formal training starts from the warm-up weights
+        state.phase = "sgd"  # docs/seed.md: formal training starts from the warm-up weights
         state.optimizer = make_optimizer(state.model, cfg, "sgd")
     lr = lr_at(cfg, state.epoch)
     for group in state.optimizer.param_groups:

@@ -4,7 +4,7 @@
 TrainConfig from Tune's flat config and takes the data from Ray's object store (the driver puts
 it there once with ``tune.with_parameters``); checkpoints are the engine's own format.
 
-The seed's Adam warm-up (SEED.md, "Training") depends on the model, batch size, augmentation,
+The seed's Adam warm-up (docs/seed.md, "Training") depends on the model, batch size, augmentation,
 class weights, data and seed, not on the epoch count, so trials that share those share one
 warm-up: the first computes it (holding a file lock) and stores it under ``warmup_cache``; the
 others wait for the lock, load it and replay its per-epoch metrics instead of training. Each

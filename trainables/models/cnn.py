@@ -1,4 +1,4 @@
-"""The seed's 4-layer CNN, exactly as its layer table (SEED.md, "Models" 1).
+"""The seed's 4-layer CNN, exactly as its layer table (docs/seed.md, "Models" 1).
 
 Conv-ReLU-BN blocks, only two max-pools because the images are small: spatial sizes
 28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4, then dense 2048 -> 512 -> 128 -> classes.

@@ -1,6 +1,6 @@
 """An Inception network (Szegedy et al. 2015, "Going Deeper with Convolutions") for 28x28 input.
 
-SEED.md, "Models" 3: stacked GoogLeNet Inception modules, each with parallel 1x1, 3x3 and 5x5
+docs/seed.md, "Models" 3: stacked GoogLeNet Inception modules, each with parallel 1x1, 3x3 and 5x5
 convolutions and a max-pool branch, concatenated; a multi-layer dense head with Dropout.
 The modules and their channel numbers are GoogLeNet's (its table 1), with BatchNorm after every
 convolution as the seed does. GoogLeNet's stem shrinks 224 pixels to 28 before module 3a; a

@@ -1,6 +1,6 @@
 """ResNet with BasicBlocks (He et al. 2016, "Deep Residual Learning"), ResNet18 = [2, 2, 2, 2].
 
-SEED.md, "Models" 2: BasicBlock, not Bottleneck; a dense head that first raises then lowers the
+docs/seed.md, "Models" 2: BasicBlock, not Bottleneck; a dense head that first raises then lowers the
 dimension, with Dropout between the dense layers. The ImageNet stem (7x7 stride-2 convolution and
 a max-pool) would shrink a 28x28 image to 7x7 before the first block, so the stem here is one
 3x3 stride-1 convolution (as the paper's CIFAR-10 nets, section 4.2): the four stages have

@@ -3,10 +3,10 @@
     python -m trainables.data --summary [--data-dir D] [--train-size N|all] [--seed S] [--download]
 
 Seed protocol (docs/seed.md, "The task"): a stratified, seeded subset of 30,000 of the 60,000
-training images, split 9:1 (stratified) into train / val (27,000 / 3,000), plus the official 10,000-image
-test set. Images stay uint8 (N, 28, 28) tensors in memory (55 MB for the whole set); normalisation
-happens later, on the training device. The split is a pure function of (file contents, train
-size, seed) and carries a fingerprint of exactly those, which later runs record.
+training images, split 9:1 (stratified) into train / val (27,000 / 3,000), plus the official
+10,000-image test set. Images stay uint8 (N, 28, 28) tensors in memory (55 MB for the whole set);
+normalisation happens later, on the training device. The split is a pure function of (file contents,
+train size, seed) and carries a fingerprint of exactly those, which later runs record.
 
 Where the files come from, first match wins: ``--data-dir``, ``$TUNEFUSE_DATA``, Debian's
 ``dataset-fashion-mnist`` (/usr/share/datasets/fashion-mnist), the cache

@@ -2,10 +2,10 @@
 
     python -m trainables.train --model cnn --epochs 10      # one run; see trainables/train.py
 
-Recipe (docs/seed.md, "Training"): ``warmup_epochs`` epochs of Adam at ``warmup_lr`` (5 at
-1e-3), then SGD with momentum 0.9 from those weights, the rate cut by a schedule sized to the epochs left.
-``epochs`` counts both phases. The loss is cross-entropy, weighted per class when
-``class_weights`` is given (docs/seed.md, "Tuning": gradient weights for the hard classes).
+Recipe (docs/seed.md, "Training"): ``warmup_epochs`` epochs of Adam at ``warmup_lr`` (5 at 1e-3),
+then SGD with momentum 0.9 from those weights, the rate cut by a schedule sized to the epochs left.
+``epochs`` counts both phases. The loss is cross-entropy, weighted per class when ``class_weights``
+is given (docs/seed.md, "Tuning": gradient weights for the hard classes).
 
 Every epoch draws its shuffling, augmentation and dropout randomness from (seed, epoch) alone, so
 a run restored from a checkpoint at epoch k continues exactly as the uninterrupted run would, and

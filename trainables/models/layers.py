@@ -16,8 +16,8 @@ def conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequen
 
 
 def raise_lower_head(features: int, num_classes: int, dropout: float) -> nn.Sequential:
-    """The seed's dense head (docs/seed.md, "Models" 2: 升维再降维): raise the dimension to
-    2C, lower it to C//2, then classify, with Dropout between the dense layers. C//2 never drops below
+    """The seed's dense head (docs/seed.md, "Models" 2: 升维再降维): raise the dimension to 2C,
+    lower it to C//2, then classify, with Dropout between the dense layers. C//2 never drops below
     ``num_classes`` so a very narrow net still lowers towards, not past, the classifier."""
     up, down = 2 * features, max(features // 2, num_classes)
     return nn.Sequential(

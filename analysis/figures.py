@@ -1,10 +1,11 @@
 """The report's figures as PNG files (matplotlib, no display needed) and the curves behind them.
 
-ROC and precision/recall curves are one-vs-rest per class, computed here with numpy.
+ROC and precision/recall curves are one-vs-rest per class, from scikit-learn.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -12,36 +13,33 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from sklearn import metrics
+from sklearn.exceptions import UndefinedMetricWarning
 
 from analysis import fusion
 
 
-def _ranked(scores: np.ndarray, positive: np.ndarray):
-    """Cumulative true and false positives at each distinct score threshold, high to low."""
-    order = np.argsort(-scores, kind="stable")
-    s, pos = scores[order], positive[order].astype(np.float64)
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the end of each run of ties
-    tp = np.cumsum(pos)[last]
-    fp = (last + 1) - tp
-    return tp, fp
-
-
 def roc_curve(scores: np.ndarray, positive: np.ndarray):
-    """(fpr, tpr, auc) of one class against the rest."""
-    tp, fp = _ranked(scores, positive)
-    p, n = positive.sum(), len(positive) - positive.sum()
-    tpr = np.r_[0, tp / max(p, 1)]
-    fpr = np.r_[0, fp / max(n, 1)]
-    return fpr, tpr, float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    """(fpr, tpr, auc) of one class against the rest, a point at every distinct score. Without
+    positives (a class absent from the labels) or without negatives, the undefined rate is 0
+    throughout and the area 0."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        fpr, tpr, _ = metrics.roc_curve(positive, scores, drop_intermediate=False)
+    fpr, tpr = np.nan_to_num(fpr), np.nan_to_num(tpr)
+    return fpr, tpr, float(metrics.auc(fpr, tpr))
 
 
 def pr_curve(scores: np.ndarray, positive: np.ndarray):
-    """(recall, precision, average precision) of one class against the rest."""
-    tp, fp = _ranked(scores, positive)
-    precision = tp / (tp + fp)
-    recall = tp / max(positive.sum(), 1)
-    ap = float(np.sum(np.diff(np.r_[0, recall]) * precision))
-    return np.r_[0, recall], np.r_[1, precision], ap
+    """(recall, precision, average precision) of one class against the rest, from recall 0 up.
+    A class absent from the labels has recall 0 all along (scikit-learn says 1) and AP 0."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "No positive class found", UserWarning)
+        precision, recall, _ = metrics.precision_recall_curve(positive, scores)
+        ap = metrics.average_precision_score(positive, scores)
+    if not np.any(positive):
+        recall = np.zeros_like(recall)
+    return recall[::-1], precision[::-1], float(ap)
 
 
 def _save(fig, path: Path) -> Path:

@@ -13,6 +13,11 @@ averaged with weights, arg-max is the label).
               weights are how often each member was picked. Never below the best member on
               validation accuracy.
     calibrate each member temperature-scaled (one scalar T minimising validation NLL) first
+
+The scores: accuracy, NLL and the expected calibration error (ECE, equal-width confidence
+bins) here; the confusion matrix, per-class precision/recall/F1 and the reliability curve from
+scikit-learn, imported where they are computed: the served model (analysis/ensemble.py) fuses
+with this module and neither needs nor pins scikit-learn.
 """
 
 from __future__ import annotations
@@ -109,11 +114,19 @@ def greedy_weights(val_probs, y_val: np.ndarray, rounds: int = 50) -> np.ndarray
     return best_counts / best_counts.sum()
 
 
-def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+def _confidence_bins(probs: np.ndarray, y: np.ndarray, bins: int):
+    """Confidence (top probability), whether the top class is right, the bin edges and each
+    example's bin: equal widths over [0, 1], closed on the right (a confidence on an edge
+    counts in the bin below it, as in sklearn's calibration_curve)."""
     conf = probs.max(1)
     correct = probs.argmax(1) == y
     edges = np.linspace(0, 1, bins + 1)
     idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    return conf, correct, edges, idx
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    conf, correct, _, idx = _confidence_bins(probs, y, bins)
     ece = 0.0
     for b in range(bins):
         m = idx == b
@@ -123,33 +136,34 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
 
 
 def reliability(probs: np.ndarray, y: np.ndarray, bins: int = 15):
-    """Per confidence bin: mean confidence, accuracy, count (for the reliability diagram)."""
-    conf = probs.max(1)
-    correct = probs.argmax(1) == y
-    edges = np.linspace(0, 1, bins + 1)
-    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
-    out = []
-    for b in range(bins):
-        m = idx == b
-        out.append((float(conf[m].mean()) if m.any() else None,
-                    float(correct[m].mean()) if m.any() else None, int(m.sum())))
+    """Per confidence bin: mean confidence, accuracy, count (for the reliability diagram); an
+    empty bin has None for both means. The means are sklearn's calibration_curve of whether the
+    top class is right against the confidence, which leaves empty bins out."""
+    from sklearn.calibration import calibration_curve
+
+    conf, correct, edges, idx = _confidence_bins(probs, y, bins)
+    counts = np.bincount(idx, minlength=bins)
+    acc, mean_conf = calibration_curve(correct, conf, n_bins=bins, pos_label=True)
+    out = [(None, None, 0)] * bins
+    for b, c, a in zip(np.flatnonzero(counts), mean_conf, acc, strict=True):
+        out[b] = (float(c), float(a), int(counts[b]))
     return edges, out
 
 
 def confusion(pred: np.ndarray, y: np.ndarray, classes: int) -> np.ndarray:
     """Rows: true class; columns: predicted."""
-    return np.bincount(y * classes + pred, minlength=classes * classes).reshape(classes, classes)
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(y, pred, labels=np.arange(classes))
 
 
 def per_class(probs: np.ndarray, y: np.ndarray) -> dict[str, list[float]]:
-    classes = probs.shape[1]
-    cm = confusion(probs.argmax(1), y, classes)
-    tp = np.diag(cm).astype(np.float64)
-    predicted, actual = cm.sum(0), cm.sum(1)
-    precision = np.divide(tp, predicted, out=np.zeros(classes), where=predicted > 0)
-    recall = np.divide(tp, actual, out=np.zeros(classes), where=actual > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(classes),
-                   where=(precision + recall) > 0)
+    """Precision, recall and F1 of each class; 0 where undefined (a class never predicted, or
+    absent from the labels)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y, probs.argmax(1), labels=np.arange(probs.shape[1]), zero_division=0)
     return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist()}
 
 

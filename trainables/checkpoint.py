@@ -11,14 +11,13 @@ data would still load, so load() checks the digest and refuses a file that does 
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 
 from trainables.engine import TrainConfig, TrainState, make_optimizer
+from trainables.files import first_line, sha256_file, write_reason
 from trainables.models import get_model
 
 FORMAT = "tunefuse-checkpoint/1"
@@ -60,14 +59,6 @@ def digest_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save(state: TrainState, path: str | Path) -> Path:
     """Write atomically: a crash or a full disk mid-write never leaves a half checkpoint under
     ``path`` (the previous one stays as it was) and never leaves a temporary file behind."""
@@ -77,33 +68,29 @@ def save(state: TrainState, path: str | Path) -> Path:
     tmp_digest = path.with_name(path.name + ".sha256.tmp")
     try:
         torch.save(state_dict(state), tmp)
-        tmp_digest.write_text(f"{_sha256(tmp)}  {path.name}\n")
+        tmp_digest.write_text(f"{sha256_file(tmp)}  {path.name}\n")
         os.replace(tmp, path)
         os.replace(tmp_digest, digest_path(path))
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
         for leftover in (tmp, tmp_digest):
             leftover.unlink(missing_ok=True)
-        # torch's zip writer reports a full disk as "unexpected pos N vs M"
-        full = getattr(e, "errno", None) == errno.ENOSPC or any(
-            text in str(e) for text in ("No space left", "unexpected pos"))
-        why = "the disk is full" if full else (getattr(e, "strerror", None) or str(e)[:200])
-        raise CheckpointError(f"cannot write checkpoint {path} ({why}); free space or point "
-                              "--workspace / --storage-path at a disk with room") from e
+        raise CheckpointError(f"cannot write checkpoint {path} ({write_reason(e)}); free "
+                              "space or point --workspace / --storage-path at a disk with room"
+                              ) from e
     return path
 
 
 def load(path: str | Path) -> dict:
     path = Path(path)
     digest = digest_path(path)
-    if path.exists() and digest.exists() and digest.read_text().split()[:1] != [_sha256(path)]:
+    if path.exists() and digest.exists() and digest.read_text().split()[:1] != [sha256_file(path)]:
         raise CheckpointError(f"{path}: corrupted (its SHA-256 does not match {digest.name})")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
     except Exception as e:  # truncated, corrupted, or a pickle weights_only refuses
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a tunefuse checkpoint (expected format {FORMAT})")
     return ckpt

@@ -21,8 +21,6 @@ import argparse
 import hashlib
 import os
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +29,11 @@ import torch
 
 from trainables.classes import CLASSES, NUM_CLASSES
 from trainables.cli import ArgParser, at_least
+from trainables.download import download_files
 from trainables.idx import DataError, read_idx
 
-__all__ = ["CLASSES", "NUM_CLASSES", "DataError", "DataSplit", "load_split", "locate",
-           "split_indices"]
+__all__ = ["CLASSES", "NUM_CLASSES", "DataError", "DataSplit", "download_files", "load_split",
+           "locate", "split_indices"]
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -104,61 +103,6 @@ def locate(data_dir: str | Path | None = None, download: bool = False) -> DataSo
         found, _ = find_files(target)
         return DataSource(target, explicit[1] if explicit else "cache", found)
     raise DataError(f"Fashion-MNIST files not found ({'; '.join(notes)}): {HOW_TO_GET}")
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def download_files(dest: Path, mirrors: list[str] | None = None,
-                   resources: list[tuple[str, str]] | None = None, timeout: float = 60) -> None:
-    """Fetch the gzipped IDX files into ``dest``, trying each mirror until the MD5 matches.
-
-    A file is only ever moved into place after its checksum matched, so an interrupted or
-    corrupted download leaves nothing behind that a later run could mistake for data.
-    """
-    if mirrors is None or resources is None:
-        from torchvision.datasets import FashionMNIST
-
-        mirrors = FashionMNIST.mirrors if mirrors is None else mirrors
-        resources = FashionMNIST.resources if resources is None else resources
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"cannot create the data folder {dest} ({e.strerror}); "
-                        "pass --data-dir with a writable folder") from None
-    for filename, md5 in resources:
-        target = dest / filename
-        if target.is_file() and _md5(target) == md5:
-            continue
-        part = dest / f"{filename}.part"
-        errors = []
-        for mirror in mirrors:
-            url = mirror.rstrip("/") + "/" + filename
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response, \
-                        open(part, "wb") as out:
-                    while block := response.read(1 << 20):
-                        out.write(block)
-            except (urllib.error.URLError, OSError) as e:
-                part.unlink(missing_ok=True)
-                errors.append(f"{url}: {getattr(e, 'reason', None) or e}")
-                continue
-            got = _md5(part)
-            if got != md5:
-                part.unlink()
-                errors.append(f"{url}: checksum mismatch (md5 {got}, expected {md5})")
-                continue
-            part.replace(target)
-            break
-        else:
-            raise DataError(f"could not download {filename} ({'; '.join(errors)}); "
-                            "install it with `apt-get install dataset-fashion-mnist` "
-                            "or pass --data-dir")
 
 
 def _load_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:

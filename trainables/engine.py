@@ -35,6 +35,15 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message is one line for the user."""
 
 
+def check_batch(batch_size: int, train_images: int, fix: str, what: str = "batch size"
+                ) -> None:
+    """A batch must fit the training set: one larger is one batch of another size than the
+    trial asked for; ``fix`` says what to change, ``what`` names the batch size."""
+    if batch_size > train_images:
+        raise ConfigError(f"{what} {batch_size} is larger than the {train_images} training "
+                          f"images; {fix}")
+
+
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite: the trial must fail, not go on."""
 

@@ -13,10 +13,11 @@ the driver does. The points are listed in docs/crash-windows.md.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
+
+from trainables.files import write_json
 
 ENV, FILE_ENV = "TUNEFUSE_FAILPOINT", "TUNEFUSE_FAILPOINT_FILE"
 _hits: dict[str, int] = {}
@@ -41,9 +42,7 @@ def reach(name: str, **context) -> None:
             return
     marker = os.environ.get(FILE_ENV)
     if marker:
-        tmp = f"{marker}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"failpoint": name, "pid": os.getpid(), **context}, f, default=str)
-        os.replace(tmp, marker)
+        write_json(marker, {"failpoint": name, "pid": os.getpid(), **context}, indent=None,
+                   default=str)
     while True:  # until the test kills this process
         time.sleep(3600)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from trainables import augment, checkpoint
-from trainables.cli import ArgParser, at_least
+from trainables.cli import EXIT_OK, EXIT_USAGE, ArgParser, at_least
 from trainables.data import CLASSES, DataError, add_data_args, load_split
 from trainables.engine import (
     SCHEDULES,
@@ -31,9 +30,11 @@ from trainables.engine import (
     NonFiniteLoss,
     TrainConfig,
     build,
+    check_batch,
     evaluate,
     run_epoch,
 )
+from trainables.files import write_reason
 from trainables.models import list_models
 
 
@@ -101,15 +102,7 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
 
 def write_error(e: Exception, out: Path) -> str:
     """One line for results that could not be written (a full disk, a read-only folder)."""
-    cause = e.__cause__ or e
-    text = str(cause).strip()
-    # torch.save reports a short write on a full disk as "unexpected pos N vs M"
-    if getattr(cause, "errno", None) == errno.ENOSPC or "No space left" in text \
-            or "unexpected pos" in text:
-        why = "the disk is full"
-    else:
-        why = getattr(cause, "strerror", None) or (text.splitlines() or [type(cause).__name__]
-                                                    )[0][:200]
+    why = write_reason(e.__cause__ or e)
     return (f"cannot write the results to {out} ({why}); nothing there was replaced: free "
             "space on that disk or pass --out on another one")
 
@@ -119,13 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from(args)
         split = load_split(args.data_dir, args.train_size, args.seed, args.download)
-        if cfg.batch_size > len(split.y_train):
-            raise ConfigError(f"batch size {cfg.batch_size} is larger than the "
-                              f"{len(split.y_train)} training images; lower --batch-size")
+        check_batch(cfg.batch_size, len(split.y_train), "lower --batch-size")
         state = build(cfg, split)
     except (ConfigError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     out = args.out or Path("outputs/train") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:  # an --out that cannot be written fails now, not after the training
         out.mkdir(parents=True, exist_ok=True)
@@ -135,10 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"error: --out {out} is not writable ({e.strerror or e}); pass --out with a "
               "writable folder", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     print(f"{cfg.model} {cfg.model_args()} on {state.device}, {len(state.x_train)} training "
           f"images ({cfg.augment}), {len(split.y_val)} val, data {split.fingerprint[:16]}")
     started = time.perf_counter()
+    if not train(state, cfg):
+        with contextlib.suppress(OSError):
+            out.rmdir()  # only when empty: a previous run's files stay
+        return 1
+    return finish(state, cfg, split, out, started)
+
+
+def train(state, cfg: TrainConfig) -> bool:
+    """Every epoch, one line each; False when the loss stopped being finite."""
     while state.epoch < cfg.epochs:
         with tqdm(total=len(state.x_train), unit="img", leave=False, file=sys.stderr,
                   desc=f"epoch {state.epoch + 1}/{cfg.epochs}") as bar:
@@ -146,13 +146,16 @@ def main(argv: list[str] | None = None) -> int:
                 m = run_epoch(state, on_batch=bar.update)
             except NonFiniteLoss as e:
                 print(f"error: epoch {state.epoch + 1}: {e}", file=sys.stderr)
-                with contextlib.suppress(OSError):
-                    out.rmdir()  # only when empty: a previous run's files stay
-                return 1
+                return False
         print(f"epoch {m['epoch']:>3}/{cfg.epochs} {m['phase']:<6} lr {m['lr']:.2e}  "
               f"train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
               f"val_acc {100 * m['val_acc']:.2f}%  {m['images_per_s']:,.0f} img/s "
               f"({m['train_seconds']:.1f} s)", flush=True)
+    return True
+
+
+def finish(state, cfg: TrainConfig, split, out: Path, started: float) -> int:
+    """The test score, then metrics.json and the checkpoint in ``out``; the exit code."""
     x_test, y_test = split.x_test.to(state.device), split.y_test.to(state.device)
     test = evaluate(state.model, x_test, y_test, batch_size=cfg.eval_batch_size,
                     mean=state.mean, std=state.std)
@@ -182,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             tmp.unlink()
         print(f"error: {write_error(e, out)}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     print(f"wrote {out / 'metrics.json'} and {out / 'checkpoint.pt'}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
+from search.rungs import rung_epochs
 from trainables.trainable import METRIC, MODE, TIME_ATTR
 
 
@@ -49,8 +50,7 @@ class ScheduleAwareASHA(FIFOScheduler):
 
     def rungs(self, length: int) -> list[int]:
         """The epochs at which trials of ``length`` epochs are compared."""
-        bracket = self._group_for_length(length)._brackets[0]
-        return sorted(int(m) for m, _ in bracket._rungs if m < length)
+        return rung_epochs(length, self.grace_period, self.reduction_factor)
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         return metric in (None, self.metric) and mode in (None, MODE)

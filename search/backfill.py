@@ -15,19 +15,17 @@ import math
 import re
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, RunTag
 
 from search import offline
-from search.lineage import (
+from search.records import (
     BEST_KEYS,
-    _scalar_metrics,
     asha_tags,
-    config_key,
-    flat_params,
+    log_params,
+    new_trial_run,
     record_end,
-    trial_run_name,
+    scalar_metrics,
 )
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch
@@ -99,21 +97,16 @@ def backfill(results, client, experiment_id: str, parent_id: str, metric: str,
         config = result.config or {}
         run = runs.get(tid)
         if run is None:
-            trial = SimpleNamespace(trial_id=tid, config=config)
-            run = client.create_run(experiment_id, run_name=trial_run_name(trial), tags={
-                "mlflow.parentRunId": parent_id, "trial_id": tid, "kind": "trial",
-                "config_key": config_key(config)})
+            run = new_trial_run(client, experiment_id, parent_id, tid, config)
             done["runs"] += 1
         if not run.data.params:  # new, or created by a driver killed before its params
-            params = [Param(k, v) for k, v in flat_params(config).items()]
-            for i in range(0, len(params), 100):
-                client.log_batch(run.info.run_id, params=params[i:i + 100])
+            log_params(client, run.info.run_id, config)
         run_id = run.info.run_id
         rows = epochs(result)
         logged = {m.step for m in client.get_metric_history(run_id, "epoch")}
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, e) for e, row in sorted(rows.items()) if e not in logged
-                   for k, v in _scalar_metrics(row).items()]
+                   for k, v in scalar_metrics(row).items()]
         tags = [RunTag("warmup_reused", str(rows[1].get("warmup_reused", False)).lower())] \
             if 1 in rows and 1 not in logged else []
         for i in range(0, len(metrics), BATCH):

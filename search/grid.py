@@ -11,27 +11,44 @@ sqlite:///outputs/mlflow.db`` shows the parent run with its trials nested.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ray import tune
+
 from search.asha import ScheduleAwareASHA
-from search.driver import (
-    EXIT_USAGE,
-    Search,
+from search.driver import Search, run_search
+from search.options import (
+    ALIASES,
+    SearchOptions,
     UsageError,
-    above_one,
     add_search_args,
+    base_config,
     check_resources,
-    positive_ints,
-    run_search,
-    train_size,
+    check_warmup,
+    check_width,
+    load_data,
 )
-from search.profiles import PROFILES, Profile
-from trainables.cli import ArgParser, at_least
-from trainables.data import DataError, load_split
-from trainables.engine import ConfigError, TrainConfig
+from search.profiles import PROFILES
+from trainables.cli import EXIT_USAGE, ArgParser, above_one, at_least, options_from, positive_ints
+from trainables.data import DataError
+from trainables.engine import ConfigError, check_batch
 from trainables.models import list_models
 
-ALIASES = {"resnet": "resnet18"}
+
+@dataclass(frozen=True)
+class GridOptions(SearchOptions):
+    """The flags of ``python -m search.grid``, typed (the shared ones in SearchOptions)."""
+
+    model: str = "cnn"
+    batch_sizes: tuple[int, ...] | None = None
+    epochs: tuple[int, ...] | None = None
+    width: int | None = None
+    warmup_epochs: int | None = None
+    scheduler: str = "asha"
+    no_shared_warmups: bool = False
+    grace_period: int | None = None
+    reduction_factor: float | None = None
 
 
 def parser() -> ArgParser:
@@ -53,65 +70,65 @@ def parser() -> ArgParser:
     return p
 
 
-def space(args, profile: Profile, model: str, warmup_cache: str | None) -> dict:
+def space(options: GridOptions, model: str, warmup_cache: str | None) -> dict:
     """The search space: the one place the grid is defined (optuna-examples convention)."""
-    from ray import tune
-
-    width = args.width or profile.widths.get(model)
-    base = TrainConfig(
-        model=model, model_kwargs={"width": width} if width else {},
-        warmup_epochs=profile.warmup_epochs if args.warmup_epochs is None
-        else args.warmup_epochs,
-        seed=args.seed, num_threads=max(1, int(args.cpus_per_trial)),
-        augment=profile.augment.get(model, "auto"),
-        device="cuda" if args.gpus_per_trial > 0 else "cpu")
+    profile = PROFILES[options.profile]
+    batch_sizes, epochs = profile.grid(model)
+    base = base_config(options, model, options.width or profile.widths.get(model),
+                       warmup(options))
     # epochs outermost: the first trials to start differ in batch size, so each computes a
     # different warm-up and the later ones reuse them (trainables/trainable.py).
     return {**base.to_dict(), "warmup_cache": warmup_cache,
-            "epochs": tune.grid_search(list(args.epochs or profile.grid(model)[1])),
-            "batch_size": tune.grid_search(list(args.batch_sizes or profile.grid(model)[0]))}
+            "epochs": tune.grid_search(list(options.epochs or epochs)),
+            "batch_size": tune.grid_search(list(options.batch_sizes or batch_sizes))}
 
 
-def main(argv: list[str] | None = None, space_overrides: dict | None = None) -> int:
-    args = parser().parse_args(argv)
-    model = ALIASES.get(args.model, args.model)
-    profile = PROFILES[args.profile]
-    name = args.name or f"grid-{model}"
+def warmup(options) -> int:
+    """The warm-up epochs: --warmup-epochs, else the profile's."""
+    return PROFILES[options.profile].warmup_epochs if options.warmup_epochs is None \
+        else options.warmup_epochs
+
+
+def run(options: GridOptions, space_overrides: dict | None = None) -> int:
+    """Run (or resume) the grid; the exit code. ``space_overrides`` replaces entries of the
+    search space (tests)."""
+    model = ALIASES.get(options.model, options.model)
+    options = replace(options, model=model)
+    profile = PROFILES[options.profile]
+    name = options.name or f"grid-{model}"
+    batch_sizes = options.batch_sizes or profile.grid(model)[0]
+    epochs = options.epochs or profile.grid(model)[1]
     try:
-        check_resources(args)
-        split = load_split(args.data_dir, train_size(args, profile), args.seed,
-                           args.download)
-        epochs = args.epochs or profile.grid(model)[1]
-        batch_sizes = args.batch_sizes or profile.grid(model)[0]
-        if max(batch_sizes) > len(split.y_train):
-            raise ConfigError(f"batch size {max(batch_sizes)} is larger than the "
-                              f"{len(split.y_train)} training images; lower --batch-sizes")
-        warmup = profile.warmup_epochs if args.warmup_epochs is None else args.warmup_epochs
-        if min(epochs) < warmup:
-            raise ConfigError(f"epochs {min(epochs)} is fewer than the {warmup} warm-up "
-                              "epochs; raise --epochs or lower --warmup-epochs")
-        if args.width is not None and model == "cnn":
-            raise ConfigError("the cnn has a fixed width (the seed's); drop --width")
-        warmups = None if args.no_shared_warmups else str(
-            Path(args.workspace).expanduser().resolve() / "warmups")
-        param_space = {**space(args, profile, model, warmups), **(space_overrides or {})}
+        check_resources(options)
+        split = load_data(options)
+        check_batch(max(batch_sizes), len(split.y_train), "lower --batch-sizes")
+        check_warmup(min(epochs), warmup(options))
+        check_width(model, options.width)
+        warmups = None if options.no_shared_warmups else str(
+            Path(options.workspace).expanduser().resolve() / "warmups")
+        param_space = {**space(options, model, warmups), **(space_overrides or {})}
     except (DataError, ConfigError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     scheduler = None
-    if args.scheduler == "asha":
-        scheduler = ScheduleAwareASHA(args.grace_period or profile.grace_period,
-                                      args.reduction_factor or profile.reduction_factor)
+    if options.scheduler == "asha":
+        scheduler = ScheduleAwareASHA(options.grace_period or profile.grace_period,
+                                      options.reduction_factor or profile.reduction_factor)
     params = {"model": model, "profile": profile.name, "batch_sizes": list(batch_sizes),
-              "epochs": list(epochs), "scheduler": args.scheduler, "train_size": len(
-                  split.y_train) + len(split.y_val), "seed": args.seed,
-              "width": param_space["model_kwargs"].get("width"), "warmup_epochs": warmup,
+              "epochs": list(epochs), "scheduler": options.scheduler, "train_size": len(
+                  split.y_train) + len(split.y_val), "seed": options.seed,
+              "width": param_space["model_kwargs"].get("width"),
+              "warmup_epochs": warmup(options),
               "grace_period": getattr(scheduler, "grace_period", None),
               "reduction_factor": getattr(scheduler, "reduction_factor", None)}
     search = Search(name=name, kind="grid", param_space=param_space, scheduler=scheduler,
-                    params=params, tags={"profile": profile.name, "scheduler": args.scheduler,
-                                         "model": model})
-    return run_search(args, search, split)
+                    params=params, tags={"profile": profile.name,
+                                         "scheduler": options.scheduler, "model": model})
+    return run_search(options, search, split)
+
+
+def main(argv: list[str] | None = None, space_overrides: dict | None = None) -> int:
+    return run(options_from(GridOptions, parser().parse_args(argv)), space_overrides)
 
 
 if __name__ == "__main__":

@@ -15,72 +15,29 @@ and the trial retried from its last checkpoint, with ``last_failure``), ``checkp
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from search.driver import cell
 from search.offline import remember, resolve, tracked_hook
+from search.records import (
+    BEST_KEYS,
+    asha_tags,
+    cell,
+    config_key,
+    log_params,
+    new_trial_run,
+    record_end,
+    scalar_metrics,
+    trial_run_name,
+)
 from trainables import failpoints
-from trainables.data import NUM_CLASSES
-from trainables.trainable import CHECKPOINT_FILE, METRIC
-
-SKIP_PARAMS = ("warmup_cache",)
-# metrics also logged as best_<key> for the epoch of a trial's best checkpoint
-BEST_KEYS = ("val_acc", "val_loss", "hard_acc",
-             *(f"val_acc_{c}" for c in range(NUM_CLASSES)))
-
-
-def _scalar_metrics(result: dict) -> dict[str, float]:
-    out = {}
-    for k, v in result.items():
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            continue
-        if k in ("done", "training_iteration", "time_total_s", "time_this_iter_s", "pid",
-                 "timestamp", "time_since_restore", "iterations_since_restore") or \
-                k.startswith(("config", "node", "hostname")):
-            continue
-        if math.isfinite(v):
-            out[k] = float(v)
-    return out
-
-
-def flat_params(config: dict) -> dict[str, str]:
-    """A trial's config as MLflow params: nested dicts flattened, long values cut to 500."""
-    out = {}
-    for k, v in config.items():
-        if k in SKIP_PARAMS:
-            continue
-        if isinstance(v, dict):
-            out.update({f"{k}.{kk}": str(vv)[:500] for kk, vv in v.items()})
-        elif k == "class_weights" and v is not None:
-            out.update({f"w{i}": str(w) for i, w in enumerate(v)})
-        else:
-            out[k] = str(v)[:500]
-    return out
-
-
-def config_key(config: dict) -> str:
-    """What a trial is, as a short hash of its params (a tag set when its run is created)."""
-    text = json.dumps(flat_params(config), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def trial_run_name(trial) -> str:
-    """A child run's name: what the trial is, then its Tune id (cnn-b64-e12-00003)."""
-    cfg = trial.config or {}
-    width = (cfg.get("model_kwargs") or {}).get("width")
-    parts = [str(cfg.get("model", "trial")), *([f"w{width}"] if width else []),
-             f"b{cfg.get('batch_size')}", f"e{cfg.get('epochs')}", trial.trial_id[-5:]]
-    return "-".join(parts)
+from trainables.trainable import METRIC
 
 
 class MLflowLineage(tune.Callback):
@@ -125,24 +82,17 @@ class MLflowLineage(tune.Callback):
         if run is not None:  # a resumed search: same child run, after its last logged epoch
             run_id = run.info.run_id
             if not run.data.params:  # killed between creating it and logging its params
-                self._log_params(run_id, trial.config)
+                log_params(self.client, run_id, trial.config)
             self._resume_run(trial, run_id)
         else:
-            run = self.client.create_run(
-                self.experiment_id, run_name=trial_run_name(trial),
-                tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": trial.trial_id,
-                      "kind": "trial", "config_key": config_key(trial.config)})
+            run = new_trial_run(self.client, self.experiment_id, self.parent_run_id,
+                                trial.trial_id, trial.config)
             run_id = run.info.run_id
             # the run exists; Tune's saved experiment state may not know the trial yet
             failpoints.reach("trial-run-created", trial=trial.trial_id, run=run_id)
-            self._log_params(run_id, trial.config)
+            log_params(self.client, run_id, trial.config)
         self.runs[trial.trial_id] = run_id
         return run_id
-
-    def _log_params(self, run_id: str, config: dict) -> None:
-        params = [Param(k, v) for k, v in flat_params(config).items()]
-        for i in range(0, len(params), 100):
-            self.client.log_batch(run_id, params=params[i:i + 100])
 
     def _orphan(self, trial, trials):
         """The open child run of a trial that Tune forgot: created for it before the driver
@@ -163,7 +113,8 @@ class MLflowLineage(tune.Callback):
         run = min(orphans, key=lambda r: r.info.start_time or 0)
         self.client.set_tag(run.info.run_id, "trial_id_lost", run.data.tags.get("trial_id"))
         self.client.set_tag(run.info.run_id, "trial_id", trial.trial_id)
-        self.client.set_tag(run.info.run_id, "mlflow.runName", trial_run_name(trial))
+        self.client.set_tag(run.info.run_id, "mlflow.runName",
+                            trial_run_name(trial.trial_id, trial.config))
         return run
 
     def _resume_run(self, trial, run_id: str) -> None:
@@ -201,7 +152,7 @@ class MLflowLineage(tune.Callback):
         if epoch <= self.logged_step.get(trial.trial_id, 0):
             return  # logged before an interruption; the run is deterministic
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, epoch) for k, v in _scalar_metrics(result).items()]
+        metrics = [Metric(k, v, now, epoch) for k, v in scalar_metrics(result).items()]
         tags = [RunTag("warmup_reused", str(result.get("warmup_reused", False)).lower())] \
             if epoch == 1 else []
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
@@ -249,38 +200,6 @@ class MLflowLineage(tune.Callback):
     @tracked_hook
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish(trial, "FAILED", {"error": error_line(trial) or "trial failed"})
-
-
-def record_end(client, run_id: str, status: str, metric: str, best: tuple[float, int] | None,
-               best_result: dict, checkpoint_dir: str | None, extra_tags: dict) -> None:
-    """Close a trial's run: the best epoch's metrics as best_<key> (those of the kept
-    checkpoint), the checkpoint as an artifact, the tags, the status."""
-    tags = dict(extra_tags)
-    if best is not None:
-        value, epoch = best
-        tags.update(best_epoch=str(epoch), best_metric=metric)
-        at_best = {k: v for k, v in best_result.items() if isinstance(v, int | float)}
-        at_best[metric] = value
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[
-            Metric(f"best_{k}", float(v), now, epoch) for k, v in at_best.items()])
-        if "val_acc" in at_best:
-            tags["best_val_acc"] = f"{at_best['val_acc']:.6f}"
-    if checkpoint_dir and Path(checkpoint_dir, CHECKPOINT_FILE).exists():
-        client.log_artifact(run_id, str(Path(checkpoint_dir, CHECKPOINT_FILE)), "best_checkpoint")
-        tags["best_checkpoint"] = "best_checkpoint/" + CHECKPOINT_FILE
-    for k, v in tags.items():
-        client.set_tag(run_id, k, v)
-    client.set_terminated(run_id, status)
-
-
-def asha_tags(stop: dict) -> dict[str, str]:
-    """Where and why ASHA stopped a trial (search/asha.py's record of the decision)."""
-    cutoff = "n/a" if stop["cutoff"] is None else f"{stop['cutoff']:.4f}"
-    return {"stopped_by": "asha", "stopped_at_epoch": str(stop["epoch"]),
-            "stop_reason": f"ASHA rung at epoch {stop['rung']} of the {stop['group_epochs']}"
-                           f"-epoch trials: {stop['metric']} {stop['value']:.4f} below the "
-                           f"cutoff {cutoff} of {stop['compared_with']} other trial(s)"}
 
 
 def error_line(trial) -> str:

@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
 
 from search.workspace import redact, scrub
+from trainables.files import first_line
 
 # What a lost or failing store raises: MLflow's REST errors (connection refused, 5xx, timeouts
 # are all MlflowException), requests' own, a database named directly, the network.
@@ -78,7 +79,7 @@ def _why(error: BaseException) -> str:
         return m.group(1).strip()
     if m := re.search(r"(Read|Connect) timed out\.?( \(\w+ timeout=[\d.]+\))?", text):
         return m.group(0).strip()
-    return scrub(text.splitlines()[0])[:200] if text else type(error).__name__
+    return scrub(first_line(error, 10_000))[:200]
 
 
 def back_online(uri: str) -> None:

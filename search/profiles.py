@@ -27,7 +27,7 @@ class Profile:
     # model -> (batch sizes, epochs) where a model's grid differs from the profile's
     grids: dict = field(default_factory=dict)
     augment: dict = field(default_factory=dict)  # model -> policy, where not the seed's
-    # the pipeline's report (search/pipeline.py)
+    # the pipeline's report (tunefuse/stages.py)
     fusion_top_k: int = 4
     fusion_method: str = "uniform"
     fusion_per_model_cap: int | None = None

@@ -23,40 +23,64 @@ ranks pruned trials.
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
 import warnings
+from dataclasses import dataclass
 
 import optuna
-from optuna.samplers import TPESampler
-from optuna.trial import TrialState
-from ray.tune.search.optuna import OptunaSearch
+from ray import tune
 
 from search.asha import ScheduleAwareASHA
-from search.driver import (
-    EXIT_USAGE,
-    Search,
+from search.driver import Search, run_search
+from search.options import (
+    ALIASES,
+    SearchOptions,
     UsageError,
-    above_one,
     add_search_args,
+    base_config,
     check_resources,
-    run_search,
-    train_size,
+    check_warmup,
+    check_width,
+    load_data,
 )
-from search.grid import ALIASES
 from search.profiles import PROFILES
+from search.study import (
+    STORAGE_FILE,
+    DurableOptunaSearch,
+    SeededTPESampler,
+    storage_url,
+    study_trials,
+)
+from search.summary import grid_defaults
 from search.workspace import Workspace, WorkspaceError
-from trainables import failpoints
-from trainables.cli import ArgParser, at_least
-from trainables.data import NUM_CLASSES, DataError, load_split
-from trainables.engine import HARD_CLASSES, SEED_CLASS_WEIGHTS, ConfigError, TrainConfig
+from trainables.cli import EXIT_USAGE, ArgParser, above_one, at_least, options_from
+from trainables.data import NUM_CLASSES, DataError
+from trainables.engine import HARD_CLASSES, SEED_CLASS_WEIGHTS, ConfigError, check_batch
 from trainables.models import list_models
 
 SPACES = {"full": tuple(range(NUM_CLASSES)), "hard-pairs": HARD_CLASSES}
 UNIFORM = (1.0,) * NUM_CLASSES
 OBJECTIVES = ("val_acc", "hard_acc")  # hard_acc: mean val accuracy of classes 0, 2, 4, 6
-STORAGE_FILE = "optuna.db"
+
+
+@dataclass(frozen=True)
+class WeightsOptions(SearchOptions):
+    """The flags of ``python -m search.weights``, typed (the shared ones in SearchOptions)."""
+
+    model: str = "resnet18"
+    space: str = "full"
+    low: float = 0.5
+    high: float = 2.5
+    objective: str = "val_acc"
+    num_samples: int | None = None
+    batch_size: int | None = None
+    epochs: int | None = None
+    width: int | None = None
+    warmup_epochs: int | None = None
+    scheduler: str = "asha"
+    grace_period: int | None = None
+    reduction_factor: float | None = None
 
 
 def parser() -> ArgParser:
@@ -86,117 +110,6 @@ def parser() -> ArgParser:
     return p
 
 
-class SeededTPESampler(TPESampler):
-    """TPE whose randomness for trial n comes from (seed, n) alone.
-
-    A plain seeded sampler carries one random stream through the study, so a study resumed in
-    a new process (a fresh sampler) would offer different points than the uninterrupted one;
-    re-seeding per trial makes the sequence depend on the study's history only. The trial is
-    counted among the trials that ran, not by its number: a trial asked for and lost with a
-    killed driver (marked ``lost``) takes a number, and must not shift what later trials get.
-    """
-
-    def __init__(self, seed: int, **kwargs):
-        super().__init__(seed=seed, **kwargs)
-        self.base_seed = seed
-
-    def before_trial(self, study, trial) -> None:
-        ran = sum(1 for t in study.get_trials(deepcopy=False)
-                  if t.number < trial.number and "lost" not in t.user_attrs)
-        seed = (self.base_seed * 1_000_003 + ran * 7_919 + 1) % 2**32
-        self._rng.rng.seed(seed)
-        self._random_sampler._rng.rng.seed(seed)
-        super().before_trial(study, trial)
-
-
-class DurableOptunaSearch(OptunaSearch):
-    """OptunaSearch over a study in a persistent storage, with two corrections.
-
-    - A trial that the scheduler stopped before its last epoch is told as PRUNED (TPE ranks
-      it by its last reported value) rather than COMPLETE with a partial-run value.
-    - After Tune restores the searcher from its snapshot, trials the study still holds as
-      RUNNING but the snapshot does not know (asked after it, then lost with the driver)
-      are marked FAIL and ``lost``, so that TPE's constant liar does not count them for ever;
-      a lost trial that held one of the starting points gives it back to the queue, so the
-      point is still tried.
-    """
-
-    def __init__(self, *, epochs: int, **kwargs):
-        super().__init__(**kwargs)
-        self.epochs = epochs
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False):
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
-        if error or not result or int(result.get("epoch", 0)) >= self.epochs:
-            return super().on_trial_complete(trial_id, result, error)
-        try:
-            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
-        except Exception as e:  # e.g. told before an interruption
-            logging.getLogger(__name__).warning("optuna: %s", e)
-        self._completed_trials.add(trial_id)
-
-    def suggest(self, trial_id: str):
-        params = super().suggest(trial_id)
-        # asked of the study, not yet in Tune's saved searcher (docs/crash-windows.md)
-        failpoints.reach("optuna-asked", trial=trial_id,
-                         number=self._ot_trials[trial_id].number)
-        return params
-
-    def restore(self, checkpoint_path: str):
-        super().restore(checkpoint_path)
-        known = {t.number for t in self._ot_trials.values()}
-        lost = [t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                if t.number not in known]
-        for t in lost:
-            storage = self._ot_study._storage
-            storage.set_trial_user_attr(t._trial_id, "lost", "asked before an "
-                                        "interruption, never run")
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        for t in lost:  # a starting point it held goes back to the queue, in its order
-            if "fixed_params" in t.system_attrs:
-                self._ot_study.enqueue_trial(t.system_attrs["fixed_params"])
-
-
-def storage_url(ws: Workspace) -> str:
-    return f"sqlite:///{ws.root / STORAGE_FILE}"
-
-
-def study_trials(ws: Workspace, name: str) -> list:
-    """The study's trials that ran (not the ones lost to an interruption). No study file, no
-    trials: looking one up must not create the file (a refused command leaves no trace)."""
-    if not (ws.root / STORAGE_FILE).exists():
-        return []
-    try:
-        study = optuna.load_study(study_name=name, storage=storage_url(ws))
-    except KeyError:
-        return []
-    return [t for t in study.get_trials(deepcopy=False) if "lost" not in t.user_attrs]
-
-
-def grid_defaults(client, model: str, profile: str) -> dict:
-    """Batch size, epochs and width of the best trial of the latest finished grid experiment
-    for ``model`` and ``profile`` in this tracking store; {} when there is none."""
-    ids = [e.experiment_id for e in client.search_experiments()]
-    if not ids:
-        return {}
-    runs = client.search_runs(
-        ids, f"tags.kind = 'grid' and tags.model = '{model}' and tags.profile = '{profile}' "
-        "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
-        max_results=20)
-    for run in runs:
-        tags = run.data.tags
-        if "best.batch_size" in tags and "best.epochs" in tags:
-            width = tags.get("best.model_kwargs.width")
-            return {"batch_size": int(tags["best.batch_size"]),
-                    "epochs": int(tags["best.epochs"]),
-                    "width": int(width) if width not in (None, "None") else None,
-                    "from": f"{client.get_experiment(run.info.experiment_id).name} "
-                            f"(best val_acc {run.data.metrics.get('best_val_acc', 0):.4f})"}
-    return {}
-
-
 def starting_points(space: str) -> dict[str, dict[str, float]]:
     """The seed's and the uniform vector, restricted to the searched classes."""
     classes = SPACES[space]
@@ -207,8 +120,6 @@ def starting_points(space: str) -> dict[str, dict[str, float]]:
 def search_space(space: str, low: float, high: float) -> dict:
     """The one place the weight space is defined: searched classes uniform in [low, high],
     the others fixed at 1.0."""
-    from ray import tune
-
     searched = SPACES[space]
     return {f"w{c}": tune.uniform(low, high) if c in searched else 1.0
             for c in range(NUM_CLASSES)}
@@ -251,116 +162,150 @@ def format_comparison(table: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    model = ALIASES.get(args.model, args.model)
-    profile = PROFILES[args.profile]
-    name = args.name or f"weights-{model}"
+@dataclass(frozen=True)
+class Settings:
+    """What a weights search runs with, once its defaults are resolved and checked."""
+
+    model: str
+    name: str
+    num_samples: int
+    batch_size: int
+    epochs: int
+    width: int | None
+    warmup: int
+    found: dict  # the grid winner the defaults came from ({}: the profile's)
+
+
+def check_flags(options: WeightsOptions) -> int:
+    """The flags no search could run with, refused before the workspace is opened; returns
+    the trials of the study."""
+    if not (0 < options.low < options.high and math.isfinite(options.high)):
+        raise ConfigError(f"need 0 < --low < --high, both finite, got {options.low} and "
+                          f"{options.high}")
+    known = [w for p in starting_points(options.space).values() for w in p.values()]
+    if min(known) < options.low or max(known) > options.high:
+        raise ConfigError(f"--low {options.low} .. --high {options.high} must contain the "
+                          f"starting points' weights ({min(known)} .. {max(known)})")
+    num_samples = options.num_samples or PROFILES[options.profile].weights_trials
+    if num_samples < 2:
+        raise ConfigError(f"--num-samples must be at least 2 (the seed's and the uniform "
+                          f"weights come first), got {num_samples}")
+    return num_samples
+
+
+def settings(options: WeightsOptions, ws: Workspace, num_samples: int) -> Settings:
+    """Resolve the search's settings (from the grid's winner where not given) and check them;
+    ConfigError for those it cannot run with."""
+    model = ALIASES.get(options.model, options.model)
+    profile = PROFILES[options.profile]
+    name = options.name or f"weights-{model}"
+    found = grid_defaults(ws.client(), model, profile.name)
+    if study_trials(ws, name) and not options.resume:
+        raise ConfigError(f"an Optuna study named {name!r} already exists in "
+                          f"{ws.root / STORAGE_FILE}; pass --resume to continue it or "
+                          "--name for a new one")
+    width = options.width or found.get("width") or profile.widths.get(model)
+    if model == "cnn":
+        check_width(model, options.width)
+        width = None
+    warmup = profile.warmup_epochs if options.warmup_epochs is None else options.warmup_epochs
+    return Settings(model, name, num_samples,
+                    options.batch_size or found.get("batch_size") or profile.weights_batch_size,
+                    options.epochs or found.get("epochs") or profile.weights_epochs,
+                    width, warmup, found)
+
+
+def run(options: WeightsOptions) -> int:
+    """Run (or resume) the class-weight search; the exit code."""
+    profile = PROFILES[options.profile]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
-        check_resources(args)
-        if not (0 < args.low < args.high and math.isfinite(args.high)):
-            raise ConfigError(f"need 0 < --low < --high, both finite, got {args.low} and "
-                              f"{args.high}")
-        known = [w for p in starting_points(args.space).values() for w in p.values()]
-        if min(known) < args.low or max(known) > args.high:
-            raise ConfigError(f"--low {args.low} .. --high {args.high} must contain the "
-                              f"starting points' weights ({min(known)} .. {max(known)})")
-        num_samples = args.num_samples or profile.weights_trials
-        if num_samples < 2:
-            raise ConfigError(f"--num-samples must be at least 2 (the seed's and the uniform "
-                              f"weights come first), got {num_samples}")
-        ws = Workspace.open(args.workspace, args.tracking_uri, args.storage_path)
-        found = grid_defaults(ws.client(), model, profile.name)
-        done = study_trials(ws, name)
-        if done and not args.resume:
-            raise ConfigError(f"an Optuna study named {name!r} already exists in "
-                              f"{ws.root / STORAGE_FILE}; pass --resume to continue it or "
-                              "--name for a new one")
-        batch_size = args.batch_size or found.get("batch_size") or profile.weights_batch_size
-        epochs = args.epochs or found.get("epochs") or profile.weights_epochs
-        width = args.width or found.get("width") or profile.widths.get(model)
-        if model == "cnn":
-            if args.width is not None:
-                raise ConfigError("the cnn has a fixed width (the seed's); drop --width")
-            width = None
-        warmup = profile.warmup_epochs if args.warmup_epochs is None else args.warmup_epochs
-        split = load_split(args.data_dir, train_size(args, profile), args.seed,
-                           args.download)
-        if batch_size > len(split.y_train):
-            raise ConfigError(f"batch size {batch_size} is larger than the "
-                              f"{len(split.y_train)} training images; lower --batch-size")
-        if epochs < warmup:
-            raise ConfigError(f"epochs {epochs} is fewer than the {warmup} warm-up epochs; "
-                              "raise --epochs or lower --warmup-epochs")
+        check_resources(options)
+        num_samples = check_flags(options)
+        ws = Workspace.open(options.workspace, options.tracking_uri, options.storage_path)
+        s = settings(options, ws, num_samples)
+        split = load_data(options)
+        check_batch(s.batch_size, len(split.y_train), "lower --batch-size")
+        check_warmup(s.epochs, s.warmup)
     except (DataError, ConfigError, WorkspaceError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    source = found.get("from") or f"the {profile.name} profile"
-    given = [f for f, v in (("batch size", args.batch_size), ("epochs", args.epochs),
-                            ("width", args.width)) if v]
-    print(f"weights search {name}: {model} width {width}, batch size {batch_size}, "
-          f"{epochs} epochs (defaults from {source}" +
+    source = s.found.get("from") or f"the {profile.name} profile"
+    given = [f for f, v in (("batch size", options.batch_size), ("epochs", options.epochs),
+                            ("width", options.width)) if v]
+    print(f"weights search {s.name}: {s.model} width {s.width}, batch size {s.batch_size}, "
+          f"{s.epochs} epochs (defaults from {source}" +
           (f"; {', '.join(given)} as given)" if given else ")") +
-          f"; {num_samples} trials, objective {args.objective}", flush=True)
+          f"; {s.num_samples} trials, objective {options.objective}", flush=True)
+    return run_search(options, make_search(options, s, ws, split), split)
 
-    metric = args.objective
+
+def make_search(options: WeightsOptions, s: Settings, ws: Workspace, split) -> Search:
+    """The Tune experiment of a weights search: TPE over the weights, ASHA on the objective."""
+    profile = PROFILES[options.profile]
+    metric = options.objective
     scheduler = None
-    if args.scheduler == "asha":
-        scheduler = ScheduleAwareASHA(args.grace_period or profile.grace_period,
-                                      args.reduction_factor or profile.reduction_factor,
+    if options.scheduler == "asha":
+        scheduler = ScheduleAwareASHA(options.grace_period or profile.grace_period,
+                                      options.reduction_factor or profile.reduction_factor,
                                       metric=metric)
-    base = TrainConfig(model=model, model_kwargs={"width": width} if width else {},
-                       batch_size=batch_size, epochs=epochs, warmup_epochs=warmup,
-                       seed=args.seed, num_threads=max(1, int(args.cpus_per_trial)),
-                       augment=profile.augment.get(model, "auto"),
-                       device="cuda" if args.gpus_per_trial > 0 else "cpu")
+    base = base_config(options, s.model, s.width, s.warmup, batch_size=s.batch_size,
+                       epochs=s.epochs)
     # no shared warm-ups: the class weights shape the warm-up, and every trial has its own
     param_space = {**{k: v for k, v in base.to_dict().items() if k != "class_weights"},
-                   **search_space(args.space, args.low, args.high)}
-    points = list(starting_points(args.space).values())
-    startup = min(10, max(2, num_samples // 3))
+                   **search_space(options.space, options.low, options.high)}
+    points = list(starting_points(options.space).values())
+    startup = min(10, max(2, s.num_samples // 3))
 
     def make_searcher(ws: Workspace, first: bool):
         return DurableOptunaSearch(
-            epochs=epochs, study_name=name, storage=optuna.storages.RDBStorage(storage_url(ws)),
-            sampler=SeededTPESampler(args.seed, n_startup_trials=startup, multivariate=True),
+            epochs=s.epochs, study_name=s.name,
+            storage=optuna.storages.RDBStorage(storage_url(ws)),
+            sampler=SeededTPESampler(options.seed, n_startup_trials=startup, multivariate=True),
             points_to_evaluate=points if first else None)
 
-    def report(results, client, parent_id, ws):
-        state = ws.load_state(name) or {}
-        table = comparison(client, parent_id, state.get("experiment_id"), args.space, metric)
-        if not table:
-            return
-        text = format_comparison(table)
-        print(f"\nbest / seed / uniform weights (validation, at each trial's best epoch by "
-              f"{metric}):\n{text}")
-        best = table["best"]
-        for c, w in enumerate(best["weights"]):
-            client.log_metric(parent_id, f"best_w{c}", w)
-        client.set_tag(parent_id, "best.weights", str([round(w, 4) for w in best["weights"]]))
-        client.log_text(parent_id, text + "\n", "weights_comparison.md")
-        client.log_dict(parent_id, table, "weights_comparison.json")
-        print(f"Optuna study:   optuna-dashboard {storage_url(ws)}   (study {name!r})")
-
-    params = {"model": model, "profile": profile.name, "space": args.space, "low": args.low,
-              "high": args.high, "objective": metric, "num_samples": num_samples,
-              "batch_size": batch_size, "epochs": epochs, "width": width, "seed": args.seed,
+    params = {"model": s.model, "profile": profile.name, "space": options.space,
+              "low": options.low, "high": options.high, "objective": metric,
+              "num_samples": s.num_samples, "batch_size": s.batch_size, "epochs": s.epochs,
+              "width": s.width, "seed": options.seed,
               "train_size": len(split.y_train) + len(split.y_val),
-              "warmup_epochs": warmup, "defaults_from": found.get("from", "profile"),
-              "scheduler": args.scheduler, "optuna_storage": storage_url(ws),
+              "warmup_epochs": s.warmup, "defaults_from": s.found.get("from", "profile"),
+              "scheduler": options.scheduler, "optuna_storage": storage_url(ws),
               "grace_period": getattr(scheduler, "grace_period", None),
               "reduction_factor": getattr(scheduler, "reduction_factor", None)}
-    search = Search(
-        name=name, kind="weights", param_space=param_space, scheduler=scheduler,
-        num_samples=num_samples, params=params, metric=metric,
-        tags={"profile": profile.name, "model": model, "space": args.space,
+    return Search(
+        name=s.name, kind="weights", param_space=param_space, scheduler=scheduler,
+        num_samples=s.num_samples, params=params, metric=metric,
+        tags={"profile": profile.name, "model": s.model, "space": options.space,
               "objective": metric},
-        columns=tuple(f"w{c}" for c in SPACES[args.space]),
+        columns=tuple(f"w{c}" for c in SPACES[options.space]),
         make_searcher=make_searcher,
-        trials_done=lambda ws: len(study_trials(ws, name)), report=report)
-    return run_search(args, search, split)
+        trials_done=lambda ws: len(study_trials(ws, s.name)),
+        report=lambda results, client, parent_id, ws: report(
+            client, parent_id, ws, s.name, options.space, metric))
+
+
+def report(client, parent_id: str, ws: Workspace, name: str, space: str, metric: str) -> None:
+    """The end of a weights search: best / seed / uniform weights, printed and recorded."""
+    state = ws.load_state(name) or {}
+    table = comparison(client, parent_id, state.get("experiment_id"), space, metric)
+    if not table:
+        return
+    text = format_comparison(table)
+    print(f"\nbest / seed / uniform weights (validation, at each trial's best epoch by "
+          f"{metric}):\n{text}")
+    best = table["best"]
+    for c, w in enumerate(best["weights"]):
+        client.log_metric(parent_id, f"best_w{c}", w)
+    client.set_tag(parent_id, "best.weights", str([round(w, 4) for w in best["weights"]]))
+    client.log_text(parent_id, text + "\n", "weights_comparison.md")
+    client.log_dict(parent_id, table, "weights_comparison.json")
+    print(f"Optuna study:   optuna-dashboard {storage_url(ws)}   (study {name!r})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(options_from(WeightsOptions, parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 from mlflow.tracking import MlflowClient
 
+from trainables.files import first_line, write_json
+
 
 class WorkspaceError(Exception):
     """A workspace or tracking problem; one line for the user."""
@@ -85,8 +87,7 @@ class Workspace:
             client = MlflowClient(self.tracking_uri)
             client.search_experiments(max_results=1)
         except Exception as e:
-            reason = scrub(str(e).strip().splitlines()[0])[:200] if str(e).strip() else \
-                type(e).__name__
+            reason = scrub(first_line(e, 10_000))[:200]
             raise WorkspaceError(f"MLflow tracking store {redact(self.tracking_uri)} does not "
                                  f"answer ({reason}); start it or pass another --tracking-uri"
                                  ) from None
@@ -134,9 +135,7 @@ class Workspace:
 
     def save_state(self, name: str, state: dict) -> None:
         path = self.state_file(name)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, path)
+        write_json(path, state)
 
 
 def _safe(name: str) -> str:

@@ -1,0 +1,175 @@
+"""What every search command takes and checks before anything starts or is recorded.
+
+``SearchOptions`` is the typed form of the flags every search shares (experiment, resources,
+data); each experiment kind extends it (search/grid.py ``GridOptions``, ...). ``main(argv)``
+parses into it, ``run(options)`` runs, so the pipeline (tunefuse/pipeline.py) hands a stage its
+options without forwarding flags by hand.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from dataclasses import dataclass
+
+from search.profiles import PROFILES, Profile
+from trainables.cli import ArgParser
+from trainables.data import add_data_args, load_split
+from trainables.engine import ConfigError, TrainConfig
+
+PROFILE_TRAIN_SIZE = -1  # --train-size not given: the profile's (None, from "all", is all)
+ALIASES = {"resnet": "resnet18"}  # --model resnet, as the seed calls it
+
+
+class UsageError(Exception):
+    """Bad arguments found after parsing; one line, exit 2."""
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """The flags of add_search_args, typed."""
+
+    profile: str = "quick"
+    name: str | None = None
+    resume: bool = False
+    workspace: str = "outputs"
+    tracking_uri: str | None = None
+    storage_path: str | None = None
+    max_failures: int = 1
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+    max_concurrent: int = 0
+    address: str | None = None
+    num_cpus: int | None = None
+    dashboard_port: int = 8265
+    data_dir: str | None = None
+    download: bool = False
+    train_size: int | None = PROFILE_TRAIN_SIZE
+    seed: int = 0
+
+
+def add_search_args(p: ArgParser, default_name: str) -> None:
+    g = p.add_argument_group("experiment")
+    g.add_argument("--profile", choices=tuple(PROFILES), default="quick",
+                   help="preset grid, subset and widths (default quick)")
+    g.add_argument("--name", help=f"experiment name (default {default_name})")
+    g.add_argument("--resume", action="store_true",
+                   help="continue an interrupted experiment of this name")
+    g.add_argument("--workspace", default="outputs", help="folder for everything written")
+    g.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite in workspace)")
+    g.add_argument("--storage-path", help="Ray Tune results (default WORKSPACE/ray_results)")
+    g.add_argument("--max-failures", type=int, default=1,
+                   help="retries of a failing trial before it is recorded as failed")
+    r = p.add_argument_group("resources")
+    r.add_argument("--cpus-per-trial", type=float, default=1)
+    r.add_argument("--gpus-per-trial", type=float, default=0,
+                   help="fractions pack trials on one GPU, e.g. 0.25")
+    r.add_argument("--max-concurrent", type=int, default=0, help="0: as resources allow")
+    r.add_argument("--address", help="join a Ray cluster (auto, ray://host:10001)")
+    r.add_argument("--num-cpus", type=int, help="CPUs of the local cluster (default all)")
+    r.add_argument("--dashboard-port", type=int, default=8265)
+    add_data_args(p)
+    p.set_defaults(train_size=PROFILE_TRAIN_SIZE, seed=0)
+
+
+def train_size(options, profile: Profile) -> int | None:
+    """The labelled images a search uses: --train-size (a number, or None for all), else the
+    profile's."""
+    return profile.train_size if options.train_size == PROFILE_TRAIN_SIZE else \
+        options.train_size
+
+
+def load_data(options):
+    """The split a search trains on: --data-dir, --train-size (else the profile's), --seed."""
+    return load_split(options.data_dir, train_size(options, PROFILES[options.profile]),
+                      options.seed, options.download)
+
+
+def check_resources(options) -> None:
+    """Resource and cluster flags no trial could ever run with, refused before anything starts
+    or is recorded: Tune itself waits for ever for resources the cluster lacks (it only warns
+    every 60 s), and Ray waits minutes for an address that does not answer."""
+    cpus, gpus = options.cpus_per_trial, options.gpus_per_trial
+    if not (math.isfinite(cpus) and cpus > 0):
+        raise UsageError(f"--cpus-per-trial must be above 0, got {cpus:g}; e.g. 1, or 0.5 for "
+                         "two trials per CPU")
+    if not (math.isfinite(gpus) and gpus >= 0):
+        raise UsageError(f"--gpus-per-trial must be 0 or more, got {gpus:g}")
+    if gpus > 1 and gpus != int(gpus):
+        raise UsageError(f"--gpus-per-trial {gpus:g}: above 1 a trial takes whole GPUs; use a "
+                         "fraction of one (e.g. 0.5) or a whole number")
+    if options.num_cpus is not None and options.num_cpus < 1:
+        raise UsageError(f"--num-cpus must be at least 1, got {options.num_cpus}")
+    if options.max_concurrent < 0:
+        raise UsageError(f"--max-concurrent must be 0 (as resources allow) or more, got "
+                         f"{options.max_concurrent}")
+    if options.max_failures < -1:
+        raise UsageError(f"--max-failures must be -1 (retry for ever) or more, got "
+                         f"{options.max_failures}")
+    if not 0 <= options.dashboard_port <= 65535:
+        raise UsageError(f"--dashboard-port must be a port number, 0..65535, got "
+                         f"{options.dashboard_port}")
+    if options.address:
+        check_address(options.address)
+        return
+    have = options.num_cpus or os.cpu_count() or 1
+    if cpus > have:
+        raise UsageError(f"--cpus-per-trial {cpus:g} is more than the {have} CPUs of the local "
+                         "cluster; lower it" + (" or raise --num-cpus" if options.num_cpus
+                                                else ""))
+    if gpus > 0:
+        import torch
+
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if math.ceil(gpus) > have:
+            raise UsageError(f"--gpus-per-trial {gpus:g} needs a GPU, and this machine has "
+                             f"{have or 'none'} that CUDA can use; drop --gpus-per-trial, or "
+                             "join a cluster with GPUs (--address)")
+
+
+def check_address(address: str) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) that accepts no connection, in seconds not minutes."""
+    if address == "auto":  # Ray says at once when no cluster runs here
+        return
+    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"--address {address!r} is not auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise UsageError(f"no Ray cluster answers at {address} ({e.strerror or e}); start it "
+                         "(`ray start --head`) or fix --address") from None
+
+
+def check_resume(what: str, name: str, exists: bool, resume: bool, root) -> None:
+    """The one rule of --resume: it continues an existing NAME; without it, NAME must be new."""
+    if resume and not exists:
+        raise UsageError(f"no {what} named {name!r} in {root} to resume; drop --resume to "
+                         "start it")
+    if not resume and exists:
+        raise UsageError(f"{what} {name!r} already exists in {root}; pass --resume to continue "
+                         "it or --name for a new one")
+
+
+def check_warmup(epochs: int, warmup: int) -> None:
+    """A trial runs its warm-up whole: no fewer epochs than that."""
+    if epochs < warmup:
+        raise ConfigError(f"epochs {epochs} is fewer than the {warmup} warm-up epochs; raise "
+                          "--epochs or lower --warmup-epochs")
+
+
+def check_width(model: str, width: int | None) -> None:
+    if width is not None and model == "cnn":
+        raise ConfigError("the cnn has a fixed width (the seed's); drop --width")
+
+
+def base_config(options: SearchOptions, model: str, width: int | None, warmup: int,
+                **fields) -> TrainConfig:
+    """A search's trial config before its search space: the model, the profile's augmentation,
+    the resources; ``fields`` sets the rest (batch size, epochs, ...)."""
+    return TrainConfig(
+        model=model, model_kwargs={"width": width} if width else {}, warmup_epochs=warmup,
+        seed=options.seed, num_threads=max(1, int(options.cpus_per_trial)),
+        augment=PROFILES[options.profile].augment.get(model, "auto"),
+        device="cuda" if options.gpus_per_trial > 0 else "cpu", **fields)

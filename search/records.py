@@ -1,0 +1,116 @@
+"""A trial's record in MLflow, written the same way by the live lineage (search/lineage.py) and
+by the catch-up after an outage (search/backfill.py): its run, params, metrics and its end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param
+
+from trainables.classes import NUM_CLASSES
+from trainables.trainable import CHECKPOINT_FILE
+
+SKIP_PARAMS = ("warmup_cache",)
+# metrics also logged as best_<key> for the epoch of a trial's best checkpoint
+BEST_KEYS = ("val_acc", "val_loss", "hard_acc",
+             *(f"val_acc_{c}" for c in range(NUM_CLASSES)))
+
+
+def scalar_metrics(result: dict) -> dict[str, float]:
+    out = {}
+    for k, v in result.items():
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        if k in ("done", "training_iteration", "time_total_s", "time_this_iter_s", "pid",
+                 "timestamp", "time_since_restore", "iterations_since_restore") or \
+                k.startswith(("config", "node", "hostname")):
+            continue
+        if math.isfinite(v):
+            out[k] = float(v)
+    return out
+
+
+def flat_params(config: dict) -> dict[str, str]:
+    """A trial's config as MLflow params: nested dicts flattened, long values cut to 500."""
+    out = {}
+    for k, v in config.items():
+        if k in SKIP_PARAMS:
+            continue
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": str(vv)[:500] for kk, vv in v.items()})
+        elif k == "class_weights" and v is not None:
+            out.update({f"w{i}": str(w) for i, w in enumerate(v)})
+        else:
+            out[k] = str(v)[:500]
+    return out
+
+
+def config_key(config: dict) -> str:
+    """What a trial is, as a short hash of its params (a tag set when its run is created)."""
+    text = json.dumps(flat_params(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def trial_run_name(trial_id: str, config: dict | None) -> str:
+    """A child run's name: what the trial is, then its Tune id (cnn-b64-e12-00003)."""
+    cfg = config or {}
+    width = (cfg.get("model_kwargs") or {}).get("width")
+    parts = [str(cfg.get("model", "trial")), *([f"w{width}"] if width else []),
+             f"b{cfg.get('batch_size')}", f"e{cfg.get('epochs')}", trial_id[-5:]]
+    return "-".join(parts)
+
+
+def new_trial_run(client, experiment_id: str, parent_id: str, trial_id: str, config: dict):
+    """A trial's child run, its params not logged yet (log_params)."""
+    return client.create_run(experiment_id, run_name=trial_run_name(trial_id, config), tags={
+        "mlflow.parentRunId": parent_id, "trial_id": trial_id, "kind": "trial",
+        "config_key": config_key(config)})
+
+
+def log_params(client, run_id: str, config: dict) -> None:
+    """A trial's config as its run's params, 100 per call (MLflow's batch limit)."""
+    params = [Param(k, v) for k, v in flat_params(config).items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i:i + 100])
+
+
+def record_end(client, run_id: str, status: str, metric: str, best: tuple[float, int] | None,
+               best_result: dict, checkpoint_dir: str | None, extra_tags: dict) -> None:
+    """Close a trial's run: the best epoch's metrics as best_<key> (those of the kept
+    checkpoint), the checkpoint as an artifact, the tags, the status."""
+    tags = dict(extra_tags)
+    if best is not None:
+        value, epoch = best
+        tags.update(best_epoch=str(epoch), best_metric=metric)
+        at_best = {k: v for k, v in best_result.items() if isinstance(v, int | float)}
+        at_best[metric] = value
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[
+            Metric(f"best_{k}", float(v), now, epoch) for k, v in at_best.items()])
+        if "val_acc" in at_best:
+            tags["best_val_acc"] = f"{at_best['val_acc']:.6f}"
+    if checkpoint_dir and Path(checkpoint_dir, CHECKPOINT_FILE).exists():
+        client.log_artifact(run_id, str(Path(checkpoint_dir, CHECKPOINT_FILE)), "best_checkpoint")
+        tags["best_checkpoint"] = "best_checkpoint/" + CHECKPOINT_FILE
+    for k, v in tags.items():
+        client.set_tag(run_id, k, v)
+    client.set_terminated(run_id, status)
+
+
+def asha_tags(stop: dict) -> dict[str, str]:
+    """Where and why ASHA stopped a trial (search/asha.py's record of the decision)."""
+    cutoff = "n/a" if stop["cutoff"] is None else f"{stop['cutoff']:.4f}"
+    return {"stopped_by": "asha", "stopped_at_epoch": str(stop["epoch"]),
+            "stop_reason": f"ASHA rung at epoch {stop['rung']} of the {stop['group_epochs']}"
+                           f"-epoch trials: {stop['metric']} {stop['value']:.4f} below the "
+                           f"cutoff {cutoff} of {stop['compared_with']} other trial(s)"}
+
+
+def cell(x) -> str:
+    """A config value in a table or a line: floats to 3 decimals."""
+    return f"{x:.3f}" if isinstance(x, float) else str(x)

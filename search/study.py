@@ -1,0 +1,110 @@
+"""The Optuna side of the class-weight search: a study that outlives Ray and its driver.
+
+The study lives in ``WORKSPACE/optuna.db`` under the experiment's name (search/weights.py).
+Each trial's sampling draws its randomness from (seed, trial number) alone, so an interruption
+does not change what later trials are offered; trials that ASHA stopped are told to Optuna as
+pruned, with their last value, which is how TPE ranks pruned trials.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import optuna
+from optuna.samplers import TPESampler
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from search.workspace import Workspace
+from trainables import failpoints
+
+STORAGE_FILE = "optuna.db"
+
+
+class SeededTPESampler(TPESampler):
+    """TPE whose randomness for trial n comes from (seed, n) alone.
+
+    A plain seeded sampler carries one random stream through the study, so a study resumed in
+    a new process (a fresh sampler) would offer different points than the uninterrupted one;
+    re-seeding per trial makes the sequence depend on the study's history only. The trial is
+    counted among the trials that ran, not by its number: a trial asked for and lost with a
+    killed driver (marked ``lost``) takes a number, and must not shift what later trials get.
+    """
+
+    def __init__(self, seed: int, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self.base_seed = seed
+
+    def before_trial(self, study, trial) -> None:
+        ran = sum(1 for t in study.get_trials(deepcopy=False)
+                  if t.number < trial.number and "lost" not in t.user_attrs)
+        seed = (self.base_seed * 1_000_003 + ran * 7_919 + 1) % 2**32
+        self._rng.rng.seed(seed)
+        self._random_sampler._rng.rng.seed(seed)
+        super().before_trial(study, trial)
+
+
+class DurableOptunaSearch(OptunaSearch):
+    """OptunaSearch over a study in a persistent storage, with two corrections.
+
+    - A trial that the scheduler stopped before its last epoch is told as PRUNED (TPE ranks
+      it by its last reported value) rather than COMPLETE with a partial-run value.
+    - After Tune restores the searcher from its snapshot, trials the study still holds as
+      RUNNING but the snapshot does not know (asked after it, then lost with the driver)
+      are marked FAIL and ``lost``, so that TPE's constant liar does not count them for ever;
+      a lost trial that held one of the starting points gives it back to the queue, so the
+      point is still tried.
+    """
+
+    def __init__(self, *, epochs: int, **kwargs):
+        super().__init__(**kwargs)
+        self.epochs = epochs
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if error or not result or int(result.get("epoch", 0)) >= self.epochs:
+            return super().on_trial_complete(trial_id, result, error)
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+        except Exception as e:  # e.g. told before an interruption
+            logging.getLogger(__name__).warning("optuna: %s", e)
+        self._completed_trials.add(trial_id)
+
+    def suggest(self, trial_id: str):
+        params = super().suggest(trial_id)
+        # asked of the study, not yet in Tune's saved searcher (docs/crash-windows.md)
+        failpoints.reach("optuna-asked", trial=trial_id,
+                         number=self._ot_trials[trial_id].number)
+        return params
+
+    def restore(self, checkpoint_path: str):
+        super().restore(checkpoint_path)
+        known = {t.number for t in self._ot_trials.values()}
+        lost = [t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.number not in known]
+        for t in lost:
+            storage = self._ot_study._storage
+            storage.set_trial_user_attr(t._trial_id, "lost", "asked before an "
+                                        "interruption, never run")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        for t in lost:  # a starting point it held goes back to the queue, in its order
+            if "fixed_params" in t.system_attrs:
+                self._ot_study.enqueue_trial(t.system_attrs["fixed_params"])
+
+
+def storage_url(ws: Workspace) -> str:
+    return f"sqlite:///{ws.root / STORAGE_FILE}"
+
+
+def study_trials(ws: Workspace, name: str) -> list:
+    """The study's trials that ran (not the ones lost to an interruption). No study file, no
+    trials: looking one up must not create the file (a refused command leaves no trace)."""
+    if not (ws.root / STORAGE_FILE).exists():
+        return []
+    try:
+        study = optuna.load_study(study_name=name, storage=storage_url(ws))
+    except KeyError:
+        return []
+    return [t for t in study.get_trials(deepcopy=False) if "lost" not in t.user_attrs]

@@ -1,0 +1,122 @@
+"""The end of a search: its trial table, the best config, failures, where to look; the parent
+run's summary tags; and reading a finished search's winner back from them."""
+
+from __future__ import annotations
+
+import math
+
+from search import offline
+from search.records import cell, flat_params
+from search.workspace import redact
+from trainables.cli import EXIT_NONE_FINISHED, EXIT_OK
+
+# the config keys that name a trial's setting in the best line and the parent's best.* tags
+BEST_KEYS = ("model", "model_kwargs", "batch_size", "epochs", "class_weights", "augment")
+
+
+def trial_rows(results, metric: str, columns) -> tuple[list, list, list]:
+    """(table rows, finished (best, config, result), failed (config, why)) of Tune's results."""
+    rows, finished, failed = [], [], []
+    for r in results:
+        cfg, m = r.config or {}, r.metrics or {}
+        df = r.metrics_dataframe
+        best = df[metric].max() if df is not None and metric in df else float("nan")
+        epoch = int(m.get("epoch", 0))
+        if r.error is not None:
+            status = "FAILED"
+            failed.append((cfg, str(r.error).strip().splitlines()[-1][:200]))
+        elif epoch < int(cfg.get("epochs", 0)):
+            status = f"stopped at {epoch}"
+        else:
+            status = "finished"
+        if r.error is None:
+            finished.append((best, cfg, r))
+        rows.append(([cfg.get(k) for k in columns], status, best))
+    return rows, finished, failed
+
+
+def print_table(rows, failed, metric: str, columns) -> None:
+    width = max(6, *(len(k) for k in columns))
+    print("\n" + " ".join(f"{k:>{width}}" for k in columns) +
+          f"  {'status':<16} {'best ' + metric:>12}")
+    for values, s, v in sorted(rows, key=lambda t: [x or 0 for x in t[0]]):
+        cells = " ".join(f"{cell(x):>{width}}" for x in values)
+        print(f"{cells}  {s:<16} {v:>12.4f}")
+    if failed:
+        print("\nfailed trials:")
+        for cfg, why in failed:
+            print(f"  {', '.join(f'{k} {cell(cfg.get(k))}' for k in columns)}: {why}")
+
+
+def summarise(results, client, parent_id: str, ws, dashboard: str | None, search) -> int:
+    """Print the trial table, the best config, failures and where to look; close the parent."""
+    metric, cols = search.metric, search.columns
+    rows, finished, failed = trial_rows(results, metric, cols)
+    print_table(rows, failed, metric, cols)
+    keys = (*BEST_KEYS, *(k for k in cols if k not in ("batch_size", "epochs")))
+    best, cfg = math.nan, {}
+    if finished:
+        # ties go to the first trial by id, so a resumed search names the same winner
+        finished.sort(key=lambda t: str((t[2].metrics or {}).get("trial_id", "")))
+        best, cfg, _ = max(finished, key=lambda t: t[0])
+        print(f"\nbest: {metric} {best:.4f} with " +
+              ", ".join(f"{k}={cell(cfg.get(k))}" for k in keys if k in cfg))
+
+    def record():  # the parent run's end; skipped (the --resume does it) if MLflow is gone
+        if finished:
+            client.log_metric(parent_id, f"best_{metric}", float(best))
+            for k, v in flat_params({k: cfg.get(k) for k in keys if k in cfg}).items():
+                client.set_tag(parent_id, f"best.{k}", v)
+        if search.report is not None:
+            search.report(results, client, parent_id, ws)
+        client.set_tag(parent_id, "trials_finished", str(len(finished)))
+        client.set_tag(parent_id, "trials_failed", str(len(failed)))
+        client.set_terminated(parent_id, "FINISHED" if finished else "FAILED")
+
+    offline.tracked(ws.tracking_uri, record)
+    print()
+    where_to_look(ws.tracking_uri, dashboard)
+    return EXIT_OK if finished else EXIT_NONE_FINISHED
+
+
+def where_to_look(tracking_uri: str, dashboard: str | None, **more: str | None) -> None:
+    """The footer of a search and of the pipeline: ``more`` lines (label=value) first, then
+    MLflow and the Ray dashboard."""
+    for label, value in more.items():
+        if value:
+            print(f"{label.replace('_', ' ') + ':':<16}{value}")
+    if tracking_uri.startswith("sqlite:"):
+        print(f"MLflow UI:      mlflow ui --backend-store-uri {tracking_uri} "
+              "--host 127.0.0.1 --port 5000   (then http://127.0.0.1:5000)")
+    else:
+        print(f"MLflow:         {redact(tracking_uri)}")
+    print(f"Ray dashboard:  {dashboard or 'n/a'} while this command runs (token authentication "
+          "is on: `ray get-auth-token` prints the token it asks for)")
+
+
+def winner(run) -> dict:
+    """Batch size, epochs and width of a finished search's best trial, and its val_acc, from
+    its parent run's best.* tags (summarise)."""
+    tags = run.data.tags
+    width = tags.get("best.model_kwargs.width")
+    return {"batch_size": int(tags["best.batch_size"]), "epochs": int(tags["best.epochs"]),
+            "width": int(width) if width not in (None, "None") else None,
+            "val_acc": run.data.metrics.get("best_val_acc")}
+
+
+def grid_defaults(client, model: str, profile: str) -> dict:
+    """Batch size, epochs and width of the best trial of the latest finished grid experiment
+    for ``model`` and ``profile`` in this tracking store; {} when there is none."""
+    ids = [e.experiment_id for e in client.search_experiments()]
+    if not ids:
+        return {}
+    runs = client.search_runs(
+        ids, f"tags.kind = 'grid' and tags.model = '{model}' and tags.profile = '{profile}' "
+        "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+        max_results=20)
+    for run in runs:
+        if "best.batch_size" in run.data.tags and "best.epochs" in run.data.tags:
+            found = winner(run)
+            return {**found, "from": f"{client.get_experiment(run.info.experiment_id).name} "
+                                     f"(best val_acc {found['val_acc'] or 0:.4f})"}
+    return {}

@@ -32,9 +32,10 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
 from analysis.fusion import apply_temperature, fuse, normalise
-from analysis.inference import file_digest, predict_probs
+from analysis.inference import predict_probs
 from trainables import checkpoint
 from trainables.data import CLASSES, IMAGE_SHAPE, NUM_CLASSES
+from trainables.files import sha256_file
 
 ARTIFACT_NAME = "ensemble"  # the model's name under its run
 FUSION_ARTIFACT = "fusion"
@@ -167,7 +168,7 @@ def log_ensemble(run_id: str, checkpoint_paths, weights, temperatures, registere
         "weights": [float(v) for v in w],
         "temperatures": _temperatures(temperatures, len(paths)),
         "classes": list(CLASSES),
-        "members": [{"source": str(p), "sha256": file_digest(p), "model": c["model"],
+        "members": [{"source": str(p), "sha256": sha256_file(p), "model": c["model"],
                      "model_kwargs": c["model_kwargs"], "metrics": c.get("metrics", {})}
                     for p, c in zip(paths, ckpts, strict=True)],
     }

@@ -9,7 +9,6 @@ same function serves the report, the shipped ensemble and ``analysis.predict``.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from trainables import checkpoint
 from trainables.data import NUM_CLASSES
 from trainables.engine import resolve_device
+from trainables.files import sha256_file
 
 
 def predict_probs(ckpt: dict, images, device: str = "auto", batch_size: int = 1024,
@@ -45,21 +45,13 @@ def predict_probs(ckpt: dict, images, device: str = "auto", batch_size: int = 10
     return torch.cat(out).numpy()
 
 
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cached_probs(cache_dir: str | Path, checkpoint_path: str | Path, split,
                  device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Validation and test probabilities of one checkpoint, computed once.
 
     Keyed by the checkpoint file's SHA-256 and the split's fingerprint, so a changed file or
     another split never reuses stale numbers."""
-    key = f"{file_digest(checkpoint_path)[:24]}-{split.fingerprint[:16]}"
+    key = f"{sha256_file(checkpoint_path)[:24]}-{split.fingerprint[:16]}"
     path = Path(cache_dir) / f"{key}.npz"
     if path.exists():
         try:

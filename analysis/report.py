@@ -9,35 +9,64 @@ PNG figures (ROC and precision/recall curves per class, the confusion matrix, a 
 diagram, the grids' val accuracy heat maps, ASHA survival per rung), logs all of it to an MLflow
 run in the experiment ``fusion`` tagged with its members' run ids, and registers the fused
 model (an MLflow pyfunc) in the model registry. Selection, weights and temperatures use the
-validation set only; the test set is only scored.
+validation set only; the test set is only scored. What is computed lives in
+analysis/summary.py, how it reads in analysis/render.py, where it goes in analysis/publish.py.
 """
 
 from __future__ import annotations
 
-import base64
-import errno
-import html
 import json
-import math
-import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from analysis import fusion
-from analysis.select import SelectionError, distinct, gather, same_data, top_k
-from search.asha import ScheduleAwareASHA
-from search.workspace import Workspace, WorkspaceError, redact
-from trainables.cli import ArgParser, at_least
-from trainables.data import CLASSES, DataError, add_data_args, load_split
-from trainables.engine import ConfigError, resolve_device
+from tqdm import tqdm
 
-EXIT_OK, EXIT_USAGE = 0, 2
-FUSION_EXPERIMENT = "fusion"
-# docs/seed.md, "Evaluation": the seed's own validation and test accuracies.
-SEED_RESULTS = (("4-CNN", 0.8963, 0.8953), ("ResNet", 0.9128, 0.8860),
-                ("Inception", 0.9097, 0.9006), ("Model fusion (4 models)", 0.9172, 0.9033))
+from analysis import figures as fig
+from analysis import fusion
+from analysis.grids import grid_rows
+from analysis.inference import cached_probs
+from analysis.publish import FUSION_EXPERIMENT, fetch_checkpoint, log_to_mlflow, publish, staging
+from analysis.render import markdown, seed_table, to_html
+from analysis.select import SelectionError, distinct, gather, same_data, top_k
+from analysis.summary import Fused, fuse_members, summarise
+from search.workspace import Workspace, WorkspaceError, redact
+from trainables.classes import CLASSES
+from trainables.cli import EXIT_OK, EXIT_USAGE, ArgParser, at_least, options_from
+from trainables.data import (
+    DEFAULT_SEED,
+    DEFAULT_TRAIN_SIZE,
+    DataError,
+    add_data_args,
+    load_split,
+)
+from trainables.engine import ConfigError, resolve_device
+from trainables.files import write_reason
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """The flags of ``python -m analysis.report``, typed."""
+
+    workspace: str = "outputs"
+    tracking_uri: str | None = None
+    experiments: str | None = None
+    top_k: int = 4
+    per_model_cap: int | None = None
+    method: str = "uniform"
+    weights: str | None = None
+    calibrate: bool = False
+    name: str | None = None
+    registered_name: str = "tunefuse-ensemble"
+    no_register: bool = False
+    bootstrap: int = 2000
+    device: str = "auto"
+    data_dir: str | None = None
+    download: bool = False
+    train_size: int | None = DEFAULT_TRAIN_SIZE  # accepted with the data flags; unused: the
+    seed: int = DEFAULT_SEED  # members' own split is loaded
 
 
 def parser() -> ArgParser:
@@ -85,311 +114,137 @@ def _weights_arg(text: str | None, k: int) -> list[float]:
                              f"{text!r}; e.g. 0.4,0.3,0.2,0.1") from None
 
 
-def fetch_checkpoint(client, ws: Workspace, cand) -> Path:
-    """The member's best checkpoint, downloaded once into the workspace's cache."""
-    dst = ws.root / "cache" / "checkpoints" / cand.run_id
-    local = dst / Path(cand.checkpoint).name
-    if not local.exists():  # downloaded beside it, moved in whole: a kill leaves no half file
-        part = dst.with_name(dst.name + ".partial")
-        shutil.rmtree(part, ignore_errors=True)
-        part.mkdir(parents=True)
-        got = Path(client.download_artifacts(cand.run_id, cand.checkpoint, str(part)))
-        dst.mkdir(parents=True, exist_ok=True)
-        os.replace(got, local)
-        shutil.rmtree(part, ignore_errors=True)
-    return local
+@dataclass
+class Selection:
+    """The candidates a report fuses, chosen on validation, and the data they were scored on."""
+
+    ws: Workspace
+    client: object
+    names: list[str] | None  # the experiments asked for (None: all)
+    group: list  # the candidates on the best one's data, ranked
+    others: list  # those trained on other data, left out
+    members: list
+    weights: list[float] | None  # --weights, for --method weighted
+    split: object
 
 
-def grid_rows(client, experiments) -> tuple[dict, dict]:
-    """Per model, the grid trials (batch size, epochs, best val acc, where ASHA stopped them);
-    per search experiment, the ASHA rungs with the trials that reached and passed each."""
-    grids, survival = {}, {}
-    for exp in experiments:
-        runs = client.search_runs([exp.experiment_id], max_results=50_000)
-        parents = {r.info.run_id: r for r in runs if r.data.tags.get("kind") in
-                   ("grid", "weights")}
-        trials = [r for r in runs if r.data.tags.get("kind") == "trial"
-                  and r.data.tags.get("mlflow.parentRunId") in parents]
-        for r in trials:
-            parent = parents[r.data.tags["mlflow.parentRunId"]]
-            if parent.data.tags["kind"] != "grid" or "best_val_acc" not in r.data.tags:
-                continue
-            stopped = r.data.tags.get("stopped_at_epoch")
-            grids.setdefault(r.data.params.get("model", "?"), []).append({
-                "batch_size": int(r.data.params["batch_size"]),
-                "epochs": int(r.data.params["epochs"]),
-                "val_acc": float(r.data.tags["best_val_acc"]),
-                "stopped_at": int(stopped) if stopped else None})
-        for pid, parent in parents.items():
-            g, rf = parent.data.params.get("grace_period"), parent.data.params.get(
-                "reduction_factor")
-            if g in (None, "None") or rf in (None, "None"):
-                continue
-            reached_by = []
-            for r in trials:
-                if r.data.tags.get("mlflow.parentRunId") != pid or \
-                        r.info.status != "FINISHED":
-                    continue
-                epochs = int(r.data.params["epochs"])
-                last = int(r.data.tags.get("stopped_at_epoch") or epochs)
-                reached_by.append((epochs, last))
-            asha = ScheduleAwareASHA(int(g), float(rf))
-            counts: dict[int, list[int]] = {}
-            for epochs, last in reached_by:  # the rungs of the trial's own length group
-                for m in asha.rungs(epochs):
-                    c = counts.setdefault(m, [0, 0])
-                    c[0] += last >= m
-                    c[1] += last > m
-            survival[exp.name] = [(m, r, p) for m, (r, p) in sorted(counts.items())]
-    return grids, survival
+def select(options: ReportOptions) -> Selection:
+    """Choose the members; SelectionError (and the others below) for a report that cannot be
+    made, before anything is written."""
+    resolve_device(options.device)
+    ws = Workspace.open(options.workspace, options.tracking_uri)
+    client = ws.client()
+    names = [n.strip() for n in options.experiments.split(",")] if options.experiments \
+        else None
+    candidates = gather(client, names)
+    if not candidates:
+        raise SelectionError(f"no finished trial with a checkpoint in "
+                             f"{redact(ws.tracking_uri)}; run python -m search.grid first")
+    group, others = same_data(candidates)
+    unique = distinct(group)
+    if len(unique) < len(group):
+        print(f"note: {len(group) - len(unique)} candidate(s) kept a shared warm-up "
+              "checkpoint another candidate already holds; each model is fused once")
+    group = unique
+    members = top_k(group, options.top_k, options.per_model_cap)
+    weights = _weights_arg(options.weights, len(members)) if options.method == "weighted" \
+        else None
+    if options.method != "weighted" and options.weights:
+        raise SelectionError("--weights is only for --method weighted")
+    best = group[0]
+    split = load_split(options.data_dir, best.train_size or None, best.seed, options.download)
+    if split.fingerprint != best.fingerprint:
+        raise SelectionError(
+            f"the members were trained on data {best.fingerprint[:16]}, the data found "
+            f"gives {split.fingerprint[:16]}; pass the --data-dir they were trained on")
+    return Selection(ws, client, names, group, others, members, weights, split)
 
 
-def png_data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-
-
-def pct(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
-
-
-def seed_table(summary: dict) -> list[list[str]]:
-    """model | val | test rows: members, the fusion, then the seed's own numbers."""
-    rows = [[m["label"], pct(m["val_acc"]), pct(m["test_acc"])] for m in summary["members"]]
-    f = summary["fusion"]
-    rows.append([f"Fusion ({f['method']}, {len(summary['members'])} models)",
-                 pct(f["val_acc"]), pct(f["test_acc"])])
-    rows += [[f"seed: {name}", pct(v), pct(t)] for name, v, t in SEED_RESULTS]
-    return rows
-
-
-def markdown(summary: dict, figures: dict[str, Path]) -> str:
-    f = summary["fusion"]
-    lo, hi = f["test_gain_interval"]
-    lines = [f"# tunefuse report {summary['name']}", "",
-             f"{summary['created']}; workspace `{summary['workspace']}`; data "
-             f"`{summary['data']['fingerprint'][:16]}` ({summary['data']['val_images']} "
-             f"validation, {summary['data']['test_images']} test images).", "",
-             "| model | validation accuracy | test accuracy |", "| --- | --- | --- |"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in seed_table(summary)]
-    scaled = " with temperature scaling" if f["calibrated"] else ""
-    rounded = [round(w, 4) for w in f["weights"]]
-    lines += ["", f"Fusion: **{f['method']}**{scaled}, weights {rounded} "
-              "(fitted on validation only). "
-              f"Test accuracy minus the best member's (chosen on validation, "
-              f"{summary['best_member']}): {100 * f['test_gain']:+.2f} points, 95% bootstrap "
-              f"interval [{100 * lo:+.2f}, {100 * hi:+.2f}] ({f['bootstrap']} resamples).", "",
-              "| classifier | val acc | test acc | test NLL | test ECE | temperature | run |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for m in summary["members"]:
-        lines.append(f"| {m['label']} | {pct(m['val_acc'])} | {pct(m['test_acc'])} | "
-                     f"{m['test']['nll']:.4f} | {m['test']['ece']:.4f} | "
-                     f"{m['temperature']:.3f} | `{m['run_id'][:8]}` |")
-    lines.append(f"| **fusion** | {pct(f['val_acc'])} | {pct(f['test_acc'])} | "
-                 f"{f['test']['nll']:.4f} | {f['test']['ece']:.4f} | | |")
-    lines += ["", "Per-class test precision / recall / F1 of the fusion:", "",
-              "| class | precision | recall | F1 |", "| --- | --- | --- | --- |"]
-    for c, name in enumerate(CLASSES):
-        t = f["test"]
-        lines.append(f"| {c} {name} | {t['precision'][c]:.4f} | {t['recall'][c]:.4f} | "
-                     f"{t['f1'][c]:.4f} |")
-    lines.append("")
-    for key, path in figures.items():
-        lines += [f"![{key}]({path.name})", ""]
-    return "\n".join(lines)
-
-
-def to_html(md: str, figures: dict[str, Path]) -> str:
-    """A self-contained page: the markdown's tables and text, figures embedded as data URIs."""
-    body, table = [], []
-
-    def flush():
-        if table:
-            head, *rest = [r for r in table if not set(r.replace("|", "").strip()) <= {"-", " "}]
-            cells = [c.strip() for c in head.strip("|").split("|")]
-            out = ["<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells) + "</tr>"]
-            for r in rest:
-                cells = [c.strip() for c in r.strip("|").split("|")]
-                out.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in cells) + "</tr>")
-            body.append("\n".join(out) + "</table>")
-            table.clear()
-
-    images = {p.name: p for p in figures.values()}
-    for line in md.splitlines():
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        flush()
-        if line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("![") and "](" in line:
-            alt, name = line[2:].split("](", 1)
-            name = name.rstrip(")")
-            if name in images:
-                body.append(f'<figure><img alt="{html.escape(alt)}" '
-                            f'src="{png_data_uri(images[name])}"><figcaption>'
-                            f"{html.escape(alt)}</figcaption></figure>")
-        elif line.strip():
-            body.append(f"<p>{_inline(line)}</p>")
-    flush()
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;"
-             "padding:0 1em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px "
-             "solid #ccc;padding:4px 8px;text-align:left}img{max-width:100%}"
-             "figure{margin:1.5em 0}")
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>tunefuse report</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
-def _inline(text: str) -> str:
-    out = html.escape(text)
-    for mark, tag in (("**", "b"), ("`", "code")):
-        parts = out.split(mark)
-        out = "".join(p if i % 2 == 0 else f"<{tag}>{p}</{tag}>" for i, p in enumerate(parts))
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def run(options: ReportOptions) -> int:
+    """Write the report; the exit code."""
     try:
-        resolve_device(args.device)
-        ws = Workspace.open(args.workspace, args.tracking_uri)
-        client = ws.client()
-        names = [n.strip() for n in args.experiments.split(",")] if args.experiments else None
-        candidates = gather(client, names)
-        if not candidates:
-            raise SelectionError(f"no finished trial with a checkpoint in "
-                                 f"{redact(ws.tracking_uri)}; run python -m search.grid first")
-        group, others = same_data(candidates)
-        unique = distinct(group)
-        if len(unique) < len(group):
-            print(f"note: {len(group) - len(unique)} candidate(s) kept a shared warm-up "
-                  "checkpoint another candidate already holds; each model is fused once")
-        group = unique
-        members = top_k(group, args.top_k, args.per_model_cap)
-        weights = _weights_arg(args.weights, len(members)) if args.method == "weighted" \
-            else None
-        if args.method != "weighted" and args.weights:
-            raise SelectionError("--weights is only for --method weighted")
-        best = group[0]
-        split = load_split(args.data_dir, best.train_size or None, best.seed, args.download)
-        if split.fingerprint != best.fingerprint:
-            raise SelectionError(
-                f"the members were trained on data {best.fingerprint[:16]}, the data found "
-                f"gives {split.fingerprint[:16]}; pass the --data-dir they were trained on")
+        sel = select(options)
     except (WorkspaceError, SelectionError, DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    args.name = args.name or time.strftime("fusion-%Y%m%d-%H%M%S")
+    name = options.name or time.strftime("fusion-%Y%m%d-%H%M%S")
     try:
-        return report(args, ws, client, names, group, others, members, weights, split)
+        return report(options, name, sel)
     except OSError as e:  # a full disk, a read-only reports folder: one line, nothing lost
-        why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-        print(f"error: cannot write the report in {ws.root} ({why}); earlier reports and runs "
-              "are as they were: free space on that disk and run it again", file=sys.stderr)
+        print(f"error: cannot write the report in {sel.ws.root} ({write_reason(e)}); earlier "
+              "reports and runs are as they were: free space on that disk and run it again",
+              file=sys.stderr)
         return EXIT_USAGE
     finally:  # nothing half-written stays behind
-        shutil.rmtree(staging(ws.root / "reports" / args.name), ignore_errors=True)
+        shutil.rmtree(staging(sel.ws.root / "reports" / name), ignore_errors=True)
 
 
-def staging(final: Path) -> Path:
-    return final.with_name(f".{final.name}.partial")
-
-
-def publish(out: Path, final: Path) -> None:
-    """Move a complete report into place; an earlier report of that name goes only now."""
-    old = final.with_name(f".{final.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    out.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def report(args, ws, client, names, group, others, members, weights, split) -> int:
-    from tqdm import tqdm
-
-    from analysis import figures as fig
-    from analysis.inference import cached_probs
-
-    if others:
-        print(f"note: {len(others)} candidate(s) trained on other data (another --train-size "
-              "or --seed) are left out: fusion needs one validation set")
-    pool = group if args.method == "greedy" else members
-    y_val, y_test = split.y_val.numpy(), split.y_test.numpy()
+def member_probs(sel: Selection, pool: list, device: str) -> tuple[dict, dict]:
+    """Each candidate's (val, test) probabilities and its local checkpoint, by run id."""
     probs, paths = {}, {}
     for cand in tqdm(pool, desc="member inference", unit="model", file=sys.stdout,
                      disable=None):
-        paths[cand.run_id] = fetch_checkpoint(client, ws, cand)
-        probs[cand.run_id] = cached_probs(ws.root / "cache" / "probs", paths[cand.run_id], split,
-                                          args.device)
-    temps = {c.run_id: fusion.fit_temperature(probs[c.run_id][0], y_val) if args.calibrate
-             else 1.0 for c in pool}
+        paths[cand.run_id] = fetch_checkpoint(sel.client, sel.ws, cand)
+        probs[cand.run_id] = cached_probs(sel.ws.root / "cache" / "probs", paths[cand.run_id],
+                                          sel.split, device)
+    return probs, paths
 
-    # each member's (temperature-scaled) probabilities, once: (val, test)
-    scaled = {rid: tuple(fusion.apply_temperature(p, temps[rid]) for p in pair)
-              if args.calibrate else pair for rid, pair in probs.items()}
 
-    def val_p(c):
-        return scaled[c.run_id][0]
-
-    def test_p(c):
-        return scaled[c.run_id][1]
-
-    if args.method == "greedy":
-        w_pool = fusion.greedy_weights([val_p(c) for c in pool], y_val)
-        chosen = sorted((i for i in range(len(pool)) if w_pool[i] > 0),
-                        key=lambda i: (-w_pool[i], i))
-        members = [pool[i] for i in chosen]
-        weights = [float(w_pool[i]) for i in chosen]
-    elif args.method == "uniform":
-        weights = [1 / len(members)] * len(members)
-    ens_val = fusion.fuse([val_p(c) for c in members], weights)
-    ens_test = fusion.fuse([test_p(c) for c in members], weights)
-    best = group[0]  # the best single candidate on validation; always a member unless greedy
-    gain, lo, hi = fusion.bootstrap_difference(ens_test, test_p(best), y_test,
-                                               n=args.bootstrap)
-    name = args.name
+def report(options: ReportOptions, name: str, sel: Selection) -> int:
+    ws, client, split = sel.ws, sel.client, sel.split
+    if sel.others:
+        print(f"note: {len(sel.others)} candidate(s) trained on other data (another "
+              "--train-size or --seed) are left out: fusion needs one validation set")
+    pool = sel.group if options.method == "greedy" else sel.members
+    y_val, y_test = split.y_val.numpy(), split.y_test.numpy()
+    probs, paths = member_probs(sel, pool, options.device)
+    fused = fuse_members(pool, sel.members, sel.weights, probs, y_val, options.method,
+                         options.calibrate)
+    best = sel.group[0]  # the best single candidate on validation
+    context = {
+        "name": name, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "workspace": str(ws.root), "tracking_uri": redact(ws.tracking_uri),
+        "experiments": sel.names or sorted({c.experiment for c in sel.group}),
+        "data": {"fingerprint": split.fingerprint, "val_images": len(y_val),
+                 "test_images": len(y_test), "train_size": split.train_size,
+                 "seed": split.seed},
+        "selection": {"top_k": options.top_k, "per_model_cap": options.per_model_cap,
+                      "candidates": len(sel.group), "left_out_other_data": len(sel.others),
+                      "ranked_by": "validation accuracy of each trial's best checkpoint"}}
+    summary = summarise(fused, best, y_val, y_test, options.bootstrap, context,
+                        {rid: str(p) for rid, p in paths.items()})
     final = ws.root / "reports" / name
     out = staging(final)  # written here, moved into place once complete (publish)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    member_rows = []
-    for c, w in zip(members, weights, strict=True):
-        v, t = fusion.scores(val_p(c), y_val), fusion.scores(test_p(c), y_test)
-        member_rows.append({
-            "run_id": c.run_id, "experiment": c.experiment, "kind": c.kind, "model": c.model,
-            "label": c.label, "config": c.params, "checkpoint": str(paths[c.run_id]),
-            "artifact": f"runs:/{c.run_id}/{c.checkpoint}", "epoch": c.epoch,
-            "recorded_val_acc": c.val_acc, "val_acc": v["acc"], "test_acc": t["acc"],
-            "weight": w, "temperature": temps[c.run_id], "val": v, "test": t})
-    ev, et = fusion.scores(ens_val, y_val), fusion.scores(ens_test, y_test)
-    summary = {
-        "name": name, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "workspace": str(ws.root), "tracking_uri": redact(ws.tracking_uri),
-        "experiments": names or sorted({c.experiment for c in group}),
-        "data": {"fingerprint": split.fingerprint, "val_images": len(y_val),
-                 "test_images": len(y_test), "train_size": split.train_size,
-                 "seed": split.seed},
-        "selection": {"top_k": args.top_k, "per_model_cap": args.per_model_cap,
-                      "candidates": len(group), "left_out_other_data": len(others),
-                      "ranked_by": "validation accuracy of each trial's best checkpoint"},
-        "members": member_rows,
-        "best_member": best.label,
-        "fusion": {"method": args.method, "calibrated": args.calibrate, "weights": weights,
-                   "val_acc": ev["acc"], "test_acc": et["acc"], "val": ev, "test": et,
-                   "test_gain": gain, "test_gain_interval": [lo, hi],
-                   "bootstrap": args.bootstrap, "best_member_run_id": best.run_id},
-        "seed": [{"model": n, "val_acc": v, "test_acc": t} for n, v, t in SEED_RESULTS],
-    }
+    write(out, summary, fused, y_test, client)
+    run_id, model_uri = log_to_mlflow(options, ws, client, summary, out, fused.members,
+                                      fused.weights, fused.temperatures, paths)
+    summary["mlflow"] = {"run_id": run_id, "model_uri": model_uri}
+    try:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        client.log_artifact(run_id, str(out / "summary.json"), "report")
+        publish(out, final)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")  # its report never came; not left RUNNING
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    print_result(summary, final, run_id, model_uri)
+    return EXIT_OK
+
+
+def write(out: Path, summary: dict, fused: Fused, y_test, client) -> None:
+    """The figures, report.md, report.html and summary.json, into ``out``."""
     figures = {}
-    title = f"fusion ({args.method}), test set"
-    figures["roc"], aucs = fig.plot_roc(ens_test, y_test, CLASSES, out / "roc.png",
+    title = f"fusion ({fused.method}), test set"
+    figures["roc"], aucs = fig.plot_roc(fused.test, y_test, CLASSES, out / "roc.png",
                                         "ROC, one vs rest: " + title)
-    figures["precision_recall"], aps = fig.plot_pr(ens_test, y_test, CLASSES, out / "pr.png",
+    figures["precision_recall"], aps = fig.plot_pr(fused.test, y_test, CLASSES, out / "pr.png",
                                                    "precision / recall: " + title)
-    figures["confusion"] = fig.plot_confusion(ens_test, y_test, CLASSES, out / "confusion.png",
-                                              "confusion matrix: " + title)
-    curves = {m["label"]: test_p(c) for m, c in zip(member_rows, members, strict=True)}
-    curves["fusion"] = ens_test
+    figures["confusion"] = fig.plot_confusion(fused.test, y_test, CLASSES,
+                                              out / "confusion.png", "confusion matrix: " + title)
+    curves = {m["label"]: fused.scaled[m["run_id"]][1] for m in summary["members"]}
+    curves["fusion"] = fused.test
     figures["reliability"] = fig.plot_reliability(curves, y_test, out / "reliability.png",
                                                   "reliability, test set")
     exps = [client.get_experiment_by_name(n) for n in summary["experiments"]]
@@ -408,66 +263,25 @@ def report(args, ws, client, names, group, others, members, weights, split) -> i
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(to_html(md, figures))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    run_id, model_uri = log_to_mlflow(args, ws, client, summary, out, members, weights,
-                                      temps, paths)
-    summary["mlflow"] = {"run_id": run_id, "model_uri": model_uri}
-    try:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        client.log_artifact(run_id, str(out / "summary.json"), "report")
-        publish(out, final)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")  # its report never came; not left RUNNING
-        raise
-    client.set_terminated(run_id, "FINISHED")
-    out = final
 
-    width = max(len(r[0]) for r in seed_table(summary))
+
+def print_result(summary: dict, final: Path, run_id: str, model_uri: str | None) -> None:
+    rows = seed_table(summary)
+    width = max(len(r[0]) for r in rows)
     print(f"\n{'model':<{width}}  {'validation':>10}  {'test':>8}")
-    for a, b, c in seed_table(summary):
+    for a, b, c in rows:
         print(f"{a:<{width}}  {b:>10}  {c:>8}")
-    print(f"\nfusion - best member ({best.label}) on test: {100 * gain:+.2f} points, 95% "
-          f"interval [{100 * lo:+.2f}, {100 * hi:+.2f}]")
-    print(f"report:   {out / 'report.html'}")
+    f = summary["fusion"]
+    lo, hi = f["test_gain_interval"]
+    print(f"\nfusion - best member ({summary['best_member']}) on test: "
+          f"{100 * f['test_gain']:+.2f} points, 95% interval [{100 * lo:+.2f}, {100 * hi:+.2f}]")
+    print(f"report:   {final / 'report.html'}")
     print(f"MLflow:   run {run_id} in experiment {FUSION_EXPERIMENT!r}" +
           (f"; model {model_uri}" if model_uri else ""))
-    return EXIT_OK
 
 
-def log_to_mlflow(args, ws, client, summary, out: Path, members, weights, temps, paths):
-    exp_id = ws.experiment_id(client, FUSION_EXPERIMENT)
-    run = client.create_run(exp_id, run_name=summary["name"], tags={
-        "kind": "fusion", "method": args.method,
-        "members": ",".join(c.run_id for c in members),
-        **{f"member.{i}.run_id": c.run_id for i, c in enumerate(members)}})
-    run_id = run.info.run_id
-    try:
-        f = summary["fusion"]
-        for k, v in {"method": args.method, "top_k": args.top_k, "calibrate": args.calibrate,
-                     "per_model_cap": args.per_model_cap,
-                     "experiments": ",".join(summary["experiments"]),
-                     "data_fingerprint": summary["data"]["fingerprint"],
-                     "weights": json.dumps([round(w, 6) for w in weights])}.items():
-            client.log_param(run_id, k, str(v)[:500])
-        for k, v in {"val_acc": f["val_acc"], "test_acc": f["test_acc"],
-                     "val_nll": f["val"]["nll"], "test_nll": f["test"]["nll"],
-                     "test_ece": f["test"]["ece"],
-                     "test_gain": f["test_gain"], "test_gain_low": f["test_gain_interval"][0],
-                     "test_gain_high": f["test_gain_interval"][1]}.items():
-            client.log_metric(run_id, k, float(v))
-        for path in sorted(out.iterdir()):
-            if path.is_file() and path.name != "summary.json":
-                client.log_artifact(run_id, str(path), "report")
-        model_uri = None
-        if not args.no_register:
-            from analysis.ensemble import log_ensemble
-
-            model_uri, _ = log_ensemble(run_id, [str(paths[c.run_id]) for c in members],
-                                        weights, [temps[c.run_id] for c in members],
-                                        args.registered_name, ws.tracking_uri)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")  # its report never came; not left RUNNING
-        raise
-    return run_id, model_uri
+def main(argv: list[str] | None = None) -> int:
+    return run(options_from(ReportOptions, parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

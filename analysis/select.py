@@ -13,6 +13,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from search.profiles import PROFILES
+from trainables.engine import SGD_ONLY
+
 SEARCH_KINDS = ("grid", "weights")
 
 
@@ -89,8 +92,6 @@ def gather(client, experiments: list[str] | None = None) -> list[Candidate]:
 
 def _train_size(parent) -> int:
     """Images of train + val the search used (0: all); older runs only name their profile."""
-    from search.profiles import PROFILES
-
     if "train_size" in parent.data.params:
         return int(parent.data.params["train_size"])
     profile = PROFILES.get(parent.data.tags.get("profile", ""))
@@ -98,8 +99,10 @@ def _train_size(parent) -> int:
 
 
 def rank(candidates: list[Candidate]) -> list[Candidate]:
-    """Best validation accuracy first; ties broken by run id, so the order is reproducible."""
-    return sorted(candidates, key=lambda c: (-c.val_acc, c.run_id))
+    """Best validation accuracy first; ties broken by experiment and config (then run id), so
+    the same search run again ranks its trials in the same order (run ids are random)."""
+    return sorted(candidates, key=lambda c: (-c.val_acc, c.experiment,
+                                             sorted(c.params.items()), c.run_id))
 
 
 def same_data(candidates: list[Candidate]) -> tuple[list[Candidate], list[Candidate]]:
@@ -122,8 +125,6 @@ def distinct(candidates: list[Candidate]) -> list[Candidate]:
     so when a trial's best epoch falls inside the warm-up, its kept checkpoint has the same
     weights as a sibling's kept at that epoch; fusing both would count one model twice.
     """
-    from trainables.engine import SGD_ONLY
-
     seen, out = set(), []
     for c in rank(candidates):
         warmup = int(float(c.params.get("warmup_epochs") or 0))

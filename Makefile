@@ -3,6 +3,7 @@
 #   make test    set up, then run the test suite (all but the slow tests; under 10 minutes)
 #   make test-slow   the slow tests that fit CI (CI runs both)
 #   make test-soak   the slow tests CI has no room for (they repeat what others cover)
+#   make lint    ruff and the import-layer contracts (CI runs it first)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -101,8 +102,10 @@ test-slow: setup
 test-soak: setup
 	$(PY) -m pytest -m soak
 
+# ruff, then the layer contracts of pyproject.toml [tool.importlinter] (docs/architecture.md)
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,7 +1,7 @@
 """What ASHA and shared warm-ups save: epochs computed and the best val accuracy found.
 
     python bench/search_cost.py [--model cnn] [--profile smoke|quick] [--batch-sizes 64,128]
-        [--epochs 4,6,8]
+        [--epochs 3,4,6]
 
 Runs the same grid twice, side by side in one run, in a temporary workspace:
 (a) tunefuse's way: schedule-aware ASHA and warm-ups shared between trials;

@@ -25,9 +25,9 @@ from typing import NoReturn
 import numpy as np
 import pytest
 
-from analysis.inference import file_digest
 from bench.chaos import kill_group
 from trainables import data
+from trainables.files import sha256_file
 from trainables.idx import write_idx
 
 REAL_DIR = data.SYSTEM_DIR
@@ -124,7 +124,7 @@ def exit_code(main, *args) -> int:
 @contextlib.contextmanager
 def environ_kept():
     """os.environ as it was, whatever the block sets: a search's main() run in this process
-    sets Ray's defaults there (search/driver.py start_ray)."""
+    sets Ray's defaults there (search/cluster.py start_ray)."""
     saved = os.environ.copy()
     try:
         yield
@@ -176,7 +176,7 @@ def workspace_snapshot(ws: Path) -> dict:
         elif p.name == "mlflow.db":
             files[rel] = "(rows below)"
         else:
-            files[rel] = file_digest(p)
+            files[rel] = sha256_file(p)
     rows = None
     if (ws / "mlflow.db").exists():
         with contextlib.closing(sqlite3.connect(ws / "mlflow.db", timeout=30)) as db:
@@ -285,6 +285,34 @@ VENV_BIN = Path(sys.executable).parent
 # Where tests keep what a person may want to look at afterwards (screenshots): one folder per
 # test under tests/output/ (TUNEFUSE_TEST_OUTPUT elsewhere); ignored by git.
 OUTPUT_ROOT = Path(os.environ.get("TUNEFUSE_TEST_OUTPUT", ROOT / "tests" / "output"))
+
+
+def blocked_ray(folder: Path) -> dict:
+    """An environment in which ``import ray`` fails (a package of that name that refuses)."""
+    (folder / "ray").mkdir(parents=True, exist_ok=True)
+    (folder / "ray" / "__init__.py").write_text(
+        'raise ImportError("ray is blocked: this process must run without it")\n')
+    path = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def run_module(module: str, *args, timeout: float = 600, env: dict | None = None
+               ) -> subprocess.CompletedProcess:
+    """``python -m module args`` from the repository root, its output captured."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout,
+                          env={**(env or os.environ), "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+
+
+def saved_tune_trials(ws: Path, experiment: str) -> list:
+    """The trials Tune's saved experiment state of ``experiment`` holds ([] before it saved
+    any)."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        return ExperimentAnalysis(str(ws / "ray_results" / experiment)).trials
+    except Exception:  # nothing saved yet
+        return []
 
 
 def free_port() -> int:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import exit_code
+from conftest import blocked_ray, exit_code
+from conftest import run_module as run
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from analysis import figures, fusion
@@ -176,12 +174,6 @@ def test_test_set_cannot_change_the_chosen_weights():
 
 # --- the report end to end --------------------------------------------------------------------
 
-def run(module, *args, timeout=600):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout,
-                          env={**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
-
-
 @pytest.fixture
 def searched(smoke_pipeline):
     """The smoke pipeline's workspace: grids of the three models and a weights search."""
@@ -192,17 +184,19 @@ GREEDY = ("--top-k", "3", "--method", "greedy", "--calibrate")
 
 
 @pytest.fixture(scope="module")
-def greedy_report(smoke_pipeline) -> tuple[Path, list[str], dict, str]:
+def greedy_report(smoke_pipeline, tmp_path_factory) -> tuple[Path, list[str], dict, str]:
     """The report the smoke pipeline did not make, as a user runs it: greedy selection with
     temperature scaling, registered. Its pool is every candidate of the searches the
     pipeline's own (uniform) report took its members from, the CNN grid: that report left
     their probabilities in the workspace's cache, and inference of all the others (the
-    Inception nets above all) would cost minutes. (workspace, arguments, summary, output)"""
+    Inception nets above all) would cost minutes. (workspace, arguments, summary, output)
+    It runs where ``import ray`` fails: the analysis needs no Ray (docs/architecture.md)."""
     ws = smoke_pipeline.ws
     smoke = json.loads((ws / "reports" / "smoke" / "summary.json").read_text())
     searches = ",".join(sorted({m["experiment"] for m in smoke["members"]}))
     args = ["--workspace", str(ws), *GREEDY, "--experiments", searches]
-    out = run("analysis.report", *args, "--name", "g")
+    out = run("analysis.report", *args, "--name", "g",
+              env=blocked_ray(tmp_path_factory.mktemp("no-ray")))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return ws, args, json.loads((ws / "reports" / "g" / "summary.json").read_text()), out.stdout
 

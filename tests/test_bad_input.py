@@ -35,8 +35,9 @@ from conftest import (
 )
 
 from analysis import predict, report
-from search import driver, grid, pipeline, weights
+from search import cluster, grid, options, weights
 from trainables import data, train
+from tunefuse import pipeline
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing answers there
@@ -197,11 +198,11 @@ def test_a_cluster_without_the_resources_a_trial_asks_for(monkeypatch):
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
     args = grid.parser().parse_args(["--model", "cnn", "--gpus-per-trial", "0.5"])
-    with pytest.raises(driver.UsageError, match=r"--gpus-per-trial 0\.5 is more than the 0 GPUs"):
-        driver.check_cluster(args)
+    with pytest.raises(options.UsageError, match=r"--gpus-per-trial 0\.5 is more than the 0 GPUs"):
+        cluster.check_cluster(args)
     args = grid.parser().parse_args(["--model", "cnn", "--cpus-per-trial", "16"])
-    with pytest.raises(driver.UsageError, match="--cpus-per-trial 16 is more than the 8 CPUs"):
-        driver.check_cluster(args)
+    with pytest.raises(options.UsageError, match="--cpus-per-trial 16 is more than the 8 CPUs"):
+        cluster.check_cluster(args)
 
 
 # --- search.weights ---------------------------------------------------------------------------

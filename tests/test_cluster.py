@@ -1,5 +1,5 @@
 """A real two-node Ray cluster on this machine: a head and a second node started with `ray start`
-as the README says, a grid search joined to it with --address and a shared --storage-path, and
+as docs/cluster.md says, a grid search joined to it with --address and a shared --storage-path, and
 the results showing that trials ran on both nodes."""
 
 from __future__ import annotations

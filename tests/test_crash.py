@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ROOT
+from conftest import ROOT, saved_tune_trials
 
 from trainables.trainable import CHECKPOINT_FILE
 
@@ -96,13 +96,7 @@ def restorable(ws: Path, experiment: str) -> dict[str, Path]:
     """Trials that Tune's saved experiment state will restore from a checkpoint (it saves
     running trials as pending): trial id ->
     that checkpoint's folder."""
-    from ray.tune import ExperimentAnalysis
-
-    try:
-        trials = ExperimentAnalysis(str(ws / "ray_results" / experiment)).trials
-    except Exception:  # nothing saved yet
-        return {}
-    return {t.trial_id: Path(t.checkpoint.path) for t in trials
+    return {t.trial_id: Path(t.checkpoint.path) for t in saved_tune_trials(ws, experiment)
             if t.status not in ("TERMINATED", "ERROR") and t.checkpoint is not None}
 
 
@@ -231,7 +225,7 @@ def test_a_grid_survives_a_killed_worker_a_killed_driver_and_a_corrupt_checkpoin
 
 @pytest.mark.soak  # tests/test_windows.py kills one in its Optuna window; bench/chaos.py
 def test_a_killed_weights_search_keeps_its_optuna_study(tmp_path_factory):
-    from search.weights import study_trials
+    from search.study import study_trials
     from search.workspace import Workspace
 
     ref = tmp_path_factory.mktemp("weights-reference") / "ws"

@@ -9,7 +9,7 @@ the internal, the library's version and the file that relies on it:
 - search/asha.py: AsyncHyperBandScheduler ``_brackets``, ``_max_t``, ``_trial_info``,
   ``_metric_op``, a bracket's ``_rungs``, ``cutoff()`` and ``on_result()``, TrialScheduler's
   ``_metric`` behind ``metric``; a Trial's ``path`` (and its ``result.json``) when Tune adds it;
-- search/weights.py: TPESampler ``_rng.rng`` and ``_random_sampler._rng.rng``; OptunaSearch
+- search/study.py: TPESampler ``_rng.rng`` and ``_random_sampler._rng.rng``; OptunaSearch
   ``_ot_trials``, ``_ot_study``, ``_completed_trials``; Study ``_storage`` with its
   ``set_trial_user_attr`` and ``set_trial_state_values``; FrozenTrial ``_trial_id`` and
   ``system_attrs["fixed_params"]`` (an enqueued point);
@@ -17,8 +17,9 @@ the internal, the library's version and the file that relies on it:
   to ``Trainable.restore()``, and its refusal of a checkpoint that no longer exists;
   checkpoint folders ``checkpoint_NNNNNN`` side by side; ``should_checkpoint`` in a result;
 - search/backfill.py: the trial id read from Tune's trial folder name;
-- search/driver.py and search/lineage.py: Tune's table reporter (``RAY_AIR_NEW_OUTPUT=0``), the
-  statuses ExperimentAnalysis gives, a trial's ``error_file`` and ``num_failures``.
+- search/driver.py, search/cluster.py and search/lineage.py: Tune's table reporter
+  (``RAY_AIR_NEW_OUTPUT=0``), the statuses ExperimentAnalysis gives, a trial's ``error_file``
+  and ``num_failures``.
 
 One tiny local Ray cluster (1 CPU, no dashboard) serves the tests that need real Tune runs.
 Two tests keep search/backfill.py reading a Result's trial from its folder: a Result's
@@ -50,7 +51,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from search import backfill, driver
 from search.asha import ScheduleAwareASHA
 from search.lineage import error_line
-from search.weights import DurableOptunaSearch, SeededTPESampler
+from search.study import DurableOptunaSearch, SeededTPESampler
 from trainables import trainable as project_trainable
 from trainables.trainable import CHECKPOINT_FILE
 
@@ -135,6 +136,7 @@ def test_asha_metric_is_the_one_schedule_aware_asha_sets():
     assert asha.metric == "hard_acc", changed(
         "TrialScheduler.metric (a property over _metric)", RAY, ASHA)
     assert asha.groups == {} and asha.rungs(9) == [1, 3]
+    assert asha._group_for_length(9) is asha.groups[9]  # rungs() is pure (search/rungs.py)
     assert asha.groups[9].metric == "hard_acc"
     assert asha.set_search_properties("hard_acc", "max") and \
         not asha.set_search_properties("val_acc", "max")
@@ -179,7 +181,7 @@ def write_results(folder: Path, rows) -> Path:
 def test_a_restored_trial_brings_back_its_rung_values_and_stop(tmp_path):
     asha = ScheduleAwareASHA(grace_period=1, reduction_factor=2)
     assert asha.rungs(4) == [1, 2]
-    group = asha.groups[4]
+    group = asha._group_for_length(4)
     assert internal(group, "_metric_op", "AsyncHyperBandScheduler", RAY, ASHA) == 1.0, changed(
         "AsyncHyperBandScheduler._metric_op (+1.0 for mode max)", RAY, f"{ASHA} (_replay)")
     bracket = group._brackets[0]
@@ -203,9 +205,9 @@ def test_a_restored_trial_brings_back_its_rung_values_and_stop(tmp_path):
         TrialScheduler.CONTINUE
 
 
-# --- search/weights.py: TPE reseeded per trial, a durable OptunaSearch ------------------------
+# --- search/study.py: TPE reseeded per trial, a durable OptunaSearch --------------------------
 
-WEIGHTS = "search/weights.py"
+WEIGHTS = "search/study.py"
 SPACE = {"a": FloatDistribution(0, 1), "b": FloatDistribution(0, 1)}
 STARTUP = 2
 
@@ -473,7 +475,7 @@ class WatchedASHA(ScheduleAwareASHA):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    # search/driver.py's start_ray sets RAY_AIR_NEW_OUTPUT=0 so that Tune prints its table;
+    # search/cluster.py's start_ray sets RAY_AIR_NEW_OUTPUT=0 so that Tune prints its table;
     # the workers import this module's trainable from the folder of the tests
     path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
     with mock.patch.dict(os.environ, {"RAY_AIR_NEW_OUTPUT": "0", "PYTHONPATH": path,
@@ -604,7 +606,8 @@ def test_the_driver_s_tuner_prints_tunes_table_and_reads_trial_statuses(grid_run
                 None)
     assert head is not None and "restored" not in head, changed(
         "Tune's CLIReporter (metric_columns, parameter_columns; printed only when "
-        "RAY_AIR_NEW_OUTPUT=0)", RAY, "search/driver.py (_tuner, start_ray)") + \
+        "RAY_AIR_NEW_OUTPUT=0)", RAY,
+        "search/driver.py (_tuner), search/cluster.py (start_ray)") + \
         f"; Tune printed:\n{grid_run.out[-3000:]}"
     assert "dies before its first result" in grid_run.seen.errors.get("dead", ""), changed(
         "Trial.error_file (its last line is the error)", RAY, "search/lineage.py (error_line)")
@@ -623,7 +626,7 @@ def test_the_tune_and_ray_api_the_driver_calls():
 
     for name in ("AuthenticationError", "RpcError"):  # start_ray's one-line errors
         assert issubclass(getattr(ray.exceptions, name, type(None)), Exception), changed(
-            f"ray.exceptions.{name}", RAY, "search/driver.py (start_ray)")
+            f"ray.exceptions.{name}", RAY, "search/cluster.py (start_ray)")
     restore = inspect.signature(tune.Tuner.restore).parameters
     assert {"trainable", "resume_unfinished", "resume_errored"} <= set(restore), changed(
         "tune.Tuner.restore's arguments", RAY, "search/driver.py (run_search)")

@@ -1,7 +1,7 @@
 """A real MLflow tracking server on a real PostgreSQL database, as a team would share one.
 
 The module starts Debian's PostgreSQL (the set-up installs it: `make postgres`) in a temporary
-cluster on 127.0.0.1, a role with a password and a database, then the README's
+cluster on 127.0.0.1, a role with a password and a database, then docs/cluster.md's
 `PGPASSWORD=... mlflow server --backend-store-uri postgresql://USER@127.0.0.1:PORT/mlflow
 --artifacts-destination DIR --host 127.0.0.1`, and tears both down afterwards. Against it, one
 smoke search with a password in its --tracking-uri: the server is killed mid-search (training
@@ -47,7 +47,7 @@ class Server:
         self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         self.pg_port, self.port = free_port(), free_port()
         self.proc: subprocess.Popen | None = None
-        # as the README has it: the password in PGPASSWORD (libpq reads it), not on the
+        # as docs/cluster.md has it: the password in PGPASSWORD (libpq reads it), not on the
         # command line, where `ps` shows it to every user
         self.backend = f"postgresql://{DB_USER}@127.0.0.1:{self.pg_port}/{DB_NAME}"
 
@@ -83,7 +83,7 @@ class Server:
             con.execute(f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}")
 
     def start_mlflow(self) -> None:
-        """The README's command (its own session, so that it and its workers stop together)."""
+        """docs/cluster.md's command (its own session, so that it and its workers stop together)."""
         log = open(self.root / "mlflow-server.log", "a")  # noqa: SIM115 (the server holds it)
         self.proc = subprocess.Popen(
             [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", self.backend,
@@ -351,9 +351,10 @@ def test_the_pipeline_stops_after_a_stage_that_trained_without_mlflow(tmp_path, 
                                                                       capsys):
     """Its later stages read MLflow: the pipeline stops (exit 3), the stage stays to do, so
     --resume with the server back records it before going on."""
-    from search import pipeline
     from search.profiles import PROFILES
     from search.workspace import Workspace
+    from trainables.cli import EXIT_OFFLINE
+    from tunefuse import stages as pipeline
 
     ws = Workspace.open(tmp_path / "ws")
     stages = pipeline.plan("p", ["cnn"], False)
@@ -367,7 +368,7 @@ def test_the_pipeline_stops_after_a_stage_that_trained_without_mlflow(tmp_path, 
 
     monkeypatch.setattr(pipeline, "run_stage", trained_offline)
     code = pipeline.run_pipeline(None, ws, None, store, state, stages, PROFILES["smoke"])
-    assert code == pipeline.EXIT_OFFLINE == 3
+    assert code == EXIT_OFFLINE == 3
     assert [s["status"] for s in store.load()["stages"]] == ["failed", "pending"]
     assert "MLflow went away (above); when it is back, re-run the same command with " \
            "--resume" in capsys.readouterr().err

@@ -255,7 +255,7 @@ def test_asha_stopped_exactly_the_trials_below_their_rungs_cutoff(smoke_pipeline
 
 
 def test_resume_of_a_finished_pipeline_only_prints_the_summary(smoke_pipeline):
-    from search import pipeline
+    from tunefuse.stages import fmt_time
 
     before = trial_runs(smoke_pipeline.ws)
     code, out = _run_streaming([sys.executable, "-m", "search.pipeline", "--profile", "smoke",
@@ -265,7 +265,7 @@ def test_resume_of_a_finished_pipeline_only_prints_the_summary(smoke_pipeline):
     assert "5 stage(s) already done" in out and "=== stage" not in out
     assert "seed: Model fusion (4 models)" in out
     assert trial_runs(smoke_pipeline.ws) == before
-    assert pipeline.fmt_time(3725) == "1h 02m" and pipeline.fmt_time(61.4) == "1m 01s"
+    assert fmt_time(3725) == "1h 02m" and fmt_time(61.4) == "1m 01s"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -276,7 +276,7 @@ def test_resume_of_a_finished_pipeline_only_prints_the_summary(smoke_pipeline):
     (["--resume"], "no pipeline named 'smoke'"),
 ])
 def test_bad_arguments(args, message, earlier_workspace, capsys):
-    from search import pipeline
+    from tunefuse import pipeline
 
     with untouched(earlier_workspace):  # docs/bad-input.md: workspace untouched
         code = exit_code(pipeline.main, "--profile", "smoke", "--workspace",
@@ -290,20 +290,24 @@ def test_bad_arguments(args, message, earlier_workspace, capsys):
 def test_the_train_size_reaches_every_stage(given, expected):
     """--train-size given to the pipeline (a number, or all) is what each stage loads; without
     it, the profile's."""
-    from search import grid, pipeline, weights
-    from search.driver import train_size
+    from search.grid import GridOptions
+    from search.options import train_size
     from search.profiles import PROFILES
+    from search.weights import WeightsOptions
+    from trainables.cli import options_from
+    from tunefuse import pipeline
+    from tunefuse.stages import stage_options
 
     args = pipeline.parser().parse_args(
         ["--profile", "quick", *(["--train-size", given] if given else [])])
-    stage_argv = pipeline.shared_argv(args)
-    for module in (grid, weights):
-        stage_args = module.parser().parse_args(["--model", "resnet18", *stage_argv])
-        assert train_size(stage_args, PROFILES["quick"]) == expected
+    options = options_from(pipeline.PipelineOptions, args)
+    for cls in (GridOptions, WeightsOptions):
+        stage = stage_options(cls, options, model="resnet18", name="s", resume=False)
+        assert train_size(stage, PROFILES["quick"]) == expected
 
 
 def test_a_second_pipeline_of_the_same_name_is_refused(smoke_pipeline, capsys):
-    from search import pipeline
+    from tunefuse import pipeline
 
     with untouched(smoke_pipeline.ws):  # the pipeline's state, its runs and files as they were
         code = exit_code(pipeline.main, "--profile", "smoke", "--workspace",

@@ -261,7 +261,8 @@ def test_a_trial_tune_made_again_takes_over_the_run_created_for_it(tmp_path):
 
     from mlflow.tracking import MlflowClient
 
-    from search.lineage import MLflowLineage, config_key
+    from search.lineage import MLflowLineage
+    from search.records import config_key
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -324,7 +325,7 @@ def test_a_checkpoint_download_cut_short_is_not_taken_for_the_checkpoint(tmp_pat
     the next report would take for a whole checkpoint."""
     from types import SimpleNamespace
 
-    from analysis.report import fetch_checkpoint
+    from analysis.publish import fetch_checkpoint
     from search.workspace import Workspace
 
     ws = Workspace.open(tmp_path / "ws")

@@ -3,7 +3,7 @@ otherwise, Ray's token authentication is left on. (Credentials in tracking URIs:
 tests/test_mlflow_server.py; the live dashboard's 401 without a token: tests/test_pipeline.py.)
 
 "Binds to 127.0.0.1" is checked on the sockets that listen while the servers run: the Ray
-dashboard that search/driver.py's start_ray starts, and the README's `mlflow ui` and `mlflow
+dashboard that search/cluster.py's start_ray starts, and the README's `mlflow ui` and `mlflow
 models serve` commands; each server's process tree is listed with psutil, and its port is
 tried on every other address of the machine."""
 
@@ -32,6 +32,7 @@ from conftest import free_port, wait_http
 
 from bench.chaos import kill_group
 from trainables import checkpoint
+from trainables.files import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -102,7 +103,7 @@ def test_a_cached_array_that_holds_objects_is_recomputed_not_unpickled(tmp_path,
 
     ckpt = tmp_path / "member.pt"
     ckpt.write_bytes(b"weights")
-    key = f"{inference.file_digest(ckpt)[:24]}-{Split.fingerprint[:16]}"
+    key = f"{sha256_file(ckpt)[:24]}-{Split.fingerprint[:16]}"
     (tmp_path / "cache").mkdir()
     np.savez(tmp_path / "cache" / f"{key}.npz", val=np.array([Payload()], dtype=object),
              test=np.zeros(1))
@@ -117,7 +118,7 @@ def test_a_cached_array_that_holds_objects_is_recomputed_not_unpickled(tmp_path,
 
 
 def test_servers_bind_to_loopback_and_ray_keeps_its_token():
-    source = (ROOT / "search" / "driver.py").read_text()
+    source = (ROOT / "search" / "cluster.py").read_text()
     assert 'dashboard_host="127.0.0.1"' in source
     for path in SOURCES:  # token authentication is never turned off, nothing binds everywhere
         text = path.read_text()
@@ -253,22 +254,22 @@ def serve(argv: list[str], env: dict, port: int, ready: str, cwd: Path) -> list:
 
 
 def test_the_ray_dashboard_listens_on_loopback_only(monkeypatch):
-    """search/driver.py's start_ray, as `python -m search.grid` calls it. Only the dashboard
+    """search/cluster.py's start_ray, as `python -m search.grid` calls it. Only the dashboard
     is the project's promise: Ray's GCS, raylet, workers, agents and metrics exporters listen
-    beyond loopback by design (README, *A Ray cluster*); the table lists them."""
+    beyond loopback by design (docs/cluster.md, *What listens where*); the table lists them."""
     import ray
     from ray.dashboard.consts import DASHBOARD_METRIC_PORT
 
-    from search import driver
+    from search import cluster
     from search.grid import parser
 
     port = free_port()
     args = parser().parse_args(["--model", "cnn", "--num-cpus", "1", "--dashboard-port",
                                 str(port)])
-    monkeypatch.setattr(driver, "_DASHBOARD", [])
+    monkeypatch.setattr(cluster, "_DASHBOARD", [])
     with mock.patch.dict(os.environ, {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}):
         try:
-            url = driver.start_ray(args)
+            url = cluster.start_ray(args)
             assert url == f"http://127.0.0.1:{port}"
             # it answers once up (ray.init does not wait for it), and its API wants the
             # token (the page itself is public)

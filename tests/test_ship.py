@@ -12,7 +12,6 @@ import gzip
 import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import need_real_data
+from conftest import free_port, need_real_data
 from PIL import Image
 
 from analysis import predict
@@ -197,12 +196,6 @@ print(json.dumps({"probs": frame.drop(columns='label').values.tolist(),
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert not got["code"].startswith(str(ROOT))
     np.testing.assert_allclose(np.array(got["probs"]), expected, atol=1e-6, rtol=0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_ping(base: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:

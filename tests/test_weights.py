@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
 from conftest import exit_code, need_real_data, untouched
+from conftest import run_module as run
 from optuna.trial import TrialState
 
-from search.weights import DurableOptunaSearch, SeededTPESampler
+from search.study import DurableOptunaSearch, SeededTPESampler
 from trainables.engine import SEED_CLASS_WEIGHTS, ConfigError, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,12 +20,6 @@ UNIFORM = [1.0] * 10
 @pytest.fixture(scope="module", autouse=True)
 def quiet_optuna():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def run(module, *args, timeout=600):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout,
-                          env={**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
 
 
 def weights_runs(ws: Path, name: str):

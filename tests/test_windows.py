@@ -11,7 +11,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, need_real_data
+from conftest import ROOT, need_real_data, saved_tune_trials
 
 from bench import chaos
 
@@ -43,14 +43,8 @@ def grid_reference(tmp_path_factory) -> Path:
 
 def saved_trials(ws: Path, experiment: str = "grid-cnn") -> dict:
     """trial id -> (status, the checkpoint the saved experiment state names, its epoch)."""
-    from ray.tune import ExperimentAnalysis
-
-    try:
-        trials = ExperimentAnalysis(str(ws / "ray_results" / experiment)).trials
-    except Exception:  # nothing saved yet
-        return {}
     out = {}
-    for t in trials:
+    for t in saved_tune_trials(ws, experiment):
         result = t.run_metadata.checkpoint_manager.latest_checkpoint_result
         out[t.trial_id] = (t.status, t.checkpoint.path if t.checkpoint else None,
                            (result.metrics or {}).get("epoch") if result else None)

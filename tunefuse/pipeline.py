@@ -1,0 +1,147 @@
+"""The seed's whole study in one command: three architectures, class weights, fusion, a report.
+
+    python -m search.pipeline [--profile quick|seed|smoke] [--models cnn,resnet18,inception]
+        [--workspace outputs] [--name NAME] [--resume] [--no-weights] [--method greedy] ...
+
+(``python -m tunefuse.pipeline`` is the same command.) Stages, in order, each an ordinary
+experiment of the workspace (the same commands a user runs one by one, with the same MLflow
+lineage and resume; tunefuse/stages.py):
+
+    NAME-grid-MODEL          python -m search.grid --model MODEL, for every model
+    NAME-weights-resnet18    python -m search.weights --model resnet18, from its grid's winner
+    NAME (the report)        python -m analysis.report over the experiments above
+
+NAME defaults to the profile's name. The pipeline's own state (which stages finished, how long
+each took) lives in WORKSPACE/pipelines/NAME.json. ``--resume`` skips the finished stages and
+continues the interrupted one from its last checkpoints. All stages share one Ray cluster, so
+the dashboard stays at one address for the whole run.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+from search.options import (
+    ALIASES,
+    SearchOptions,
+    UsageError,
+    add_search_args,
+    check_resources,
+    check_resume,
+    load_data,
+)
+from search.profiles import PROFILES
+from search.workspace import Workspace, WorkspaceError, redact
+from trainables.cli import EXIT_USAGE, ArgParser, at_least, options_from
+from trainables.data import DataError
+from trainables.engine import ConfigError, check_batch
+from trainables.models import list_models
+from tunefuse.stages import PipelineState, plan, run_pipeline
+
+DEFAULT_MODELS = ("cnn", "resnet18", "inception")
+
+
+@dataclass(frozen=True)
+class PipelineOptions(SearchOptions):
+    """The flags of the pipeline, typed; the searches' own (SearchOptions) reach every stage."""
+
+    models: str = ",".join(DEFAULT_MODELS)
+    no_weights: bool = False
+    top_k: int | None = None
+    per_model_cap: int | None = None
+    method: str | None = None
+    calibrate: bool | None = None
+    no_register: bool = False
+
+
+def parser() -> ArgParser:
+    p = ArgParser(prog="python -m search.pipeline",
+                  description="Grid-search three architectures, search ResNet18's class "
+                              "weights, fuse the best checkpoints and write the report.")
+    g = p.add_argument_group("pipeline")
+    g.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help="comma-separated models to grid-search (default "
+                        f"{','.join(DEFAULT_MODELS)})")
+    g.add_argument("--no-weights", action="store_true", help="skip the class-weight search")
+    g.add_argument("--top-k", type=int, help="members to fuse (default: the profile's)")
+    g.add_argument("--per-model-cap", type=at_least(1), help="at most N members per architecture")
+    g.add_argument("--method", choices=("uniform", "greedy"),
+                   help="fusion (default: the profile's)")
+    g.add_argument("--calibrate", action="store_true", default=None,
+                   help="temperature-scale each member on validation first")
+    g.add_argument("--no-register", action="store_true",
+                   help="do not register the fused model in MLflow")
+    add_search_args(p, "the profile's name")
+    return p
+
+
+def model_list(options: PipelineOptions) -> list[str]:
+    """--models as registered model names; ValueError for an empty, unknown or repeated one."""
+    models = [ALIASES.get(m.strip(), m.strip()) for m in options.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in list_models()]
+    if not models:
+        raise ValueError(f"--models is empty; name at least one of {', '.join(list_models())}")
+    if unknown:
+        raise ValueError(f"unknown model(s) {', '.join(unknown)} in --models; choose from "
+                         f"{', '.join(list_models())}")
+    if len(set(models)) != len(models):
+        raise ValueError(f"--models names a model twice ({options.models})")
+    return models
+
+
+def check_new(options: PipelineOptions, ws: Workspace, stages, models) -> None:
+    """A new pipeline: its experiments must be new, and every stage must take its data,
+    checked before the pipeline is recorded (a stage that refused it would leave a pipeline
+    that only --resume continues)."""
+    taken = [s.name for s in stages if s.kind != "report" and ws.load_state(s.name)]
+    if taken:
+        raise ValueError(f"experiment {taken[0]!r} already exists in {ws.root}; pass "
+                         "--name for a new pipeline")
+    profile = PROFILES[options.profile]
+    split = load_data(options)
+    check_batch(max(max(profile.grid(m)[0]) for m in models), len(split.y_train),
+                "raise --train-size", what=f"the {profile.name} profile's batch size")
+
+
+def run(options: PipelineOptions, argv: list[str] | None = None) -> int:
+    """Run (or resume) the pipeline; the exit code. ``argv`` is recorded in its state."""
+    profile = PROFILES[options.profile]
+    name = options.name or profile.name
+    try:
+        models = model_list(options)
+        if options.top_k is not None and options.top_k < 1:
+            raise ValueError("--top-k must be at least 1")
+        check_resources(options)
+        ws = Workspace.open(options.workspace, options.tracking_uri, options.storage_path)
+        client = ws.client()
+        store = PipelineState(ws, name)
+        state = store.load()
+        stages = plan(name, models, not options.no_weights)
+        check_resume("pipeline", name, state is not None, options.resume, ws.root)
+        if state is not None and [s["name"] for s in state["stages"]] != [s.name for s in
+                                                                            stages]:
+            raise ValueError(f"pipeline {name!r} was started with other stages ("
+                             f"{', '.join(s['name'] for s in state['stages'])}); resume it "
+                             "with the same --models and weights setting")
+        if state is None:
+            check_new(options, ws, stages, models)
+    except (ValueError, UsageError, WorkspaceError, DataError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if state is None:
+        state = {"name": name, "profile": profile.name, "created": time.time(),
+                 "argv": [redact(a) for a in (sys.argv[1:] if argv is None else argv)],
+                 "stages": [{"name": s.name, "kind": s.kind, "model": s.model,
+                             "status": "pending", "seconds": 0.0} for s in stages]}
+        store.save(state)
+    return run_pipeline(options, ws, client, store, state, stages, profile)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(options_from(PipelineOptions, parser().parse_args(argv)), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

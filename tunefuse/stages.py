@@ -1,0 +1,224 @@
+"""The pipeline's stages: the plan, the state that says what each did, and running them.
+
+Each stage is an ordinary experiment of the workspace, run through its own ``run(options)``
+(search/grid.py, search/weights.py, analysis/report.py) with options built from the pipeline's:
+the same commands a user runs one by one, with the same MLflow lineage and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, fields
+
+from tqdm import tqdm
+
+from analysis import report
+from analysis.publish import FUSION_EXPERIMENT
+from analysis.render import seed_table
+from search import grid, weights
+from search.cluster import dashboard_url
+from search.options import SearchOptions
+from search.summary import where_to_look, winner
+from search.workspace import Workspace
+from trainables import failpoints
+from trainables.cli import EXIT_INTERRUPTED, EXIT_OFFLINE, EXIT_OK
+from trainables.files import write_json
+
+WEIGHTS_MODEL = "resnet18"  # the seed hand-tuned the class weights of its ResNet
+
+
+@dataclass
+class Stage:
+    name: str  # the experiment (or report) name
+    kind: str  # grid, weights, report
+    model: str | None = None
+
+
+def plan(name: str, models: list[str], with_weights: bool) -> list[Stage]:
+    stages = [Stage(f"{name}-grid-{m}", "grid", m) for m in models]
+    if with_weights and WEIGHTS_MODEL in models:
+        stages.append(Stage(f"{name}-weights-{WEIGHTS_MODEL}", "weights", WEIGHTS_MODEL))
+    stages.append(Stage(name, "report"))
+    return stages
+
+
+class PipelineState:
+    """WORKSPACE/pipelines/NAME.json: the plan, and what each stage did."""
+
+    def __init__(self, ws: Workspace, name: str):
+        self.path = ws.root / "pipelines" / f"{name}.json"
+
+    def load(self) -> dict | None:
+        return json.loads(self.path.read_text()) if self.path.exists() else None
+
+    def save(self, state: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.path, state)
+
+
+def stage_options(cls, options, **given):
+    """A search stage's options: every flag the searches share, as the pipeline got it (a new
+    shared flag reaches the stages with no code here), and ``given``."""
+    shared = {f.name: getattr(options, f.name) for f in fields(SearchOptions)}
+    return cls(**{**shared, **given})
+
+
+def fmt_time(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m // 60}h {m % 60:02d}m" if m >= 60 else f"{m}m {s:02d}s"
+
+
+def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
+    records = {s["name"]: s for s in state["stages"]}
+    todo = [s for s in stages if records[s.name]["status"] != "done"]
+    print(f"pipeline {state['name']} ({profile.name} profile): " +
+          " -> ".join(s.name for s in stages) +
+          (f"; {len(stages) - len(todo)} stage(s) already done" if len(todo) < len(stages)
+           else ""), flush=True)
+    started = time.time()
+    dashboard = None
+    bar = tqdm(total=len(stages), initial=len(stages) - len(todo), desc="pipeline",
+               unit="stage", file=sys.stdout, disable=None, leave=True)
+    for i, stage in enumerate(stages, 1):
+        rec = records[stage.name]
+        if rec["status"] == "done":
+            continue
+        resume = ws.load_state(stage.name) is not None and stage.kind != "report"
+        print(f"\n=== stage {i}/{len(stages)}: {stage.name} ({stage.kind}"
+              f"{' ' + stage.model if stage.model else ''}){' - resuming' if resume else ''}",
+              flush=True)
+        bar.set_postfix_str(stage.name)
+        t0 = time.time()
+        code = attempt(options, ws, client, store, state, stage, stages, profile, resume)
+        if code == EXIT_OK and (ws.load_state(stage.name) or {}).get("mlflow_offline"):
+            code = EXIT_OFFLINE
+        dashboard = dashboard or dashboard_url()
+        rec["seconds"] = rec.get("seconds", 0.0) + time.time() - t0
+        if code != EXIT_OK:
+            rec["status"] = "interrupted" if code == EXIT_INTERRUPTED else "failed"
+            rec["exit_code"] = code
+            store.save(state)
+            bar.close()
+            print(f"\npipeline {state['name']}: stage {stage.name} {why_stopped(code)} re-run "
+                  "the same command with --resume to continue from it (finished stages are "
+                  "skipped)", file=sys.stderr)
+            return code
+        rec["status"] = "done"
+        store.save(state)
+        bar.update(1)
+    bar.close()
+    state["finished"] = time.time()
+    store.save(state)
+    print_summary(ws, client, state, stages, time.time() - started, dashboard)
+    return EXIT_OK
+
+
+def why_stopped(code: int) -> str:
+    if code == EXIT_INTERRUPTED:
+        return "was interrupted;"
+    if code == EXIT_OFFLINE:
+        return "trained its trials, but MLflow went away (above); when it is back,"
+    return f"ended with exit code {code}; fix the cause above, then"
+
+
+def attempt(options, ws, client, store, state, stage: Stage, stages, profile,
+            resume: bool) -> int:
+    """Run one stage, its state saved as running first; its exit code."""
+    rec = next(s for s in state["stages"] if s["name"] == stage.name)
+    if stage.kind == "report" and report_done(ws, client, stage, rec):
+        print(f"the report {stage.name} was written before the interruption; kept",
+              flush=True)
+        return EXIT_OK  # it ended before a kill, and the state did not say so yet
+    if stage.kind == "report" and "started" in rec:
+        close_killed_reports(client, stage)
+    rec["status"] = "running"
+    rec.setdefault("started", time.time())
+    store.save(state)
+    try:
+        code = run_stage(options, ws, client, state, stage, stages, profile, resume)
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    # the stage has ended; the pipeline's state does not say so yet
+    failpoints.reach("stage-finished", stage=stage.name, code=code)
+    return code
+
+
+def report_done(ws: Workspace, client, stage: Stage, rec: dict) -> bool:
+    """Whether this pipeline's report stage wrote its report and finished its MLflow run
+    (after the stage started) although the pipeline's state still says it runs."""
+    if "started" not in rec:
+        return False
+    try:
+        summary = json.loads((ws.root / "reports" / stage.name / "summary.json").read_text())
+        run = client.get_run(summary["mlflow"]["run_id"])
+    except Exception:  # no report, or one without its run: write it
+        return False
+    return run.info.status == "FINISHED" and run.info.start_time / 1000 >= rec["started"] - 1
+
+
+def close_killed_reports(client, stage: Stage) -> None:
+    """A report killed before it ended left its fusion run RUNNING: mark it KILLED (the
+    report is written again under a new run)."""
+    exp = client.get_experiment_by_name(FUSION_EXPERIMENT)
+    if exp is None:
+        return
+    for run in client.search_runs([exp.experiment_id], f"attributes.run_name = '{stage.name}' "
+                                  "and attributes.status = 'RUNNING'", max_results=100):
+        client.set_terminated(run.info.run_id, "KILLED")
+
+
+def run_stage(options, ws, client, state, stage: Stage, stages, profile, resume: bool) -> int:
+    if stage.kind == "grid":
+        return grid.run(stage_options(grid.GridOptions, options, model=stage.model,
+                                      name=stage.name, resume=resume))
+    if stage.kind == "weights":
+        grid_stage = f"{state['name']}-grid-{stage.model}"
+        win = winner(client.get_run((ws.load_state(grid_stage) or {})["parent_run_id"]))
+        print(f"class weights of {stage.model} with its grid's winner ({grid_stage}, val "
+              f"{win['val_acc']:.4f}): batch size {win['batch_size']}, {win['epochs']} "
+              f"epochs, width {win['width']}", flush=True)
+        return weights.run(stage_options(
+            weights.WeightsOptions, options, model=stage.model, name=stage.name, resume=resume,
+            batch_size=win["batch_size"], epochs=win["epochs"], width=win["width"]))
+    return report.run(report.ReportOptions(
+        workspace=options.workspace, tracking_uri=options.tracking_uri, name=stages[-1].name,
+        experiments=",".join(s.name for s in stages if s.kind != "report"),
+        top_k=options.top_k or profile.fusion_top_k,
+        method=options.method or profile.fusion_method,
+        per_model_cap=options.per_model_cap or profile.fusion_per_model_cap,
+        calibrate=bool(options.calibrate if options.calibrate is not None
+                       else profile.fusion_calibrate),
+        no_register=options.no_register, data_dir=options.data_dir))
+
+
+def stage_best(ws: Workspace, client, stage: Stage) -> tuple[int | None, float | None]:
+    """Trials finished and the best validation accuracy of a search stage, from MLflow."""
+    state = ws.load_state(stage.name)
+    if not state:
+        return None, None
+    run = client.get_run(state["parent_run_id"])
+    finished = run.data.tags.get("trials_finished")
+    return (int(finished) if finished else None), run.data.metrics.get("best_val_acc")
+
+
+def print_summary(ws, client, state, stages, seconds: float, dashboard: str | None) -> None:
+    total = sum(s["seconds"] for s in state["stages"])
+    print(f"\n{'=' * 72}\npipeline {state['name']}: all {len(stages)} stages done "
+          f"(this run {fmt_time(seconds)}, all runs {fmt_time(total)})\n")
+    print(f"{'stage':<32} {'trials':>6} {'best val_acc':>12} {'time':>9}")
+    for s, rec in zip(stages, state["stages"], strict=True):
+        trials, best = stage_best(ws, client, s) if s.kind != "report" else (None, None)
+        print(f"{s.name:<32} {'' if trials is None else trials:>6} "
+              f"{'' if best is None else f'{best:.4f}':>12} {fmt_time(rec['seconds']):>9}")
+    out = ws.root / "reports" / stages[-1].name
+    summary = json.loads((out / "summary.json").read_text())
+    rows = seed_table(summary)
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'model':<{width}}  {'validation':>10}  {'test':>8}")
+    for a, b, c in rows:
+        print(f"{a:<{width}}  {b:>10}  {c:>8}")
+    print()
+    where_to_look(ws.tracking_uri, dashboard, report=str(out / "report.html"),
+                  fused_model=(summary.get("mlflow") or {}).get("model_uri"))

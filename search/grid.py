@@ -20,19 +20,16 @@ from search.asha import ScheduleAwareASHA
 from search.driver import Search, run_search
 from search.options import (
     ALIASES,
+    REFUSED,
     SearchOptions,
-    UsageError,
     add_search_args,
     base_config,
     check_resources,
-    check_warmup,
-    check_width,
+    check_trial,
     load_data,
 )
 from search.profiles import PROFILES
 from trainables.cli import EXIT_USAGE, ArgParser, above_one, at_least, options_from, positive_ints
-from trainables.data import DataError
-from trainables.engine import ConfigError, check_batch
 from trainables.models import list_models
 
 
@@ -101,13 +98,12 @@ def run(options: GridOptions, space_overrides: dict | None = None) -> int:
     try:
         check_resources(options)
         split = load_data(options)
-        check_batch(max(batch_sizes), len(split.y_train), "lower --batch-sizes")
-        check_warmup(min(epochs), warmup(options))
-        check_width(model, options.width)
+        check_trial(model, max(batch_sizes), min(epochs), warmup(options), options.width,
+                    len(split.y_train), "--batch-sizes")
         warmups = None if options.no_shared_warmups else str(
             Path(options.workspace).expanduser().resolve() / "warmups")
         param_space = {**space(options, model, warmups), **(space_overrides or {})}
-    except (DataError, ConfigError, UsageError) as e:
+    except REFUSED as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     scheduler = None

@@ -14,9 +14,10 @@ import socket
 from dataclasses import dataclass
 
 from search.profiles import PROFILES, Profile
+from search.workspace import WorkspaceError
 from trainables.cli import ArgParser
-from trainables.data import add_data_args, load_split
-from trainables.engine import ConfigError, TrainConfig
+from trainables.data import DataError, add_data_args, load_split
+from trainables.engine import ConfigError, TrainConfig, check_batch
 
 PROFILE_TRAIN_SIZE = -1  # --train-size not given: the profile's (None, from "all", is all)
 ALIASES = {"resnet": "resnet18"}  # --model resnet, as the seed calls it
@@ -24,6 +25,10 @@ ALIASES = {"resnet": "resnet18"}  # --model resnet, as the seed calls it
 
 class UsageError(Exception):
     """Bad arguments found after parsing; one line, exit 2."""
+
+
+# What a search refuses before anything starts or is recorded: one line, exit 2.
+REFUSED = (UsageError, ConfigError, DataError, WorkspaceError)
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,15 @@ def check_warmup(epochs: int, warmup: int) -> None:
 def check_width(model: str, width: int | None) -> None:
     if width is not None and model == "cnn":
         raise ConfigError("the cnn has a fixed width (the seed's); drop --width")
+
+
+def check_trial(model: str, batch_size: int, epochs: int, warmup: int, width: int | None,
+                train_images: int, batch_flag: str) -> None:
+    """A trial of these settings could run: its batch fits the training set (else: lower
+    ``batch_flag``), its epochs hold the warm-up, and only models with a width get one."""
+    check_batch(batch_size, train_images, f"lower {batch_flag}")
+    check_warmup(epochs, warmup)
+    check_width(model, width)
 
 
 def base_config(options: SearchOptions, model: str, width: int | None, warmup: int,

@@ -35,12 +35,12 @@ from search.asha import ScheduleAwareASHA
 from search.driver import Search, run_search
 from search.options import (
     ALIASES,
+    REFUSED,
     SearchOptions,
-    UsageError,
     add_search_args,
     base_config,
     check_resources,
-    check_warmup,
+    check_trial,
     check_width,
     load_data,
 )
@@ -53,10 +53,10 @@ from search.study import (
     study_trials,
 )
 from search.summary import grid_defaults
-from search.workspace import Workspace, WorkspaceError
+from search.workspace import Workspace
 from trainables.cli import EXIT_USAGE, ArgParser, above_one, at_least, options_from
-from trainables.data import NUM_CLASSES, DataError
-from trainables.engine import HARD_CLASSES, SEED_CLASS_WEIGHTS, ConfigError, check_batch
+from trainables.data import NUM_CLASSES
+from trainables.engine import HARD_CLASSES, SEED_CLASS_WEIGHTS, ConfigError
 from trainables.models import list_models
 
 SPACES = {"full": tuple(range(NUM_CLASSES)), "hard-pairs": HARD_CLASSES}
@@ -226,9 +226,9 @@ def run(options: WeightsOptions) -> int:
         ws = Workspace.open(options.workspace, options.tracking_uri, options.storage_path)
         s = settings(options, ws, num_samples)
         split = load_data(options)
-        check_batch(s.batch_size, len(split.y_train), "lower --batch-size")
-        check_warmup(s.epochs, s.warmup)
-    except (DataError, ConfigError, WorkspaceError, UsageError) as e:
+        check_trial(s.model, s.batch_size, s.epochs, s.warmup, None, len(split.y_train),
+                    "--batch-size")
+    except REFUSED as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     source = s.found.get("from") or f"the {profile.name} profile"

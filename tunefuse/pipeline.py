@@ -25,18 +25,17 @@ from dataclasses import dataclass
 
 from search.options import (
     ALIASES,
+    REFUSED,
     SearchOptions,
-    UsageError,
     add_search_args,
     check_resources,
     check_resume,
     load_data,
 )
 from search.profiles import PROFILES
-from search.workspace import Workspace, WorkspaceError, redact
+from search.workspace import Workspace, redact
 from trainables.cli import EXIT_USAGE, ArgParser, at_least, options_from
-from trainables.data import DataError
-from trainables.engine import ConfigError, check_batch
+from trainables.engine import check_batch
 from trainables.models import list_models
 from tunefuse.stages import PipelineState, plan, run_pipeline
 
@@ -127,7 +126,7 @@ def run(options: PipelineOptions, argv: list[str] | None = None) -> int:
                              "with the same --models and weights setting")
         if state is None:
             check_new(options, ws, stages, models)
-    except (ValueError, UsageError, WorkspaceError, DataError, ConfigError) as e:
+    except (ValueError, *REFUSED) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     if state is None:

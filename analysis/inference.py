@@ -29,15 +29,17 @@ def predict_probs(ckpt: dict, images, device: str = "auto", batch_size: int = 10
         raise ValueError(f"expected (N, H, W) uint8 images, got {tuple(x.shape)} {x.dtype}")
     if model is None:
         model = checkpoint.model_from(ckpt)
-    model = model.to(dev).eval()
+    fast = checkpoint.fast_path_of(ckpt, dev)  # the engine's path, as evaluate() runs it
+    model = fast.prepare(model.to(dev)).eval()
     mean, std = ckpt["normalize"]
-    cuda = dev.type == "cuda"
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size].to(dev).unsqueeze(1).float().div_(255)
+            if fast.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             xb = (xb - mean) / std
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+            with fast.autocast(dev):
                 logits = model(xb)
             out.append(logits.float().softmax(1).double().cpu())
     if not out:

@@ -1,14 +1,18 @@
-"""Training speed of every model, and the share of step time spent in augmentation.
+"""Training speed of the engine's default path against the plain fp32 path, side by side.
 
-    python bench/train_step.py [--seconds 20] [--threads 2] [--device auto] [--full-width]
+    python bench/train_step.py [--seconds 10] [--threads 1] [--device auto] [--full-width]
+        [--batch-sizes 128,512] [--rounds 2] [--compile]
 
-For each model (the CNN with the seed's offline expansion; ResNet18 and Inception with online
-augmentation at the CPU profile's width and, with --full-width or on a GPU, at width 64) it runs
-real training epochs of the engine (trainables.engine.train_one_epoch) on a slice of the real
-training images sized to take about --seconds, and prints training images/s and the share of
-step time spent in augmentation (target: under 10%). Measured side by side in one run: each
-model is also timed with augmentation "none", and the ratio with/without is printed.
-"""
+For each model at the quick profile's widths (ResNet18 16, Inception 8; the CNN has the seed's) and,
+with --full-width, at width 64, it runs real training epochs of the engine
+(trainables.engine.train_one_epoch, the profile's augmentation) on a slice of the real training
+images sized to take about --seconds, once on the plain path (fp32, contiguous NCHW, eager, torch's
+Dropout: what the engine ran before it had a fast path) and once on the default path (``auto``: bf16
+autocast where the device has it natively, channels_last), alternating the two --rounds times and
+keeping each one's best, and prints images/s, their ratio and the augmentation's share of the step
+time. It ends with one line: ``speed-up vs fp32 eager: cnn X.XXx, resnet18 X.XXx, inception X.XXx``
+(the first width of each model). --compile adds a third path, the default under
+torch.compile(mode="max-autotune"), for the GPU measurement (bench/gpu_check.sh)."""
 
 from __future__ import annotations
 
@@ -17,59 +21,113 @@ import time
 
 import torch
 
+from search.profiles import PROFILES
 from trainables.data import load_split
-from trainables.engine import TrainConfig, build, resolve_device, train_one_epoch
+from trainables.engine import (
+    FP32,
+    TrainConfig,
+    build,
+    fast_path,
+    resolve_device,
+    train_one_epoch,
+)
+from trainables.models.layers import Dropout
 
-CPU_WIDTH = 16  # the CPU profiles' width for resnet18 and inception
+PROFILE = PROFILES["quick"]
+BATCH = {"cnn": 64, "resnet18": 128, "inception": 128}
 
 
-def measure(cfg: TrainConfig, split, seconds: float) -> dict:
+def torch_dropout(model: torch.nn.Module) -> None:
+    """torch's own Dropout in place of the project's (the plain path is the engine as it was)."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, Dropout):
+                module._modules[name] = torch.nn.Dropout(child.p)
+
+
+def measure(cfg: TrainConfig, split, seconds: float, compile_: bool = False,
+            plain: bool = False) -> dict:
     state = build(cfg, split)
-    # Calibrate on a small slice, then time one epoch over a slice sized to ``seconds``.
-    probe = 4 * cfg.batch_size
+    if plain:
+        torch_dropout(state.model)
+    model, fast = state.model, state.fast
+    if compile_:
+        model = torch.compile(model, mode="max-autotune")
     g = torch.Generator(state.device).manual_seed(0)
     args = dict(batch_size=cfg.batch_size, mean=state.mean, std=state.std, policy=cfg.augment,
-                class_weights=None, generator=g)
-    first = train_one_epoch(state.model, state.optimizer, state.x_train[:probe],
+                class_weights=None, generator=g, fast=fast)
+    # warm up (kernels chosen, compiled), calibrate, then time one epoch over a slice sized
+    # to take ``seconds``
+    probe = 4 * cfg.batch_size
+    train_one_epoch(model, state.optimizer, state.x_train[:probe], state.y_train[:probe],
+                    **args)
+    first = train_one_epoch(model, state.optimizer, state.x_train[:probe],
                             state.y_train[:probe], **args)
     n = int(min(len(state.x_train), max(probe, first["images_per_s"] * seconds)))
     n = max(cfg.batch_size, n // cfg.batch_size * cfg.batch_size)
-    return train_one_epoch(state.model, state.optimizer, state.x_train[:n], state.y_train[:n],
+    return train_one_epoch(model, state.optimizer, state.x_train[:n], state.y_train[:n],
                            **args)
+
+
+def cases(full_width: bool, batch_sizes: list[int] | None,
+          models: list[str]) -> list[tuple[str, dict, int]]:
+    out = []
+    for model in models:
+        widths = [PROFILE.widths.get(model)] + ([64] if full_width and model != "cnn" else [])
+        for width in widths:
+            for batch in batch_sizes or [BATCH[model]]:
+                out.append((model, {"width": width} if width else {}, batch))
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seconds", type=float, default=20, help="time per measurement")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=10, help="time per measurement")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads per run (default 1: a quick-profile trial's, two side by side "
+                        "on two cores)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--full-width", action="store_true", help="also width 64 on the CPU")
+    p.add_argument("--full-width", action="store_true", help="also width 64")
+    p.add_argument("--batch-sizes", help="e.g. 128,512 (default: cnn 64, the others 128)")
+    p.add_argument("--rounds", type=int, default=2, help="alternations of the two paths")
+    p.add_argument("--compile", action="store_true", help="also torch.compile(max-autotune)")
+    p.add_argument("--train-size", type=int, default=30_000)
+    p.add_argument("--models", default="cnn,resnet18,inception")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    full = args.full_width or device.type == "cuda"
-    split = load_split()
-    cases = [("cnn", {}, 64, "offline")]
-    for model in ("resnet18", "inception"):
-        widths = [CPU_WIDTH] + ([64] if full else [])
-        cases += [(model, {"width": w}, 128, "online") for w in widths]
-    print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{'model':<22} {'batch':>5} {'augment':>8} {'img/s':>9} {'img/s no aug':>13} "
-          f"{'ratio':>6} {'aug share':>10}")
-    for model, kwargs, batch, policy in cases:
-        cfg = TrainConfig(model=model, model_kwargs=kwargs, batch_size=batch, augment=policy,
-                          device=args.device, seed=0)
+    split = load_split(train_size=args.train_size)
+    default = fast_path("auto", "auto", device)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None
+    print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"plain: {FP32}, eager; default: {default}")
+    head = (f"{'model':<20} {'batch':>5} {'plain img/s':>12} {'default img/s':>14} "
+            f"{'speed-up':>9} {'aug share':>10}" + (f" {'compiled':>9}" if args.compile else ""))
+    print(head)
+    first = {}
+    for model, kwargs, batch in cases(args.full_width, batch_sizes, args.models.split(",")):
+        cfg = TrainConfig(model=model, model_kwargs=kwargs, batch_size=batch, seed=0,
+                          augment=PROFILE.augment.get(model, "auto"), device=args.device)
+        cfg_plain = TrainConfig(**{**cfg.to_dict(), "precision": FP32.precision,
+                                   "memory_format": "contiguous"})
         t0 = time.perf_counter()
-        with_aug = measure(cfg, split, args.seconds)
-        # "offline" adds no per-step work (the expansion is made once), so its share is ~0.
-        without = measure(TrainConfig(**{**cfg.to_dict(), "augment": "none"}), split,
-                          args.seconds)
-        name = f"{model}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
-        print(f"{name:<22} {batch:>5} {policy:>8} {with_aug['images_per_s']:>9,.0f} "
-              f"{without['images_per_s']:>13,.0f} "
-              f"{with_aug['images_per_s'] / without['images_per_s']:>6.2f} "
-              f"{100 * with_aug['augment_share']:>9.1f}%   ({time.perf_counter() - t0:.0f} s)",
-              flush=True)
+        plain, fast = [], []
+        for _ in range(args.rounds):  # alternating: a drift in the machine hits both
+            plain.append(measure(cfg_plain, split, args.seconds, plain=True))
+            fast.append(measure(cfg, split, args.seconds))
+        a = max(r["images_per_s"] for r in plain)
+        best = max(fast, key=lambda r: r["images_per_s"])
+        b = best["images_per_s"]
+        name = model + "".join(f"-w{v}" for v in kwargs.values())
+        line = (f"{name:<20} {batch:>5} {a:>12,.0f} {b:>14,.0f} {b / a:>8.2f}x "
+                f"{100 * best['augment_share']:>9.1f}%")
+        if args.compile:
+            c = measure(cfg, split, args.seconds, compile_=True)["images_per_s"]
+            line += f" {c:>9,.0f}"
+        print(f"{line}   ({time.perf_counter() - t0:.0f} s)", flush=True)
+        first.setdefault(model, b / a)
+    print("speed-up vs fp32 eager: " +
+          ", ".join(f"{m} {r:.2f}x" for m, r in first.items()))
 
 
 if __name__ == "__main__":

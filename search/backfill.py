@@ -103,6 +103,9 @@ def backfill(results, client, experiment_id: str, parent_id: str, metric: str,
             log_params(client, run.info.run_id, config)
         run_id = run.info.run_id
         rows = epochs(result)
+        fast = next((row["fast_path"] for row in rows.values() if row.get("fast_path")), None)
+        if fast and "fast_path" not in run.data.params:
+            client.log_param(run_id, "fast_path", str(fast))
         logged = {m.step for m in client.get_metric_history(run_id, "epoch")}
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, e) for e, row in sorted(rows.items()) if e not in logged

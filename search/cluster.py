@@ -10,7 +10,7 @@ import os
 
 import ray
 
-from search.options import UsageError
+from search.options import AUTO, UsageError
 from trainables.files import first_line
 
 _DASHBOARD: list[str | None] = []  # the dashboard of the cluster this process started
@@ -49,11 +49,34 @@ def start_ray(options) -> str | None:
     return url
 
 
+TRIALS_PER_GPU = 4  # trials packed on one GPU by --gpus-per-trial auto (bench/gpu_check.sh)
+MAX_CPUS_PER_GPU_TRIAL = 4  # a GPU trial's CPU work is its Python loop and the launches
+
+
+def resources(options) -> tuple[float, float]:
+    """(CPUs, GPUs) each trial takes: the numbers given, "auto" sized to the cluster. On GPUs
+    a trial takes 1/TRIALS_PER_GPU of one (small 28x28 models leave a GPU mostly idle, so
+    packed trials add throughput) and an equal share of the CPUs (at most
+    MAX_CPUS_PER_GPU_TRIAL); without GPUs, one CPU, trials side by side on the cores."""
+    total = ray.cluster_resources()
+    have_gpus = total.get("GPU", 0)
+    gpus = options.gpus_per_trial
+    if gpus == AUTO:
+        gpus = 1 / TRIALS_PER_GPU if have_gpus >= 1 else 0.0
+    cpus = options.cpus_per_trial
+    if cpus == AUTO:
+        cpus = 1.0
+        if gpus > 0:
+            share = int(total.get("CPU", 1) // max(1, round(have_gpus / gpus)))
+            cpus = float(max(1, min(MAX_CPUS_PER_GPU_TRIAL, share)))
+    return float(cpus), float(gpus)
+
+
 def check_cluster(options) -> None:
     """A trial must fit the cluster it was sent to (the one --address joined, too)."""
     total = ray.cluster_resources()
-    for flag, want, key in (("--cpus-per-trial", options.cpus_per_trial, "CPU"),
-                            ("--gpus-per-trial", options.gpus_per_trial, "GPU")):
+    cpus, gpus = resources(options)
+    for flag, want, key in (("--cpus-per-trial", cpus, "CPU"), ("--gpus-per-trial", gpus, "GPU")):
         if want > total.get(key, 0):
             raise UsageError(f"{flag} {want:g} is more than the {total.get(key, 0):g} "
                              f"{key}s of the Ray cluster; lower it or add nodes with {key}s")

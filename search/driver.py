@@ -21,10 +21,10 @@ from ray.tune import CLIReporter, ExperimentAnalysis
 
 from search import offline
 from search.backfill import catch_up
-from search.cluster import check_cluster, start_ray
+from search.cluster import check_cluster, resources, start_ray
 from search.lineage import MLflowLineage, TrialLines
-from search.options import UsageError, check_resume
-from search.summary import summarise
+from search.options import AUTO, UsageError, check_resume
+from search.summary import resource_text, summarise
 from search.workspace import Workspace, WorkspaceError, git_commit, redact
 from trainables import failpoints
 from trainables.cli import EXIT_INTERRUPTED, EXIT_STATE, EXIT_USAGE
@@ -53,6 +53,7 @@ class Search:
     trials_done: Callable[[Workspace], int] | None = None
     # report(results, client, parent_id, ws): extra lines and records at the end
     report: Callable | None = None
+    resources: tuple[float, float] | None = None  # (CPUs, GPUs) a trial takes, once resolved
 
 
 class StateError(Exception):
@@ -71,6 +72,7 @@ def run_search(options, search: Search, split, on_start=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_STATE
     offline.back_online(ws.tracking_uri)  # it answered: this search records again
+    search.resources = resources(options)
     experiment_id = ws.experiment_id(client, search.name)
     if state is None:  # saved before the parent run exists: a kill between the two leaves a
         state = {"name": search.name, "kind": search.kind, "parent_run_id": None,  # state
@@ -87,10 +89,13 @@ def run_search(options, search: Search, split, on_start=None) -> int:
     if on_start:
         on_start(ws, dashboard)
     print(f"experiment {search.name}: MLflow {redact(ws.tracking_uri)} (parent run "
-          f"{parent_id}), Ray dashboard {dashboard or 'n/a'}", flush=True)
-    resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
+          f"{parent_id}), Ray dashboard {dashboard or 'n/a'}; each trial takes "
+          f"{resource_text(search.resources)}"
+          + (" (auto)" if AUTO in (options.cpus_per_trial, options.gpus_per_trial) else ""),
+          flush=True)
+    cpus, gpus = search.resources
     trainable = tune.with_resources(
-        tune.with_parameters(ClassifierTrainable, split=split), resources)
+        tune.with_parameters(ClassifierTrainable, split=split), {"cpu": cpus, "gpu": gpus})
     lineage = MLflowLineage(ws.tracking_uri, experiment_id, parent_id, search.scheduler,
                             metric=search.metric)
     try:
@@ -137,7 +142,7 @@ def _fit(options, search: Search, ws: Workspace, state: dict, trainable, lineage
         results += list(tune.Tuner.restore(os.path.join(ws.storage_path, part),
                                            trainable=trainable).get_results())
     path = os.path.join(ws.storage_path, parts[-1])
-    if not (options.resume and tune.Tuner.can_restore(path)):
+    if not (options.resume and restorable(path)):
         results += list(_tuner(search, trainable, lineage, ws, options, parts[-1],
                                search.num_samples, first=True).fit())
         return results, stopped(path, client, parent_id, search, ws, state)
@@ -156,6 +161,13 @@ def _fit(options, search: Search, ws: Workspace, state: dict, trainable, lineage
                            first=False).fit())
     path = os.path.join(ws.storage_path, part)
     return results, stopped(path, client, parent_id, search, ws, state)
+
+
+def restorable(path: str) -> bool:
+    """Whether Tune saved an experiment state at ``path`` to restore. A Tuner writes its
+    tuner.pkl when it is made and its first experiment state only once it runs: a search
+    killed between the two has nothing to restore (no trial has reported) and starts again."""
+    return tune.Tuner.can_restore(path) and bool(list(Path(path).glob("experiment_state*.json")))
 
 
 def _restore(path: str, trainable):
@@ -186,6 +198,8 @@ def parent_run(client, experiment_id: str, search: Search, split, state: dict) -
         failpoints.reach("parent-run-created", run=parent_id)
     params = {**(search.params or {}), "data_fingerprint": split.fingerprint,
               "git_commit": git_commit(), "train_images": len(split.y_train)}
+    if search.resources:  # what each trial got ("auto" resolved on this cluster)
+        params.update(cpus_per_trial=search.resources[0], gpus_per_trial=search.resources[1])
     logged = client.get_run(parent_id).data.params
     for k, v in params.items():
         if k not in logged:
@@ -242,7 +256,7 @@ def _tuner(search: Search, trainable, lineage, ws: Workspace, options, name: str
                         "train_loss": "train loss", "images_per_s": "img/s"},
         parameter_columns={k: k for k in search.columns}, max_report_frequency=30,
         sort_by_metric=True, max_progress_rows=40)
-    return tune.Tuner(
+    tuner = tune.Tuner(
         trainable, param_space=search.param_space,
         tune_config=tune.TuneConfig(
             metric=search.metric, mode=MODE, scheduler=search.scheduler,
@@ -258,3 +272,6 @@ def _tuner(search: Search, trainable, lineage, ws: Workspace, options, name: str
                 num_to_keep=1, checkpoint_score_attribute=search.metric,
                 checkpoint_score_order=MODE, checkpoint_frequency=0),
             failure_config=tune.FailureConfig(max_failures=options.max_failures)))
+    # Tune wrote tuner.pkl; no experiment state yet (restorable)
+    failpoints.reach("tuner-created", experiment=name)
+    return tuner

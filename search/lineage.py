@@ -59,6 +59,7 @@ class MLflowLineage(tune.Callback):
         self.replaced: list[tuple[str, str]] = []  # (trial_id, checkpoint) since Tune's save
         self.last_result: dict[str, dict] = {}
         self.node: dict[str, str] = {}  # trial_id -> the node of its latest result
+        self.fast_logged: set[str] = set()  # trials whose fast_path param is logged
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment; the client stays out
         state = dict(self.__dict__)
@@ -145,6 +146,11 @@ class MLflowLineage(tune.Callback):
             self.client.set_tag(run_id, "node_ip", str(result.get("node_ip", "")))
         if result.get("checkpoint_fault"):
             self.client.set_tag(run_id, "checkpoint_fault", str(result["checkpoint_fault"])[:5000])
+        logged = self.__dict__.setdefault("fast_logged", set())  # (a callback pickled earlier)
+        if result.get("fast_path") and trial.trial_id not in logged:
+            # what "auto" chose on the trial's device, beside the config's params
+            self.client.log_param(run_id, "fast_path", str(result["fast_path"]))
+            logged.add(trial.trial_id)
         value = result.get(self.metric)
         if value is not None and value > self.best.get(trial.trial_id, (-1.0, 0))[0]:
             self.best[trial.trial_id] = (float(value), epoch)

@@ -8,6 +8,7 @@ options without forwarding flags by hand.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import socket
@@ -17,8 +18,9 @@ from search.profiles import PROFILES, Profile
 from search.workspace import WorkspaceError
 from trainables.cli import ArgParser
 from trainables.data import DataError, add_data_args, load_split
-from trainables.engine import ConfigError, TrainConfig, check_batch
+from trainables.engine import ConfigError, TrainConfig, add_fast_path_args, check_batch
 
+AUTO = "auto"
 PROFILE_TRAIN_SIZE = -1  # --train-size not given: the profile's (None, from "all", is all)
 ALIASES = {"resnet": "resnet18"}  # --model resnet, as the seed calls it
 
@@ -42,12 +44,14 @@ class SearchOptions:
     tracking_uri: str | None = None
     storage_path: str | None = None
     max_failures: int = 1
-    cpus_per_trial: float = 1
-    gpus_per_trial: float = 0
+    cpus_per_trial: float | str = AUTO  # a number, or "auto" (search/cluster.py resources)
+    gpus_per_trial: float | str = AUTO
     max_concurrent: int = 0
     address: str | None = None
     num_cpus: int | None = None
     dashboard_port: int = 8265
+    precision: str = "auto"
+    memory_format: str = "auto"
     data_dir: str | None = None
     download: bool = False
     train_size: int | None = PROFILE_TRAIN_SIZE
@@ -67,15 +71,29 @@ def add_search_args(p: ArgParser, default_name: str) -> None:
     g.add_argument("--max-failures", type=int, default=1,
                    help="retries of a failing trial before it is recorded as failed")
     r = p.add_argument_group("resources")
-    r.add_argument("--cpus-per-trial", type=float, default=1)
-    r.add_argument("--gpus-per-trial", type=float, default=0,
-                   help="fractions pack trials on one GPU, e.g. 0.25")
+    r.add_argument("--cpus-per-trial", type=resource_arg, default=AUTO,
+                   help="CPUs each trial takes (default auto: 1, or a GPU's share of the "
+                        "CPUs when trials run on GPUs)")
+    r.add_argument("--gpus-per-trial", type=resource_arg, default=AUTO,
+                   help="GPUs each trial takes; fractions pack trials on one GPU, e.g. 0.25 "
+                        "(default auto: a quarter of a GPU when the cluster has GPUs, else 0)")
     r.add_argument("--max-concurrent", type=int, default=0, help="0: as resources allow")
     r.add_argument("--address", help="join a Ray cluster (auto, ray://host:10001)")
     r.add_argument("--num-cpus", type=int, help="CPUs of the local cluster (default all)")
     r.add_argument("--dashboard-port", type=int, default=8265)
+    add_fast_path_args(r)
     add_data_args(p)
     p.set_defaults(train_size=PROFILE_TRAIN_SIZE, seed=0)
+
+
+def resource_arg(text: str) -> float | str:
+    """An argparse type: "auto" or a number."""
+    if text == AUTO:
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number, got {text!r}") from None
 
 
 def train_size(options, profile: Profile) -> int | None:
@@ -95,7 +113,8 @@ def check_resources(options) -> None:
     """Resource and cluster flags no trial could ever run with, refused before anything starts
     or is recorded: Tune itself waits for ever for resources the cluster lacks (it only warns
     every 60 s), and Ray waits minutes for an address that does not answer."""
-    cpus, gpus = options.cpus_per_trial, options.gpus_per_trial
+    cpus = 1.0 if options.cpus_per_trial == AUTO else options.cpus_per_trial
+    gpus = 0.0 if options.gpus_per_trial == AUTO else options.gpus_per_trial
     if not (math.isfinite(cpus) and cpus > 0):
         raise UsageError(f"--cpus-per-trial must be above 0, got {cpus:g}; e.g. 1, or 0.5 for "
                          "two trials per CPU")
@@ -182,8 +201,11 @@ def base_config(options: SearchOptions, model: str, width: int | None, warmup: i
                 **fields) -> TrainConfig:
     """A search's trial config before its search space: the model, the profile's augmentation,
     the resources; ``fields`` sets the rest (batch size, epochs, ...)."""
+    cpus, gpus = options.cpus_per_trial, options.gpus_per_trial
     return TrainConfig(
         model=model, model_kwargs={"width": width} if width else {}, warmup_epochs=warmup,
-        seed=options.seed, num_threads=max(1, int(options.cpus_per_trial)),
-        augment=PROFILES[options.profile].augment.get(model, "auto"),
-        device="cuda" if options.gpus_per_trial > 0 else "cpu", **fields)
+        seed=options.seed, augment=PROFILES[options.profile].augment.get(model, "auto"),
+        # "auto": what the trial's worker was given (trainables/trainable.py)
+        num_threads=None if cpus == AUTO else max(1, int(cpus)),
+        device="auto" if gpus == AUTO else "cuda" if gpus > 0 else "cpu",
+        precision=options.precision, memory_format=options.memory_format, **fields)

@@ -81,17 +81,40 @@ class DurableOptunaSearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str):
         super().restore(checkpoint_path)
-        known = {t.number for t in self._ot_trials.values()}
-        lost = [t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                if t.number not in known]
-        for t in lost:
-            storage = self._ot_study._storage
-            storage.set_trial_user_attr(t._trial_id, "lost", "asked before an "
-                                        "interruption, never run")
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        for t in lost:  # a starting point it held goes back to the queue, in its order
-            if "fixed_params" in t.system_attrs:
-                self._ot_study.enqueue_trial(t.system_attrs["fixed_params"])
+        forget_lost(self._ot_study, {t.number for t in self._ot_trials.values()})
+
+
+def forget_lost(study: optuna.Study, known: set[int]) -> int:
+    """Mark the study's RUNNING trials that Tune does not know (``known``: their numbers) FAIL
+    and ``lost``; a starting point one held goes back to the queue, in its order. Returns how
+    many were lost."""
+    lost = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.number not in known]
+    for t in lost:
+        storage = study._storage
+        storage.set_trial_user_attr(t._trial_id, "lost", "asked before an interruption, "
+                                    "never run")
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    for t in lost:
+        if "fixed_params" in t.system_attrs:
+            study.enqueue_trial(t.system_attrs["fixed_params"])
+    return len(lost)
+
+
+def started_before(ws: Workspace, name: str) -> bool:
+    """Whether a study of this name exists with trials although Tune saved no state to
+    restore: a search killed before Tune first saved it, now started afresh. Its trials asked
+    then are lost (forget_lost), and its starting points were queued then: not again."""
+    if not (ws.root / STORAGE_FILE).exists():
+        return False
+    try:
+        study = optuna.load_study(study_name=name, storage=storage_url(ws))
+    except KeyError:
+        return False
+    if not study.get_trials(deepcopy=False):
+        return False
+    forget_lost(study, set())
+    return True
 
 
 def storage_url(ws: Workspace) -> str:

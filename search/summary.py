@@ -74,9 +74,16 @@ def summarise(results, client, parent_id: str, ws, dashboard: str | None, search
         client.set_terminated(parent_id, "FINISHED" if finished else "FAILED")
 
     offline.tracked(ws.tracking_uri, record)
+    if search.resources:
+        print(f"resources: each trial took {resource_text(search.resources)}")
     print()
     where_to_look(ws.tracking_uri, dashboard)
     return EXIT_OK if finished else EXIT_NONE_FINISHED
+
+
+def resource_text(resources: tuple[float, float]) -> str:
+    cpus, gpus = resources
+    return f"{cpus:g} CPU" + (f" and {gpus:g} GPU" if gpus else "")
 
 
 def where_to_look(tracking_uri: str, dashboard: str | None, **more: str | None) -> None:

@@ -49,6 +49,7 @@ from search.study import (
     STORAGE_FILE,
     DurableOptunaSearch,
     SeededTPESampler,
+    started_before,
     storage_url,
     study_trials,
 )
@@ -259,6 +260,8 @@ def make_search(options: WeightsOptions, s: Settings, ws: Workspace, split) -> S
     startup = min(10, max(2, s.num_samples // 3))
 
     def make_searcher(ws: Workspace, first: bool):
+        if first and started_before(ws, s.name):
+            first = False  # its starting points are in the study already
         return DurableOptunaSearch(
             epochs=s.epochs, study_name=s.name,
             storage=optuna.storages.RDBStorage(storage_url(ws)),

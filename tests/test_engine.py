@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from conftest import need_real_data
 
-from trainables import checkpoint, data
+from trainables import checkpoint, data, engine
 from trainables.engine import (
     ConfigError,
     TrainConfig,
@@ -220,7 +220,7 @@ def test_cli_run_writes_metrics_and_checkpoint(split, tmp_path):
     val = data.load_split(train_size=1000, seed=0)
     mean, std = ckpt["normalize"]
     result = evaluate(checkpoint.model_from(ckpt), val.x_val, val.y_val, batch_size=256,
-                      mean=mean, std=std)
+                      mean=mean, std=std, fast=checkpoint.fast_path_of(ckpt))
     assert result["acc"] == pytest.approx(metrics["final"]["val_acc"])
 
 
@@ -237,3 +237,48 @@ def test_cli_bad_arguments(args, message, tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], out.stderr
     assert not (tmp_path / "run").exists()  # docs/bad-input.md: nothing written
+
+
+# --- the fast path ------------------------------------------------------------------------------
+
+def test_the_fast_path_auto_and_explicit(monkeypatch):
+    cpu = torch.device("cpu")
+    assert engine.fast_path("fp32", "contiguous", cpu) == engine.FP32
+    assert engine.fast_path("bf16", "channels_last", cpu) == engine.FastPath("bf16", True)
+    assert engine.fast_path("fp32", "auto", cpu) == engine.FastPath("fp32", True)
+    monkeypatch.setattr(engine, "native_bf16", lambda device: False)  # bf16 emulated: fp32
+    assert engine.fast_path("auto", "auto", cpu) == engine.FastPath("fp32", True)
+    monkeypatch.setattr(engine, "native_bf16", lambda device: True)
+    assert engine.fast_path("auto", "auto", cpu) == engine.FastPath("bf16", True)
+    with pytest.raises(ConfigError, match="unknown precision 'fp16'"):
+        TrainConfig(precision="fp16")
+    with pytest.raises(ConfigError, match="unknown memory format"):
+        TrainConfig(memory_format="nhwc")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_path_is_recorded_and_inference_runs_it_as_training_did(precision, split,
+                                                                     tmp_path):
+    from analysis.inference import predict_probs
+
+    cfg = TrainConfig(**FAST, epochs=2, warmup_epochs=1, precision=precision)
+    state = fit(cfg, split)
+    assert state.fast == engine.FastPath(precision, True)
+    assert all(h["fast_path"] == f"cpu, {precision}, channels_last" for h in state.history)
+    param = next(state.model.parameters())
+    assert param.dtype == torch.float32  # autocast: the weights stay fp32
+    assert all(p.is_contiguous(memory_format=torch.channels_last)
+               for p in state.model.parameters() if p.dim() == 4)
+    ckpt = checkpoint.load(checkpoint.save(state, tmp_path / "c.pt"))
+    assert ckpt["fast_path"] == {"precision": precision, "channels_last": True}
+    assert checkpoint.fast_path_of(ckpt) == state.fast
+    probs = predict_probs(ckpt, split.x_val)  # another batch size than the training's eval
+    acc = (torch.as_tensor(probs).argmax(1) == split.y_val).double().mean().item()
+    assert acc == state.history[-1]["val_acc"]
+    assert probs.dtype.name == "float64" and abs(probs.sum(1) - 1).max() < 1e-6
+
+
+def test_the_plain_path_is_contiguous_fp32(split):
+    state = build(TrainConfig(**FAST, precision="fp32", memory_format="contiguous"), split)
+    assert state.fast == engine.FP32
+    assert all(p.is_contiguous() for p in state.model.parameters())

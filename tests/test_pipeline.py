@@ -154,6 +154,29 @@ def test_the_weights_stage_starts_from_the_grid_winner(smoke_pipeline):
         "best.model_kwargs.width"]
 
 
+def test_each_search_records_its_resources_and_each_trial_its_fast_path(smoke_pipeline):
+    """--cpus-per-trial / --gpus-per-trial auto, as resolved on this cluster, on every parent
+    run; the precision and memory format "auto" chose, on every trial run that trained."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from trainables.engine import fast_path
+
+    client = MlflowClient(f"sqlite:///{smoke_pipeline.ws / 'mlflow.db'}")
+    expected = f"cpu, {fast_path('auto', 'auto', torch.device('cpu'))}"
+    for name in ("smoke-grid-cnn", "smoke-grid-resnet18", "smoke-grid-inception",
+                 "smoke-weights-resnet18"):
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id],
+                                  max_results=1000)
+        (parent,) = [r for r in runs if r.data.tags.get("kind") != "trial"]
+        assert (parent.data.params["cpus_per_trial"], parent.data.params["gpus_per_trial"]) \
+            == ("1.0", "0.0"), name
+        trials = [r for r in runs if r.data.tags.get("kind") == "trial"]
+        assert trials and all(t.data.params.get("fast_path") == expected for t in trials), \
+            (name, [t.data.params.get("fast_path") for t in trials])
+    assert "each trial takes 1 CPU (auto)" in smoke_pipeline.out
+
+
 def trial_histories(ws: Path, parent_id: str, metric: str) -> dict[str, dict]:
     """trial id -> its run's status, tags, epochs and {epoch: (metric, timestamp)}, for the
     trial runs under one parent run (one run per trial, asserted)."""

@@ -164,7 +164,7 @@ def test_smoke_grid_end_to_end(split, tmp_path):
     assert ckpt["epoch"] == int(best.data.tags["best_epoch"])
     mean, std = ckpt["normalize"]
     acc = evaluate(checkpoint.model_from(ckpt), split.x_val, split.y_val, batch_size=500,
-                   mean=mean, std=std)["acc"]
+                   mean=mean, std=std, fast=checkpoint.fast_path_of(ckpt))["acc"]
     assert acc == pytest.approx(float(best.data.tags["best_val_acc"]), abs=1e-6)
     warmups = list((ws / "warmups").glob("*.pt"))
     assert len(warmups) == 3  # one per batch size, not one per trial

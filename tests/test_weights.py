@@ -223,3 +223,26 @@ def test_bad_arguments_from_the_shell(earlier_workspace):
     assert out.returncode == 2, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "must contain" in lines[0], out.stderr
+
+
+def test_a_study_started_before_tune_saved_anything(tmp_path):
+    """A weights search killed after its study asked a trial and before Tune first saved its
+    state starts again: the asked trial is lost (its starting point queued again, once), and
+    the starting points still waiting are not queued a second time."""
+    from search.study import started_before, storage_url, study_trials
+    from search.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    assert not started_before(ws, "w")  # no study file: a new search
+    study = optuna.create_study(study_name="w", storage=storage_url(ws), direction="maximize")
+    seed, uniform = {"w0": 2.0}, {"w0": 1.0}
+    study.enqueue_trial(seed)
+    study.enqueue_trial(uniform)
+    asked = study.ask({"w0": optuna.distributions.FloatDistribution(0.5, 2.5)})
+    assert asked.params == seed
+    assert started_before(ws, "w")
+    trials = study.get_trials(deepcopy=False)
+    assert trials[0].state == TrialState.FAIL and "lost" in trials[0].user_attrs
+    waiting = [t.system_attrs["fixed_params"] for t in trials if t.state == TrialState.WAITING]
+    assert waiting == [uniform, seed]  # each starting point once, the lost one queued again
+    assert study_trials(ws, "w") == trials[1:]

@@ -151,6 +151,18 @@ def test_a_parent_run_created_before_the_workspace_named_it(tmp_path, grid_refer
     assert state["parent_run_id"] == info["run"]
 
 
+def test_a_tuner_made_before_tune_saved_any_state(tmp_path, grid_reference):
+    """Tune wrote its tuner.pkl (Tuner.can_restore says yes) and was killed before its first
+    experiment state: there is nothing to restore, so --resume starts the run again (found by
+    bench/chaos.py: Tune's own restore failed with KeyError 'epochs')."""
+    ws = tmp_path / "ws"
+    chaos.stop_at(grid(ws), tmp_path / "run.log", "tuner-created")
+    folder = ws / "ray_results" / "grid-cnn"
+    assert (folder / "tuner.pkl").exists() and not list(folder.glob("experiment_state*"))
+    out = resume_and_compare(grid(ws, True), ws, grid_reference, "grid")
+    assert "Traceback" not in out
+
+
 def test_an_optuna_trial_asked_before_tune_saved_its_searcher(tmp_path):
     reference = tmp_path / "reference"
     cmd = chaos.command("search.weights", WEIGHTS, reference, None, False)

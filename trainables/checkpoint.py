@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from trainables.engine import TrainConfig, TrainState, make_optimizer
+from trainables.engine import FastPath, TrainConfig, TrainState, fast_path, make_optimizer
 from trainables.files import first_line, sha256_file, write_reason
 from trainables.models import get_model
 
@@ -51,6 +51,9 @@ def state_dict(state: TrainState) -> dict:
         "optimizer_state": state.optimizer.state_dict(),
         "normalize": [state.mean, state.std],
         "data_fingerprint": state.fingerprint,
+        # the path it trained on (config's "auto" resolved on its device), for the record
+        "fast_path": {"precision": state.fast.precision,
+                      "channels_last": state.fast.channels_last},
     }
 
 
@@ -113,10 +116,19 @@ def _load_weights(model: torch.nn.Module, ckpt: dict, where: str) -> None:
 
 
 def model_from(ckpt: dict, where: str = "checkpoint") -> torch.nn.Module:
-    """The checkpoint's model, built from its own name and kwargs, weights loaded, in eval mode."""
+    """The checkpoint's model, built from its own name and kwargs, weights loaded, in eval mode,
+    in the memory format it trained in."""
     model = get_model(ckpt["model"], **ckpt["model_kwargs"])
     _load_weights(model, ckpt, where)
-    return model.eval()
+    return fast_path_of(ckpt).prepare(model).eval()
+
+
+def fast_path_of(ckpt: dict, device: torch.device | str = "cpu") -> FastPath:
+    """The path to run the checkpoint's model on ``device``: its config's precision and memory
+    format, "auto" resolved for that device (on the machine it trained on: as it trained)."""
+    cfg = ckpt.get("config") or {}
+    return fast_path(cfg.get("precision", "auto"), cfg.get("memory_format", "auto"),
+                     torch.device(device))
 
 
 def restore(state: TrainState, ckpt: dict, where: str = "checkpoint") -> None:

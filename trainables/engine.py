@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,8 @@ from trainables.data import NUM_CLASSES, DataSplit
 from trainables.models import get_model, list_models
 
 SCHEDULES = ("cosine", "step", "multistep")
+PRECISIONS = ("auto", "fp32", "bf16")
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 # docs/seed.md, "Tuning": the strong ResNet's weights for labels 0..9 (hard pairs 0/6 and 2/4).
 SEED_CLASS_WEIGHTS = (2.0, 0.8, 1.5, 0.8, 1.5, 1.2, 2.0, 1.2, 1.0, 1.2)
 HARD_CLASSES = (0, 2, 4, 6)
@@ -72,6 +75,10 @@ class TrainConfig:
     device: str = "auto"
     num_threads: int | None = None
     eval_batch_size: int = 1024
+    # the fast path (FastPath): "auto" picks, per device, what bench/train_step.py measured
+    # fastest at equal accuracy; the loss, softmax and metrics are fp32 whatever these say
+    precision: str = "auto"  # fp32 | bf16 (autocast) | auto
+    memory_format: str = "auto"  # contiguous | channels_last | auto
 
     def __post_init__(self):
         def fail(msg):
@@ -109,6 +116,11 @@ class TrainConfig:
                 fail(f"class weights need {NUM_CLASSES} values, one per class, got {len(w)}")
             if not all(math.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0:
                 fail(f"class weights must be finite, non-negative and not all zero, got {w}")
+        if self.precision not in PRECISIONS:
+            fail(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.memory_format not in MEMORY_FORMATS:
+            fail(f"unknown memory format {self.memory_format!r}; choose one of "
+                 f"{', '.join(MEMORY_FORMATS)}")
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
             fail(f"unknown device {self.device!r}; use auto, cpu, cuda or cuda:N")
 
@@ -159,6 +171,63 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@dataclass(frozen=True)
+class FastPath:
+    """How the model's forward and backward run: in bf16 (autocast: convolutions and matrix
+    products in bf16, accumulation, loss and softmax in fp32) or fp32, on channels_last or
+    contiguous tensors."""
+
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.precision}, {'channels_last' if self.channels_last else 'contiguous'}"
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=self.precision == "bf16")
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+
+FP32 = FastPath()  # the plain path: fp32, contiguous (NCHW)
+
+
+def add_fast_path_args(parser) -> None:
+    """--precision and --memory-format, for every command that trains."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="bf16 autocast or fp32; auto: bf16 where the device has it "
+                             "natively (default auto)")
+    parser.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
+                        help="auto: channels_last (default auto)")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bf16 in hardware: a CUDA GPU that supports it, or a CPU
+    whose oneDNN kernels have bf16 instructions (AVX512-BF16 or AMX on x86, BF16 on Arm).
+    Elsewhere bf16 is emulated, and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(flags))
+
+
+def fast_path(precision: str, memory_format: str, device: torch.device) -> FastPath:
+    """Resolve "auto": bf16 where the device has it natively, channels_last everywhere
+    (measured by bench/train_step.py: on a 2-core AVX512-BF16 CPU, 1.7-2.0x fp32 NCHW for the
+    three models; on CUDA the engine has run bf16 channels_last from the start)."""
+    if precision == "auto":
+        precision = "bf16" if native_bf16(device) else "fp32"
+    channels_last = memory_format in ("auto", "channels_last")
+    return FastPath(precision, channels_last)
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 17) % 2**63
 
@@ -170,32 +239,60 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, phase: str) -> torc
                            weight_decay=cfg.weight_decay)
 
 
-def _inputs(xb: torch.Tensor, mean: float, std: float, channels_last: bool) -> torch.Tensor:
+def _inputs(xb: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [0, 1]; normalisation comes after augment."""
     x = xb.unsqueeze(1).float().div_(255)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+class _AugmentClock:
+    """The time spent in augmentation, without stalling a GPU: on CUDA a pair of events per
+    batch, read once at the end of the epoch (no host synchronisation in the batch loop); on
+    the CPU, whose operations finish before they return, the wall clock."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.events: list = []
+        self.seconds = 0.0
+
+    def start(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def stop(self, began) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.events.append((began, end))
+        else:
+            self.seconds += time.perf_counter() - began
+
+    def total(self) -> float:
+        """Seconds in all; call after the epoch's one synchronisation."""
+        return self.seconds + sum(a.elapsed_time(b) for a, b in self.events) / 1000
+
+
 def train_one_epoch(model, optimizer, x, y, *, batch_size: int, mean: float, std: float,
                     policy: str, class_weights: torch.Tensor | None,
-                    generator: torch.Generator, on_batch=None) -> dict:
-    """One pass over (x, y) in a seeded random order; returns loss, images/s, augment share."""
+                    generator: torch.Generator, on_batch=None, fast: FastPath = FP32) -> dict:
+    """One pass over (x, y) in a seeded random order; returns loss, images/s, augment share.
+    Nothing in the batch loop waits for the device: one synchronisation per epoch."""
     device = x.device
-    cuda = device.type == "cuda"
     model.train()
     order = torch.randperm(len(x), generator=generator, device=device)
     total = torch.zeros((), device=device)
-    aug_s = 0.0
+    clock = _AugmentClock(device)
     start = time.perf_counter()
     for i in range(0, len(x), batch_size):
         idx = order[i:i + batch_size]
-        t0 = time.perf_counter()
-        xb = augment.augment_batch(_inputs(x[idx], mean, std, cuda), policy, generator)
+        began = clock.start()
+        xb = augment.augment_batch(_inputs(x[idx], fast.channels_last), policy, generator)
         xb = (xb - mean) / std
-        if cuda:
-            torch.cuda.synchronize()  # only to time the augmentation honestly; cheap
-        aug_s += time.perf_counter() - t0
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        clock.stop(began)
+        with fast.autocast(device):
             logits = model(xb)
         loss = F.cross_entropy(logits.float(), y[idx], weight=class_weights)
         optimizer.zero_grad(set_to_none=True)
@@ -204,8 +301,9 @@ def train_one_epoch(model, optimizer, x, y, *, batch_size: int, mean: float, std
         total += loss.detach() * len(idx)
         if on_batch is not None:
             on_batch(len(idx))
-    mean_loss = (total / len(x)).item()  # one sync per epoch, not per batch
+    mean_loss = (total / len(x)).item()  # the epoch's one synchronisation
     seconds = time.perf_counter() - start
+    aug_s = clock.total()
     if not math.isfinite(mean_loss):
         raise NonFiniteLoss(f"training loss became {mean_loss}; lower the learning rate")
     return {"train_loss": mean_loss, "images_per_s": len(x) / seconds,
@@ -214,15 +312,15 @@ def train_one_epoch(model, optimizer, x, y, *, batch_size: int, mean: float, std
 
 @torch.no_grad()
 def evaluate(model, x, y, *, batch_size: int, mean: float, std: float,
-             return_probs: bool = False) -> dict:
-    """Unweighted cross-entropy, accuracy, per-class accuracy and (optionally) probabilities."""
+             return_probs: bool = False, fast: FastPath = FP32) -> dict:
+    """Unweighted cross-entropy, accuracy, per-class accuracy and (optionally) probabilities,
+    the model run on ``fast``'s path (as it trained), the loss and softmax in fp32."""
     device = x.device
-    cuda = device.type == "cuda"
     model.eval()
     logits = []
     for i in range(0, len(x), batch_size):
-        xb = (_inputs(x[i:i + batch_size], mean, std, cuda) - mean) / std
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        xb = (_inputs(x[i:i + batch_size], fast.channels_last) - mean) / std
+        with fast.autocast(device):
             logits.append(model(xb).float())
     logits = torch.cat(logits)
     pred = logits.argmax(1)
@@ -253,6 +351,7 @@ class TrainState:
     std: float
     class_weights: torch.Tensor | None
     fingerprint: str
+    fast: FastPath = FP32  # the resolved precision and memory format
     epoch: int = 0  # epochs completed
     history: list = field(default_factory=list)
 
@@ -262,10 +361,9 @@ def build(cfg: TrainConfig, split: DataSplit) -> TrainState:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
+    fast = fast_path(cfg.precision, cfg.memory_format, device)
     torch.manual_seed(cfg.seed)
-    model = get_model(cfg.model, **cfg.model_args()).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = fast.prepare(get_model(cfg.model, **cfg.model_args()).to(device))
     # Normalisation statistics of this run's training images, before any expansion.
     pixels = split.x_train.float().div_(255)
     mean, std = pixels.mean().item(), pixels.std().item()
@@ -279,7 +377,7 @@ def build(cfg: TrainConfig, split: DataSplit) -> TrainState:
     phase = "warmup" if cfg.warmup_epochs > 0 else "sgd"
     return TrainState(cfg, model, make_optimizer(model, cfg, phase), phase, device, x, y,
                       split.x_val.to(device), split.y_val.to(device), mean, std, weights,
-                      split.fingerprint)
+                      split.fingerprint, fast)
 
 
 def run_epoch(state: TrainState, on_batch=None) -> dict:
@@ -297,11 +395,12 @@ def run_epoch(state: TrainState, on_batch=None) -> dict:
     train = train_one_epoch(state.model, state.optimizer, state.x_train, state.y_train,
                             batch_size=cfg.batch_size, mean=state.mean, std=state.std,
                             policy=cfg.augment, class_weights=state.class_weights,
-                            generator=generator, on_batch=on_batch)
+                            generator=generator, on_batch=on_batch, fast=state.fast)
     val = evaluate(state.model, state.x_val, state.y_val, batch_size=cfg.eval_batch_size,
-                   mean=state.mean, std=state.std)
+                   mean=state.mean, std=state.std, fast=state.fast)
     state.epoch += 1
-    metrics = {"epoch": state.epoch, "phase": state.phase, "lr": lr, **train,
+    metrics = {"epoch": state.epoch, "phase": state.phase, "lr": lr,
+               "fast_path": f"{state.device.type}, {state.fast}", **train,
                "val_loss": val["loss"], "val_acc": val["acc"], "hard_acc": val["hard_acc"],
                **{f"val_acc_{c}": a for c, a in enumerate(val["per_class_acc"])}}
     if state.class_weights is not None:  # read back from the tensor the loss was given

@@ -29,6 +29,7 @@ from trainables.engine import (
     ConfigError,
     NonFiniteLoss,
     TrainConfig,
+    add_fast_path_args,
     build,
     check_batch,
     evaluate,
@@ -84,6 +85,7 @@ def parser() -> ArgParser:
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=positive_int, help="CPU threads (torch.set_num_threads)")
+    add_fast_path_args(p)
     p.add_argument("--out", type=Path, help="output folder (default outputs/train/MODEL-TIME)")
     add_data_args(p)
     return p
@@ -96,7 +98,7 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
         warmup_lr=args.warmup_lr, lr=args.lr, weight_decay=args.weight_decay,
         schedule=args.schedule, dropout=args.dropout, class_weights=args.class_weights,
         augment=args.augment or "auto", seed=args.seed, device=args.device,
-        num_threads=args.threads,
+        num_threads=args.threads, precision=args.precision, memory_format=args.memory_format,
     )
 
 
@@ -158,7 +160,7 @@ def finish(state, cfg: TrainConfig, split, out: Path, started: float) -> int:
     """The test score, then metrics.json and the checkpoint in ``out``; the exit code."""
     x_test, y_test = split.x_test.to(state.device), split.y_test.to(state.device)
     test = evaluate(state.model, x_test, y_test, batch_size=cfg.eval_batch_size,
-                    mean=state.mean, std=state.std)
+                    mean=state.mean, std=state.std, fast=state.fast)
     last = state.history[-1]
     best = max(state.history, key=lambda h: h["val_acc"])
     print(f"final: val_acc {100 * last['val_acc']:.2f}%  test_acc {100 * test['acc']:.2f}%  "

@@ -34,6 +34,7 @@ anywhere, so what the state names and what is on disk may disagree (docs/crash-w
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -42,21 +43,23 @@ import sys
 import tempfile
 from pathlib import Path
 
+import ray
 from ray import tune
 from ray.train._internal.session import _TrainingResult  # what Tune passes to restore()
 from ray.tune.result import SHOULD_CHECKPOINT, TRAINING_ITERATION
 
 from trainables import checkpoint, failpoints
-from trainables.engine import SGD_ONLY, TrainConfig, build, run_epoch
+from trainables.engine import SGD_ONLY, FastPath, TrainConfig, build, run_epoch
 
 METRIC, MODE = "val_acc", "max"  # shared by the scheduler, checkpointing and selection
 TIME_ATTR = "epoch"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def warmup_key(cfg: TrainConfig, fingerprint: str) -> str:
+def warmup_key(cfg: TrainConfig, fingerprint: str, fast: FastPath) -> str:
     fixed = {k: v for k, v in cfg.to_dict().items() if k not in SGD_ONLY}
-    fixed.update(device="", num_threads=None, eval_batch_size=None, data=fingerprint)
+    fixed.update(device="", num_threads=None, eval_batch_size=None, data=fingerprint,
+                 precision=fast.precision, memory_format=fast.channels_last)
     return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -71,7 +74,7 @@ class ClassifierTrainable(tune.Trainable):
         self._start(config)
 
     def _start(self, config: dict):
-        self.cfg = TrainConfig.from_dict(config)
+        self.cfg = on_this_worker(TrainConfig.from_dict(config))
         self.state = build(self.cfg, self.split)
         self.reported = 0  # epochs reported to Tune, one result an epoch
         self.reused = False  # the weights are a stored warm-up's
@@ -81,7 +84,7 @@ class ClassifierTrainable(tune.Trainable):
         if not cache or self.cfg.warmup_epochs == 0:
             return
         Path(cache).mkdir(parents=True, exist_ok=True)
-        key = warmup_key(self.cfg, self.split.fingerprint)
+        key = warmup_key(self.cfg, self.split.fingerprint, self.state.fast)
         self.warmup_path = Path(cache) / f"{key}.pt"
         self.lock = open(Path(cache) / f"{key}.lock", "w")  # noqa: SIM115 (held across steps)
         fcntl.flock(self.lock, fcntl.LOCK_EX)  # wait while another trial computes it
@@ -202,9 +205,22 @@ def _other_checkpoints(bad: Path) -> list[Path]:
     return sorted((p for p in siblings if p.parent != bad.parent), reverse=True)
 
 
-def _node_id() -> str:
-    import ray
+def on_this_worker(cfg: TrainConfig) -> TrainConfig:
+    """The config with "auto" resources resolved to what Ray gave this trial's worker: device
+    "auto" is a GPU when the trial got one (--gpus-per-trial), num_threads None the CPUs it got
+    (--cpus-per-trial). Outside Ray (tests) the engine resolves them from the machine."""
+    if not ray.is_initialized() or (cfg.device != "auto" and cfg.num_threads is not None):
+        return cfg
+    changes = {}
+    if cfg.device == "auto":
+        changes["device"] = "cuda" if ray.get_gpu_ids() else "cpu"
+    if cfg.num_threads is None:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU") or 1
+        changes["num_threads"] = max(1, int(cpus))
+    return dataclasses.replace(cfg, **changes)
 
+
+def _node_id() -> str:
     if not ray.is_initialized():  # outside Ray (tests drive the Trainable directly); asking
         return ""  # the runtime context would start or join a cluster
     return ray.get_runtime_context().get_node_id()

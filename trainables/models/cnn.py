@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from trainables.models.layers import Dropout
 from trainables.models.registry import register_model
 
 
@@ -27,13 +28,13 @@ def cnn(in_channels: int = 1, num_classes: int = 10, dropout: float = 0.25) -> n
     return nn.Sequential(
         *_conv(in_channels, 32),                           # 26x26
         *_conv(32, 32),                                    # 24x24
-        nn.MaxPool2d(2), nn.Dropout(dropout),              # 12x12
-        *_conv(32, 64), nn.Dropout(dropout),               # 10x10
+        nn.MaxPool2d(2), Dropout(dropout),              # 12x12
+        *_conv(32, 64), Dropout(dropout),               # 10x10
         *_conv(64, 128),                                   # 8x8
-        nn.MaxPool2d(2), nn.Dropout(dropout),              # 4x4
+        nn.MaxPool2d(2), Dropout(dropout),              # 4x4
         nn.Flatten(),                                      # 2048
         nn.Linear(128 * 4 * 4, 512), nn.ReLU(inplace=True), nn.BatchNorm1d(512),
-        nn.Dropout(dropout),
-        nn.Linear(512, 128), nn.ReLU(inplace=True), nn.BatchNorm1d(128), nn.Dropout(dropout),
+        Dropout(dropout),
+        nn.Linear(512, 128), nn.ReLU(inplace=True), nn.BatchNorm1d(128), Dropout(dropout),
         nn.Linear(128, num_classes),
     )

@@ -1,8 +1,25 @@
-"""Building blocks shared by the ResNet and Inception families."""
+"""Building blocks shared by the model families."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
+
+
+class Dropout(nn.Dropout):
+    """torch's Dropout with its mask drawn as ``rand() >= p``: the same distribution (each unit
+    kept with probability 1 - p, scaled by 1 / (1 - p)), drawn from the same seeded generator,
+    and 2-2.5x faster on the CPU than the ``bernoulli_`` torch's draws with (measured: the
+    seed CNN spent 23% of a bf16 training step in ``bernoulli_``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.p >= 1:
+            return torch.zeros_like(x)
+        # the mask in x's dtype, scaled once: one multiplication forward and backward
+        keep = (torch.rand(x.shape, device=x.device) >= self.p).to(x.dtype)
+        return x * keep.mul_(1.0 / (1.0 - self.p))
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:

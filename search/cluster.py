@@ -5,8 +5,11 @@ Started once per process, so the stages of a pipeline share one cluster and one 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import tempfile
 
 import ray
 
@@ -14,6 +17,38 @@ from search.options import AUTO, UsageError
 from trainables.files import first_line
 
 _DASHBOARD: list[str | None] = []  # the dashboard of the cluster this process started
+AUTH_REFUSED = "InvalidAuthToken"  # what Ray's GCS client logs when the head refuses a token
+
+
+class _Log:
+    def __init__(self, file):
+        self.file = file
+
+    def read(self) -> str:
+        self.file.seek(0)
+        return self.file.read().decode(errors="replace")
+
+
+@contextlib.contextmanager
+def ray_log():
+    """Standard error of this process (file descriptor 2, where Ray's C++ client writes, not
+    through Python) kept in a file while Ray connects: its retry warnings, one a second, say why
+    a connection failed; they are read, not shown. Shown after a connection that worked."""
+    with tempfile.TemporaryFile() as file:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(file.fileno(), 2)
+        ok = False
+        try:
+            yield _Log(file)
+            ok = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                sys.stderr.write(_Log(file).read())
+                sys.stderr.flush()
 
 
 def dashboard_url() -> str | None:
@@ -30,15 +65,20 @@ def start_ray(options) -> str | None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     kw = dict(logging_level=logging.WARNING, log_to_driver=False)
     if options.address:
-        try:
-            ctx = ray.init(address=options.address, **kw)
-        except ray.exceptions.AuthenticationError:
-            raise UsageError(f"the Ray cluster at {options.address} refused this driver's "
-                             "token; export RAY_AUTH_MODE=token and the head's token (`ray "
-                             "get-auth-token` there) as RAY_AUTH_TOKEN") from None
-        except (ConnectionError, TimeoutError, ray.exceptions.RpcError) as e:
-            raise UsageError(f"no Ray cluster answers at {options.address} ({first_line(e)}); "
-                             "start it (`ray start --head`) or fix --address") from None
+        refused = (f"the Ray cluster at {options.address} refused this driver's token (Ray: "
+                   "InvalidAuthToken); export RAY_AUTH_MODE=token and the head's token (`ray "
+                   "get-auth-token` there) as RAY_AUTH_TOKEN")
+        with ray_log() as log:
+            try:
+                ctx = ray.init(address=options.address, **kw)
+            except ray.exceptions.AuthenticationError:
+                raise UsageError(refused) from None
+            except (ConnectionError, TimeoutError, ray.exceptions.RpcError) as e:
+                if AUTH_REFUSED in log.read():  # said only in Ray's C++ client's log lines
+                    raise UsageError(refused) from None
+                raise UsageError(f"no Ray cluster answers at {options.address} "
+                                 f"({first_line(e)}); start it (`ray start --head`) or fix "
+                                 "--address") from None
     else:
         # "local": a new cluster of this process, even when `ray start` runs one on this machine
         ctx = ray.init(address="local", num_cpus=options.num_cpus, include_dashboard=True,

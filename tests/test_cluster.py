@@ -81,6 +81,18 @@ def test_a_grid_runs_its_trials_on_both_nodes_of_a_cluster(cluster, tmp_path):
     from mlflow.tracking import MlflowClient
 
     address, node_ids = cluster
+    # first as a new user tried it: without RAY_AUTH_MODE=token the head refuses the driver,
+    # and the one line says so (Ray's own reason is only in its client's retry warnings)
+    refused = subprocess.run(
+        [sys.executable, "-m", "search.grid", "--model", "cnn", "--profile", "smoke",
+         "--address", address, "--workspace", str(tmp_path / "refused")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in ENV.items() if k != "RAY_AUTH_MODE"})
+    assert refused.returncode == 2, refused.stdout[-3000:] + refused.stderr[-3000:]
+    assert refused.stderr.splitlines() == [
+        f"error: the Ray cluster at {address} refused this driver's token (Ray: "
+        "InvalidAuthToken); export RAY_AUTH_MODE=token and the head's token (`ray "
+        "get-auth-token` there) as RAY_AUTH_TOKEN"], refused.stderr[-3000:]
     shared = tmp_path / "shared" / "ray_results"
     out = subprocess.run(
         [sys.executable, "-m", "search.grid", "--model", "cnn", "--profile", "smoke",

@@ -10,7 +10,9 @@ files (``--data-dir``, ``$TUNEFUSE_DATA`` or Debian's folder). Four parts, one t
    evaluate() and analysis.inference agree; no host synchronisation inside the batch loop
    (CUDA's sync debug mode counts them: an epoch of twice the batches must not sync more);
 2. bench/train_step.py: img/s of the plain fp32 path and of the default, at the quick widths
-   and width 64, batch 128 and 512;
+   and width 64, batch 128 and 512; and ResNet18 at batch 512 under torch.compile(mode=
+   "max-autotune"), which captures CUDA graphs (the engine does not compile: this says whether
+   it should);
 3. N training processes side by side on the one device, N = 1, 2, 4, 8 (ResNet18 width 64,
    batch 128): aggregate img/s, the case of --gpus-per-trial 1/N;
 4. ResNet18 width 64 on the seed's protocol (27,000 / 3,000 / the official 10,000) for a few
@@ -133,6 +135,15 @@ def speed(s: dict, dry: bool, data_dir: str | None) -> list[Row]:
                          f"plain fp32 {plain} img/s, {ratio}"))
         elif line.startswith("speed-up"):
             rows.append(("speed: " + line.split(":")[0], line.split(":", 1)[1].strip(), ""))
+    if not dry:  # CUDA graphs through torch.compile(max-autotune): kept only if it pays
+        out = run([sys.executable, str(ROOT / "bench" / "train_step.py"), "--device", "cuda",
+                   "--models", "resnet18", "--widths", "64", "--batch-sizes", "512",
+                   "--rounds", "1", "--seconds", "3", "--compile"], data_dir)
+        for line in out.splitlines():
+            if line.startswith("resnet18"):
+                cells = line.split()
+                rows.append((f"speed: {cells[0]} batch {cells[1]}, torch.compile",
+                             f"{cells[6]} img/s", f"eager default {cells[3]} img/s"))
     return rows
 
 

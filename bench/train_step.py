@@ -69,11 +69,13 @@ def measure(cfg: TrainConfig, split, seconds: float, compile_: bool = False,
                            **args)
 
 
-def cases(full_width: bool, batch_sizes: list[int] | None,
-          models: list[str]) -> list[tuple[str, dict, int]]:
+def cases(full_width: bool, batch_sizes: list[int] | None, models: list[str],
+          only_widths: list[int] | None = None) -> list[tuple[str, dict, int]]:
     out = []
     for model in models:
         widths = [PROFILE.widths.get(model)] + ([64] if full_width and model != "cnn" else [])
+        if only_widths and model != "cnn":
+            widths = only_widths
         for width in widths:
             for batch in batch_sizes or [BATCH[model]]:
                 out.append((model, {"width": width} if width else {}, batch))
@@ -93,6 +95,7 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also torch.compile(max-autotune)")
     p.add_argument("--train-size", type=int, default=30_000)
     p.add_argument("--models", default="cnn,resnet18,inception")
+    p.add_argument("--widths", help="e.g. 64: only these widths (resnet18, inception)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -105,7 +108,9 @@ def main() -> None:
             f"{'speed-up':>9} {'aug share':>10}" + (f" {'compiled':>9}" if args.compile else ""))
     print(head)
     first = {}
-    for model, kwargs, batch in cases(args.full_width, batch_sizes, args.models.split(",")):
+    widths = [int(w) for w in args.widths.split(",")] if args.widths else None
+    for model, kwargs, batch in cases(args.full_width, batch_sizes, args.models.split(","),
+                                      widths):
         cfg = TrainConfig(model=model, model_kwargs=kwargs, batch_size=batch, seed=0,
                           augment=PROFILE.augment.get(model, "auto"), device=args.device)
         cfg_plain = TrainConfig(**{**cfg.to_dict(), "precision": FP32.precision,

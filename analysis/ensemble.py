@@ -1,9 +1,9 @@
 """The shipped model: fused member checkpoints as one MLflow pyfunc, logged and registered.
 
     uri, version = log_ensemble(run_id, [ckpt_a, ckpt_b], weights=[0.6, 0.4],
-                                temperatures=[1.3, 0.9], registered_name="tunefuse-fashion",
+                                temperatures=[1.3, 0.9], registered_name="tunefuse-ensemble",
                                 tracking_uri="sqlite:///mlflow.db")
-    mlflow models serve -m models:/tunefuse-fashion/1 --env-manager local --port 5001
+    mlflow models serve -m models:/tunefuse-ensemble/1 --env-manager local --port 5001
     curl -d '{"inputs": [[[0, ...28 values...], ...28 rows...]]}' \
          -H 'Content-Type: application/json' localhost:5001/invocations
 

@@ -1,8 +1,8 @@
 """Label new 28x28 grayscale images with a logged model (the shipped ensemble, or any pyfunc
 that answers ``label`` and ``p0``..``p9`` for (N, 28, 28) uint8 images).
 
-    python -m analysis.predict --model-uri models:/tunefuse-fashion/1 \
-        --input t10k-images-idx3-ubyte.gz --output preds.csv [--probs] \
+    python -m analysis.predict --model-uri models:/tunefuse-ensemble/1 \
+        --input t10k-images-idx3-ubyte.gz --output preds.csv [--probs] [--strict] \
         [--tracking-uri sqlite:///mlflow.db]
 
 ``--input`` is one of
@@ -11,11 +11,17 @@ that answers ``label`` and ``p0``..``p9`` for (N, 28, 28) uint8 images).
     a Kaggle-style .csv                   784 pixel columns (``pixel1``..``pixel784``, or no
                                           header), an optional ``label`` column (with no header:
                                           a label first, then 784 pixels); ids are row indices
-    a folder of 28x28 grayscale PNGs      sorted by file name; ids are the file names
-    (or one such .png)
+    a folder of PNGs (or one .png)        sorted by file name; ids are the file names
+PNGs of any mode (RGB, RGBA, palette, 16-bit, ...) or size are converted to 28x28 grayscale
+(Pillow's convert("L"), then a Lanczos resize) and one line on stdout counts them; a file in a
+folder that is no readable image is skipped, named on stderr, and the exit code is 5.
+``--strict`` refuses instead: the first such image stops the command (exit code 2).
 The output CSV is ``id,label`` (and ``p0``..``p9`` with ``--probs``). When the input carries
 labels, the accuracy is printed. Malformed input is one line on stderr, naming the file and the
 row or image at fault, and exit code 2; nothing is written.
+
+Exit codes: 0 done; 2 bad input or a model that does not load (nothing written); 5 done, but
+some files of the folder were skipped as unreadable (the CSV holds the others).
 """
 
 from __future__ import annotations
@@ -31,9 +37,9 @@ import numpy as np
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
-from analysis.images import InputError, read_images
+from analysis.images import InputError, conversion_line, read_input
 from trainables.classes import NUM_CLASSES
-from trainables.cli import ArgParser
+from trainables.cli import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, ArgParser
 from trainables.files import first_line, write_reason
 
 # --- the command ------------------------------------------------------------------------------
@@ -108,29 +114,42 @@ def write_predictions(path: Path, ids: list, frame, probs: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgParser(prog="python -m analysis.predict",
-                       description="Label 28x28 grayscale images with a logged model.")
+                       description="Label 28x28 grayscale images with a logged model.",
+                       epilog="PNGs of any mode or size are converted to 28x28 grayscale "
+                       "(--strict refuses them). Exit codes: 0 done; 2 bad input, nothing "
+                       "written; 5 done, but unreadable files of the folder were skipped "
+                       "(named on stderr).")
     parser.add_argument("--model-uri", required=True,
-                        help="the model, e.g. models:/tunefuse-fashion/1 or runs:/RUN/ensemble")
+                        help="the model, e.g. models:/tunefuse-ensemble/1 or "
+                        "runs:/RUN/ensemble")
     parser.add_argument("--input", required=True, type=Path,
                         help="IDX file (raw or .gz), .npy, .csv, .png, or a folder of PNGs")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse PNGs that are not 28x28 8-bit grayscale, and a folder "
+                        "with an unreadable file, instead of converting or skipping them")
     parser.add_argument("--output", required=True, type=Path, help="CSV to write")
     parser.add_argument("--probs", action="store_true", help="add columns p0..p9")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
                         "$MLFLOW_TRACKING_URI); needed for models:/ URIs")
     args = parser.parse_args(argv)
     try:
-        ids, images, labels = read_images(args.input)
-        frame = predict_frame(args.model_uri, images, args.tracking_uri)
-        write_predictions(args.output, ids, frame, args.probs)
+        read = read_input(args.input, args.strict)
+        frame = predict_frame(args.model_uri, read.images, args.tracking_uri)
+        write_predictions(args.output, read.ids, frame, args.probs)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(ids)} predictions to {args.output}")
-    if labels is not None:
-        correct = int((frame["label"].to_numpy() == labels).sum())
-        print(f"accuracy {correct / len(labels):.4f} ({correct}/{len(labels)}) against the "
-              f"labels in {args.input}")
-    return 0
+        return EXIT_USAGE
+    converted = conversion_line(read)
+    if converted:
+        print(converted)
+    print(f"wrote {len(read.ids)} predictions to {args.output}")
+    if read.labels is not None:
+        correct = int((frame["label"].to_numpy() == read.labels).sum())
+        print(f"accuracy {correct / len(read.labels):.4f} ({correct}/{len(read.labels)}) "
+              f"against the labels in {args.input}")
+    for line in read.skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    return EXIT_SKIPPED if read.skipped else EXIT_OK
 
 
 if __name__ == "__main__":

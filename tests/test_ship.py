@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ from PIL import Image
 
 from analysis import predict
 from analysis.ensemble import PROB_COLUMNS, fused_probs, log_ensemble
+from analysis.images import FIX_PNG, read_images
 from analysis.inference import predict_probs
 from trainables import checkpoint, data
 from trainables.engine import TrainConfig, fit
@@ -405,11 +407,16 @@ MALFORMED = {
                       "t-idx3-ubyte", "is truncated: the header says 2x28x28"),
     "idx bad gzip": (lambda t: _bytes(t / "g-idx3-ubyte.gz", b"plain bytes"), "g-idx3-ubyte.gz",
                      "not a valid gzip"),
-    "png rgb": (lambda t: _rgb_png(t / "pngs"), "img_999.png", "RGB colour image"),
-    "png 30x28": (lambda t: _png_of(t / "w" / "a.png", np.zeros((28, 30), np.uint8)), "a.png",
-                  "is 30x28 pixels"),
+    # converted by default; refused with --strict (a case named "... --strict" passes it)
+    "png rgb --strict": (lambda t: _rgb_png(t / "pngs"), "img_999.png", "RGB colour image"),
+    "png 30x28 --strict": (lambda t: _png_of(t / "w" / "a.png", np.zeros((28, 30), np.uint8)),
+                           "a.png", "is 30x28 pixels"),
     "png unreadable": (lambda t: _bytes(t / "q" / "b.png", b"\x89PNG garbage"), "b.png",
                        "not a readable PNG"),
+    "png folder of unreadable files": (lambda t: _unreadable_folder(t / "u"), "u",
+                                       "none of its 2 .png files is a readable image"),
+    "png folder one unreadable --strict": (lambda t: _one_unreadable(t / "o"), "bad.png",
+                                           "not a readable PNG"),
     "empty folder": (lambda t: _mkdir(t / "empty"), "empty", "holds no .png files"),
 }
 
@@ -435,13 +442,26 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
+def _unreadable_folder(folder: Path) -> Path:
+    _bytes(folder / "a.png", b"\x89PNG garbage")
+    _bytes(folder / "b.png", b"not an image at all")
+    return folder
+
+
+def _one_unreadable(folder: Path) -> Path:
+    write_pngs(folder, np.zeros((2, 28, 28), np.uint8))
+    _bytes(folder / "bad.png", b"\x89PNG garbage")
+    return folder
+
+
 @pytest.mark.parametrize("case", list(MALFORMED))
 def test_predict_refuses_malformed_input(case, tmp_path, capsys):
     make, names, fragment = MALFORMED[case]
     source = make(tmp_path)
     # the input is read before the model loads: a URI that cannot load shows it is never needed
+    strict = ["--strict"] if case.endswith("--strict") else []
     code, _, stderr = run_main(capsys, "--model-uri", "models:/never-loaded/1", "--input",
-                               source, "--output", tmp_path / "out.csv")
+                               source, "--output", tmp_path / "out.csv", *strict)
     assert code == 2
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
@@ -465,7 +485,8 @@ def test_predict_refuses_a_model_that_does_not_load(shipped, images, tmp_path, c
 def test_predict_command_line_errors_are_one_line(make, fragment, tmp_path):
     out = subprocess.run([sys.executable, "-m", "analysis.predict", "--model-uri",
                           "models:/x/1", "--input", str(make(tmp_path)), "--output",
-                          str(tmp_path / "out.csv")], cwd=ROOT, capture_output=True, text=True,
+                          str(tmp_path / "out.csv"), "--strict"], cwd=ROOT, capture_output=True,
+                         text=True,
                          timeout=120, env=ENV)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
@@ -474,8 +495,125 @@ def test_predict_command_line_errors_are_one_line(make, fragment, tmp_path):
 
 def test_gzip_and_raw_idx_read_alike(images, tmp_path):
     x = images[0]
-    raw = predict.read_images(write_idx(tmp_path / "a-idx3-ubyte", x))
-    gz = predict.read_images(write_idx(tmp_path / "a-idx3-ubyte.gz", x))
+    raw = read_images(write_idx(tmp_path / "a-idx3-ubyte", x))
+    gz = read_images(write_idx(tmp_path / "a-idx3-ubyte.gz", x))
     assert np.array_equal(raw[1], gz[1]) and np.array_equal(raw[1], x)
     assert gzip.decompress((tmp_path / "a-idx3-ubyte.gz").read_bytes()) == \
         (tmp_path / "a-idx3-ubyte").read_bytes()
+
+
+# --- the predict CLI: PNGs as people have them (any mode, any size), unreadable files ---------
+
+def _a_frame(x: np.ndarray) -> pd.DataFrame:  # a stand-in model: the label is the mean // 26
+    label = (x.reshape(len(x), -1).mean(1) // 26).astype(np.int64)
+    return pd.DataFrame({"label": label, **{f"p{c}": [0.1] * len(x) for c in range(10)}})
+
+
+def _people_pngs(folder: Path) -> dict[str, np.ndarray]:
+    """Two plain 28x28 grayscale PNGs, an RGB one (b_rgb.png), a 56x56 one and an RGBA 40x30
+    one; returns each file's source array."""
+    rng = np.random.default_rng(7)
+    arrays = {"a_plain.png": rng.integers(0, 256, (28, 28), dtype=np.uint8),
+              "b_rgb.png": rng.integers(0, 256, (28, 28, 3), dtype=np.uint8),
+              "c_big.png": rng.integers(0, 256, (56, 56), dtype=np.uint8),
+              "d_rgba.png": rng.integers(0, 256, (30, 40, 4), dtype=np.uint8),
+              "e_plain.png": rng.integers(0, 256, (28, 28), dtype=np.uint8)}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, a in arrays.items():
+        Image.fromarray(a).save(folder / name)
+    return arrays
+
+
+def test_png_folder_converts_any_mode_and_size_as_pillow_does(tmp_path):
+    from analysis import images as reader
+
+    folder = tmp_path / "pngs"
+    arrays = _people_pngs(folder)
+    read = reader.read_input(folder)
+    assert read.ids == sorted(arrays) and read.images.shape == (5, 28, 28)
+    assert read.images.dtype == np.uint8 and read.skipped == []
+    for name, got in zip(read.ids, read.images, strict=True):
+        with Image.open(folder / name) as im:
+            want = im.convert("L")
+            if want.size != (28, 28):
+                want = want.resize((28, 28), Image.Resampling.LANCZOS)
+            np.testing.assert_array_equal(got, np.asarray(want))
+    np.testing.assert_array_equal(read.images[0], arrays["a_plain.png"])  # untouched
+    assert reader.conversion_line(read) == ("converted 3 of 5 images to 28x28 grayscale "
+                                            "(1 RGB, 1 RGBA, 1 of 40x30, 1 of 56x56)")
+    with pytest.raises(reader.InputError, match=r"b_rgb\.png: is an RGB colour image \(mode "
+                                                r"RGB\), not 8-bit grayscale"):
+        reader.read_input(folder, strict=True)
+
+
+def test_png_16_bit_is_scaled_to_0_255(tmp_path):
+    from analysis import images as reader
+
+    x = np.arange(28 * 28, dtype=np.uint16).reshape(28, 28) * 83  # 0..65006
+    Image.fromarray(x).save(tmp_path / "deep.png")
+    read = reader.read_input(tmp_path / "deep.png")
+    np.testing.assert_array_equal(read.images[0], np.round(x / 257.0).astype(np.uint8))
+    assert len(read.converted) == 1
+
+
+def test_predict_converts_an_rgb_and_a_56x56_png_by_default(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(predict, "predict_frame", lambda uri, x, t=None: _a_frame(x))
+    folder = tmp_path / "pngs"
+    write_pngs(folder, np.full((3, 28, 28), 200, np.uint8))
+    Image.fromarray(np.full((28, 28, 3), 100, np.uint8)).save(folder / "b_rgb.png")
+    Image.fromarray(np.full((56, 56), 52, np.uint8)).save(folder / "c_56.png")
+    code, stdout, stderr = run_main(capsys, "--model-uri", "models:/m/1", "--input", folder,
+                                    "--output", tmp_path / "p.csv")
+    assert code == 0 and stderr == "", stderr
+    assert ("converted 2 of 5 images to 28x28 grayscale (1 RGB, 1 of 56x56)"
+            in stdout.splitlines())
+    got = pd.read_csv(tmp_path / "p.csv")
+    assert got["id"].tolist() == ["b_rgb.png", "c_56.png", "img_000.png", "img_001.png",
+                                  "img_002.png"]
+    assert got["label"].tolist() == [100 // 26, 2, 7, 7, 7]
+    # --strict: the old refusal, nothing written
+    code, _, stderr = run_main(capsys, "--model-uri", "models:/m/1", "--input", folder,
+                               "--output", tmp_path / "s.csv", "--strict")
+    assert code == 2 and not (tmp_path / "s.csv").exists()
+    assert stderr.strip().splitlines() == [
+        f"error: {folder / 'b_rgb.png'}: is an RGB colour image (mode RGB), not 8-bit "
+        f"grayscale (mode L); {FIX_PNG}"]
+
+
+def test_predict_labels_the_rest_of_a_folder_with_unreadable_files(tmp_path, monkeypatch,
+                                                                   capsys):
+    from trainables.cli import EXIT_SKIPPED
+
+    monkeypatch.setattr(predict, "predict_frame", lambda uri, x, t=None: _a_frame(x))
+    folder = tmp_path / "pngs"
+    write_pngs(folder, np.full((2, 28, 28), 52, np.uint8))
+    _bytes(folder / "bad.png", b"\x89PNG garbage")
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(
+        buf, format="PNG")
+    _bytes(folder / "cut.png", buf.getvalue()[:400])  # truncated in its pixel data
+    code, stdout, stderr = run_main(capsys, "--model-uri", "models:/m/1", "--input", folder,
+                                    "--output", tmp_path / "p.csv")
+    assert code == EXIT_SKIPPED == 5
+    got = pd.read_csv(tmp_path / "p.csv")
+    assert got["id"].tolist() == ["img_000.png", "img_001.png"]
+    assert got["label"].tolist() == [2, 2]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 2, stderr
+    assert lines[0].startswith(f"skipped {folder / 'bad.png'}: not a readable PNG image")
+    assert lines[1].startswith(f"skipped {folder / 'cut.png'}: not a readable PNG image")
+    assert "wrote 2 predictions" in stdout and "converted" not in stdout
+
+
+def test_predict_help_names_the_registered_model(capsys):
+    from analysis import report
+
+    with pytest.raises(SystemExit) as e:
+        predict.main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    name = report.parser().get_default("registered_name")
+    assert name == "tunefuse-ensemble"
+    assert f"models:/{name}/1" in text and "tunefuse-fashion" not in text
+    assert "--strict" in text and "5 done" in text
+    assert f"models:/{name}/1" in predict.__doc__

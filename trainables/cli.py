@@ -11,8 +11,10 @@ from dataclasses import fields
 
 # The exit codes of every command (docs/bad-input.md): 1 a search where no trial finished,
 # 2 bad input (nothing recorded), 3 a pipeline stage that trained but could not record (MLflow
-# went away), 4 Tune's saved state unreadable, 130 interrupted (state saved; --resume).
+# went away), 4 Tune's saved state unreadable, 5 done but some inputs skipped (analysis.predict:
+# unreadable files of a folder), 130 interrupted (state saved; --resume).
 EXIT_OK, EXIT_NONE_FINISHED, EXIT_USAGE, EXIT_OFFLINE, EXIT_STATE = 0, 1, 2, 3, 4
+EXIT_SKIPPED = 5
 EXIT_INTERRUPTED = 130
 
 

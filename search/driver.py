@@ -24,6 +24,7 @@ from search.backfill import catch_up
 from search.cluster import check_cluster, resources, start_ray
 from search.lineage import MLflowLineage, TrialLines
 from search.options import AUTO, UsageError, check_resume
+from search.records import log_datasets, split_datasets
 from search.summary import resource_text, summarise
 from search.workspace import Workspace, WorkspaceError, git_commit, redact
 from trainables import failpoints
@@ -97,7 +98,7 @@ def run_search(options, search: Search, split, on_start=None) -> int:
     trainable = tune.with_resources(
         tune.with_parameters(ClassifierTrainable, split=split), {"cpu": cpus, "gpu": gpus})
     lineage = MLflowLineage(ws.tracking_uri, experiment_id, parent_id, search.scheduler,
-                            metric=search.metric)
+                            metric=search.metric, datasets=split_datasets(split))
     try:
         results, code = _fit(options, search, ws, state, trainable, lineage, client)
     except StateError as e:
@@ -204,6 +205,7 @@ def parent_run(client, experiment_id: str, search: Search, split, state: dict) -
     for k, v in params.items():
         if k not in logged:
             client.log_param(parent_id, k, str(v)[:500])
+    log_datasets(client, parent_id, split_datasets(split))  # train, val, test (if none yet)
     return parent_id
 
 

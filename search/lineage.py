@@ -30,6 +30,7 @@ from search.records import (
     asha_tags,
     cell,
     config_key,
+    log_datasets,
     log_params,
     new_trial_run,
     record_end,
@@ -42,9 +43,10 @@ from trainables.trainable import METRIC
 
 class MLflowLineage(tune.Callback):
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
-                 scheduler=None, metric: str = METRIC):
+                 scheduler=None, metric: str = METRIC, datasets: list[dict] | None = None):
         # the URI without its password: Tune pickles this callback into the storage path
         self.tracking_uri = remember(tracking_uri)
+        self.datasets = datasets  # records.split_datasets: plain dicts, logged on each run
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.scheduler = scheduler
@@ -84,6 +86,7 @@ class MLflowLineage(tune.Callback):
             run_id = run.info.run_id
             if not run.data.params:  # killed between creating it and logging its params
                 log_params(self.client, run_id, trial.config)
+            log_datasets(self.client, run_id, getattr(self, "datasets", None))  # if none yet
             self._resume_run(trial, run_id)
         else:
             run = new_trial_run(self.client, self.experiment_id, self.parent_run_id,
@@ -92,6 +95,7 @@ class MLflowLineage(tune.Callback):
             # the run exists; Tune's saved experiment state may not know the trial yet
             failpoints.reach("trial-run-created", trial=trial.trial_id, run=run_id)
             log_params(self.client, run_id, trial.config)
+            log_datasets(self.client, run_id, getattr(self, "datasets", None))
         self.runs[trial.trial_id] = run_id
         return run_id
 

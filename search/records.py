@@ -1,5 +1,6 @@
 """A trial's record in MLflow, written the same way by the live lineage (search/lineage.py) and
-by the catch-up after an outage (search/backfill.py): its run, params, metrics and its end.
+by the catch-up after an outage (search/backfill.py): its run, params, metrics and its end;
+and the data a run used, as MLflow dataset inputs (split_datasets, log_datasets).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 import time
 from pathlib import Path
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 
 from trainables.classes import NUM_CLASSES
 from trainables.trainable import CHECKPOINT_FILE
@@ -109,6 +110,51 @@ def asha_tags(stop: dict) -> dict[str, str]:
             "stop_reason": f"ASHA rung at epoch {stop['rung']} of the {stop['group_epochs']}"
                            f"-epoch trials: {stop['metric']} {stop['value']:.4f} below the "
                            f"cutoff {cutoff} of {stop['compared_with']} other trial(s)"}
+
+
+# the split's parts as MLflow datasets: (part, name, the mlflow.data.context tag)
+DATASET_PARTS = (("train", "fashion-mnist-train", "training"),
+                 ("val", "fashion-mnist-val", "validation"),
+                 ("test", "fashion-mnist-test", "test"))
+
+
+def split_datasets(split) -> list[dict]:
+    """The train, val and test sets of a DataSplit as plain dicts (Tune pickles the lineage
+    that carries them): name, digest (16 hex digits of SHA-256 of the split's fingerprint and
+    the part), the data folder as a local source, the tensor schema, and a profile with the
+    image count, the class histogram and the split's provenance."""
+    out = []
+    for part, name, context in DATASET_PARTS:
+        histogram = [int(n) for n in split.histogram(part)]
+        digest = hashlib.sha256(f"{split.fingerprint}/{part}".encode()).hexdigest()[:16]
+        schema = {"mlflow_tensorspec": {
+            "features": json.dumps([{"type": "tensor", "tensor-spec": {
+                "dtype": "uint8", "shape": [-1, 28, 28]}, "name": "images"}]),
+            "targets": json.dumps([{"type": "tensor", "tensor-spec": {
+                "dtype": "int64", "shape": [-1]}, "name": "labels"}])}}
+        profile = {"num_images": sum(histogram), "class_histogram": histogram,
+                   "data_fingerprint": split.fingerprint, "files_sha256": split.files_sha256,
+                   "origin": split.origin, "train_size": split.train_size, "seed": split.seed,
+                   "files": "t10k-*" if part == "test" else "train-*"}
+        out.append({"name": name, "digest": digest, "source_type": "local",
+                    "source": json.dumps({"uri": str(split.source)}),
+                    "schema": json.dumps(schema), "profile": json.dumps(profile),
+                    "context": context})
+    return out
+
+
+def log_datasets(client, run_id: str, datasets: list[dict] | None) -> bool:
+    """Log ``datasets`` (split_datasets) as the run's dataset inputs, unless the run has some
+    already (a resumed run); returns whether it logged them."""
+    if not datasets or client.get_run(run_id).inputs.dataset_inputs:
+        return False
+    client.log_inputs(run_id, datasets=[
+        DatasetInput(dataset=Dataset(name=d["name"], digest=d["digest"],
+                                     source_type=d["source_type"], source=d["source"],
+                                     schema=d["schema"], profile=d["profile"]),
+                     tags=[InputTag(key="mlflow.data.context", value=d["context"])])
+        for d in datasets])
+    return True
 
 
 def cell(x) -> str:

@@ -22,6 +22,7 @@ from search import offline
 from search.records import (
     BEST_KEYS,
     asha_tags,
+    log_datasets,
     log_params,
     new_trial_run,
     record_end,
@@ -70,10 +71,11 @@ def kept_checkpoint(result, metric: str) -> tuple[str | None, dict]:
     return ckpt.path, m
 
 
-def catch_up(uri: str, search, results, client, experiment_id: str, parent_id: str) -> None:
+def catch_up(uri: str, search, results, client, experiment_id: str, parent_id: str,
+             datasets: list[dict] | None = None) -> None:
     """``backfill``, through search/offline.py's guard; one line when it added anything."""
     added = offline.tracked(uri, backfill, results, client, experiment_id, parent_id,
-                            search.metric, search.scheduler)
+                            search.metric, search.scheduler, datasets=datasets)
     if added and any(added.values()):
         print(f"experiment {search.name}: recorded in MLflow what it had missed: "
               f"{added['epochs']} epoch(s), {added['runs']} new trial run(s), "
@@ -81,7 +83,7 @@ def catch_up(uri: str, search, results, client, experiment_id: str, parent_id: s
 
 
 def backfill(results, client, experiment_id: str, parent_id: str, metric: str,
-             scheduler=None) -> dict[str, int]:
+             scheduler=None, datasets: list[dict] | None = None) -> dict[str, int]:
     """Reconcile every result with its child run; returns what was added."""
     done = {"runs": 0, "epochs": 0, "closed": 0}
     children = client.search_runs([experiment_id],
@@ -99,6 +101,7 @@ def backfill(results, client, experiment_id: str, parent_id: str, metric: str,
         if run is None:
             run = new_trial_run(client, experiment_id, parent_id, tid, config)
             done["runs"] += 1
+        log_datasets(client, run.info.run_id, datasets)  # (if it has none yet)
         if not run.data.params:  # new, or created by a driver killed before its params
             log_params(client, run.info.run_id, config)
         run_id = run.info.run_id

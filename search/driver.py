@@ -85,6 +85,7 @@ def run_search(options, search: Search, split, on_start=None) -> int:
         ws.save_state(search.name, state)
     else:
         client.update_run(state["parent_run_id"], status="RUNNING")
+        log_datasets(client, state["parent_run_id"], split_datasets(split))  # if none yet
     parent_id = state["parent_run_id"]
 
     if on_start:
@@ -107,7 +108,8 @@ def run_search(options, search: Search, split, on_start=None) -> int:
     if code is not None:
         return code
     if options.resume:  # what MLflow missed (a server that went away), from Tune's results
-        catch_up(ws.tracking_uri, search, results, client, experiment_id, parent_id)
+        catch_up(ws.tracking_uri, search, results, client, experiment_id, parent_id,
+                 split_datasets(split))
     code = summarise(results, client, parent_id, ws, dashboard, search)
     offline.note(ws, search.name, state)
     return code

@@ -121,7 +121,7 @@ def test_pipeline_ends_with_the_seed_table_and_where_to_look(smoke_pipeline):
     for stage in STAGES:
         assert re.search(rf"^{re.escape(stage)}\s", tail, re.M), stage
     assert re.search(r"^Fusion \(uniform, 4 models\)\s+\d+\.\d\d%\s+\d+\.\d\d%$", tail, re.M)
-    assert "seed: Model fusion (4 models)      91.72%    90.33%" in tail
+    assert re.search(r"^seed: Model fusion \(4 models\)\s+91\.72%\s+90\.33%$", tail, re.M)
     ws = smoke_pipeline.ws
     assert f"report:         {ws / 'reports' / 'smoke' / 'report.html'}" in tail
     assert f"mlflow ui --backend-store-uri sqlite:///{ws / 'mlflow.db'} --host 127.0.0.1" in tail

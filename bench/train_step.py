@@ -23,14 +23,8 @@ import torch
 
 from search.profiles import PROFILES
 from trainables.data import load_split
-from trainables.engine import (
-    FP32,
-    TrainConfig,
-    build,
-    fast_path,
-    resolve_device,
-    train_one_epoch,
-)
+from trainables.engine import TrainConfig, build, resolve_device, train_one_epoch
+from trainables.fastpath import FP32, fast_path
 from trainables.models.layers import Dropout
 
 PROFILE = PROFILES["quick"]

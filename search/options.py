@@ -18,7 +18,8 @@ from search.profiles import PROFILES, Profile
 from search.workspace import WorkspaceError
 from trainables.cli import ArgParser
 from trainables.data import DataError, add_data_args, load_split
-from trainables.engine import ConfigError, TrainConfig, add_fast_path_args, check_batch
+from trainables.engine import ConfigError, TrainConfig, check_batch
+from trainables.fastpath import add_fast_path_args
 
 AUTO = "auto"
 PROFILE_TRAIN_SIZE = -1  # --train-size not given: the profile's (None, from "all", is all)

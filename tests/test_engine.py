@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from conftest import need_real_data
 
-from trainables import checkpoint, data, engine
+from trainables import checkpoint, data, fastpath
 from trainables.engine import (
     ConfigError,
     TrainConfig,
@@ -245,13 +245,13 @@ def test_cli_bad_arguments(args, message, tmp_path):
 
 def test_the_fast_path_auto_and_explicit(monkeypatch):
     cpu = torch.device("cpu")
-    assert engine.fast_path("fp32", "contiguous", cpu) == engine.FP32
-    assert engine.fast_path("bf16", "channels_last", cpu) == engine.FastPath("bf16", True)
-    assert engine.fast_path("fp32", "auto", cpu) == engine.FastPath("fp32", True)
-    monkeypatch.setattr(engine, "native_bf16", lambda device: False)  # bf16 emulated: fp32
-    assert engine.fast_path("auto", "auto", cpu) == engine.FastPath("fp32", True)
-    monkeypatch.setattr(engine, "native_bf16", lambda device: True)
-    assert engine.fast_path("auto", "auto", cpu) == engine.FastPath("bf16", True)
+    assert fastpath.fast_path("fp32", "contiguous", cpu) == fastpath.FP32
+    assert fastpath.fast_path("bf16", "channels_last", cpu) == fastpath.FastPath("bf16", True)
+    assert fastpath.fast_path("fp32", "auto", cpu) == fastpath.FastPath("fp32", True)
+    monkeypatch.setattr(fastpath, "native_bf16", lambda device: False)  # bf16 emulated: fp32
+    assert fastpath.fast_path("auto", "auto", cpu) == fastpath.FastPath("fp32", True)
+    monkeypatch.setattr(fastpath, "native_bf16", lambda device: True)
+    assert fastpath.fast_path("auto", "auto", cpu) == fastpath.FastPath("bf16", True)
     with pytest.raises(ConfigError, match="unknown precision 'fp16'"):
         TrainConfig(precision="fp16")
     with pytest.raises(ConfigError, match="unknown memory format"):
@@ -265,7 +265,7 @@ def test_the_path_is_recorded_and_inference_runs_it_as_training_did(precision, s
 
     cfg = TrainConfig(**FAST, epochs=2, warmup_epochs=1, precision=precision)
     state = fit(cfg, split)
-    assert state.fast == engine.FastPath(precision, True)
+    assert state.fast == fastpath.FastPath(precision, True)
     assert all(h["fast_path"] == f"cpu, {precision}, channels_last" for h in state.history)
     param = next(state.model.parameters())
     assert param.dtype == torch.float32  # autocast: the weights stay fp32
@@ -282,5 +282,5 @@ def test_the_path_is_recorded_and_inference_runs_it_as_training_did(precision, s
 
 def test_the_plain_path_is_contiguous_fp32(split):
     state = build(TrainConfig(**FAST, precision="fp32", memory_format="contiguous"), split)
-    assert state.fast == engine.FP32
+    assert state.fast == fastpath.FP32
     assert all(p.is_contiguous() for p in state.model.parameters())

@@ -160,7 +160,7 @@ def test_each_search_records_its_resources_and_each_trial_its_fast_path(smoke_pi
     import torch
     from mlflow.tracking import MlflowClient
 
-    from trainables.engine import fast_path
+    from trainables.fastpath import fast_path
 
     client = MlflowClient(f"sqlite:///{smoke_pipeline.ws / 'mlflow.db'}")
     expected = f"cpu, {fast_path('auto', 'auto', torch.device('cpu'))}"

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from trainables.engine import FastPath, TrainConfig, TrainState, fast_path, make_optimizer
+from trainables.engine import TrainConfig, TrainState, make_optimizer
+from trainables.fastpath import FastPath, fast_path
 from trainables.files import first_line, sha256_file, write_reason
 from trainables.models import get_model
 

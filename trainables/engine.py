@@ -17,18 +17,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from trainables import augment
 from trainables.data import NUM_CLASSES, DataSplit
+from trainables.fastpath import FP32, MEMORY_FORMATS, PRECISIONS, AugmentClock, FastPath, fast_path
 from trainables.models import get_model, list_models
 
 SCHEDULES = ("cosine", "step", "multistep")
-PRECISIONS = ("auto", "fp32", "bf16")
-MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 # docs/seed.md, "Tuning": the strong ResNet's weights for labels 0..9 (hard pairs 0/6 and 2/4).
 SEED_CLASS_WEIGHTS = (2.0, 0.8, 1.5, 0.8, 1.5, 1.2, 2.0, 1.2, 1.0, 1.2)
 HARD_CLASSES = (0, 2, 4, 6)
@@ -171,63 +169,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@dataclass(frozen=True)
-class FastPath:
-    """How the model's forward and backward run: in bf16 (autocast: convolutions and matrix
-    products in bf16, accumulation, loss and softmax in fp32) or fp32, on channels_last or
-    contiguous tensors."""
-
-    precision: str = "fp32"
-    channels_last: bool = False
-
-    def __str__(self) -> str:
-        return f"{self.precision}, {'channels_last' if self.channels_last else 'contiguous'}"
-
-    def autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=torch.bfloat16,
-                              enabled=self.precision == "bf16")
-
-    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
-
-
-FP32 = FastPath()  # the plain path: fp32, contiguous (NCHW)
-
-
-def add_fast_path_args(parser) -> None:
-    """--precision and --memory-format, for every command that trains."""
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="bf16 autocast or fp32; auto: bf16 where the device has it "
-                             "natively (default auto)")
-    parser.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
-                        help="auto: channels_last (default auto)")
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether the device computes bf16 in hardware: a CUDA GPU that supports it, or a CPU
-    whose oneDNN kernels have bf16 instructions (AVX512-BF16 or AMX on x86, BF16 on Arm).
-    Elsewhere bf16 is emulated, and slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(flags))
-
-
-def fast_path(precision: str, memory_format: str, device: torch.device) -> FastPath:
-    """Resolve "auto": bf16 where the device has it natively, channels_last everywhere
-    (measured by bench/train_step.py: on a 2-core AVX512-BF16 CPU, 1.7-2.0x fp32 NCHW for the
-    three models; on CUDA the engine has run bf16 channels_last from the start)."""
-    if precision == "auto":
-        precision = "bf16" if native_bf16(device) else "fp32"
-    channels_last = memory_format in ("auto", "channels_last")
-    return FastPath(precision, channels_last)
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 17) % 2**63
 
@@ -245,36 +186,6 @@ def _inputs(xb: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-class _AugmentClock:
-    """The time spent in augmentation, without stalling a GPU: on CUDA a pair of events per
-    batch, read once at the end of the epoch (no host synchronisation in the batch loop); on
-    the CPU, whose operations finish before they return, the wall clock."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.events: list = []
-        self.seconds = 0.0
-
-    def start(self):
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
-    def stop(self, began) -> None:
-        if self.cuda:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            self.events.append((began, end))
-        else:
-            self.seconds += time.perf_counter() - began
-
-    def total(self) -> float:
-        """Seconds in all; call after the epoch's one synchronisation."""
-        return self.seconds + sum(a.elapsed_time(b) for a, b in self.events) / 1000
-
-
 def train_one_epoch(model, optimizer, x, y, *, batch_size: int, mean: float, std: float,
                     policy: str, class_weights: torch.Tensor | None,
                     generator: torch.Generator, on_batch=None, fast: FastPath = FP32) -> dict:
@@ -284,7 +195,7 @@ def train_one_epoch(model, optimizer, x, y, *, batch_size: int, mean: float, std
     model.train()
     order = torch.randperm(len(x), generator=generator, device=device)
     total = torch.zeros((), device=device)
-    clock = _AugmentClock(device)
+    clock = AugmentClock(device)
     start = time.perf_counter()
     for i in range(0, len(x), batch_size):
         idx = order[i:i + batch_size]

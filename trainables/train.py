@@ -29,12 +29,12 @@ from trainables.engine import (
     ConfigError,
     NonFiniteLoss,
     TrainConfig,
-    add_fast_path_args,
     build,
     check_batch,
     evaluate,
     run_epoch,
 )
+from trainables.fastpath import add_fast_path_args
 from trainables.files import write_reason
 from trainables.models import list_models
 

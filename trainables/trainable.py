@@ -49,7 +49,8 @@ from ray.train._internal.session import _TrainingResult  # what Tune passes to r
 from ray.tune.result import SHOULD_CHECKPOINT, TRAINING_ITERATION
 
 from trainables import checkpoint, failpoints
-from trainables.engine import SGD_ONLY, FastPath, TrainConfig, build, run_epoch
+from trainables.engine import SGD_ONLY, TrainConfig, build, run_epoch
+from trainables.fastpath import FastPath
 
 METRIC, MODE = "val_acc", "max"  # shared by the scheduler, checkpointing and selection
 TIME_ATTR = "epoch"

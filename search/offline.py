@@ -72,13 +72,21 @@ def go_offline(uri: str, error: BaseException) -> None:
           "to record what was missed.", file=sys.stderr, flush=True)
 
 
+DROPPED = "the connection was closed during a request"
+
+
 def _why(error: BaseException) -> str:
-    """The short reason: the OS's (Connection refused), a timeout, else the first line."""
+    """The short reason: the OS's (Connection refused), a timeout, a server that went away in
+    the middle of a request, else the first line."""
     text = str(error).strip()
     if m := re.search(r"\[Errno -?\d+\] ([^'\")(]+)", text):
         return m.group(1).strip()
+    if re.search(r"Remote end closed connection|Connection aborted|RemoteDisconnected", text):
+        return DROPPED
     if m := re.search(r"(Read|Connect) timed out\.?( \(\w+ timeout=[\d.]+\))?", text):
         return m.group(0).strip()
+    if m := re.search(r"Caused by \w+\((?:<[^>]*>[:,] )?'?([^'\")(]+)", text):  # urllib3's cause
+        return scrub(m.group(1).strip())[:200]
     return scrub(first_line(error, 10_000))[:200]
 
 

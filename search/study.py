@@ -105,13 +105,8 @@ def started_before(ws: Workspace, name: str) -> bool:
     """Whether a study of this name exists with trials although Tune saved no state to
     restore: a search killed before Tune first saved it, now started afresh. Its trials asked
     then are lost (forget_lost), and its starting points were queued then: not again."""
-    if not (ws.root / STORAGE_FILE).exists():
-        return False
-    try:
-        study = optuna.load_study(study_name=name, storage=storage_url(ws))
-    except KeyError:
-        return False
-    if not study.get_trials(deepcopy=False):
+    study = existing_study(ws, name)
+    if study is None or not study.get_trials(deepcopy=False):
         return False
     forget_lost(study, set())
     return True
@@ -122,12 +117,20 @@ def storage_url(ws: Workspace) -> str:
 
 
 def study_trials(ws: Workspace, name: str) -> list:
-    """The study's trials that ran (not the ones lost to an interruption). No study file, no
-    trials: looking one up must not create the file (a refused command leaves no trace)."""
-    if not (ws.root / STORAGE_FILE).exists():
-        return []
-    try:
-        study = optuna.load_study(study_name=name, storage=storage_url(ws))
-    except KeyError:
+    """The study's trials that ran (not the ones lost to an interruption); none without a
+    study."""
+    study = existing_study(ws, name)
+    if study is None:
         return []
     return [t for t in study.get_trials(deepcopy=False) if "lost" not in t.user_attrs]
+
+
+def existing_study(ws: Workspace, name: str) -> optuna.Study | None:
+    """The study of this name, if the workspace has one. Looking it up never creates the
+    study file: a refused command leaves no trace."""
+    if not (ws.root / STORAGE_FILE).exists():
+        return None
+    try:
+        return optuna.load_study(study_name=name, storage=storage_url(ws))
+    except KeyError:
+        return None

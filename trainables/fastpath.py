@@ -8,6 +8,7 @@ inside the batch loop).
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,13 +57,17 @@ def native_bf16(device: torch.device) -> bool:
     Elsewhere bf16 is emulated, and slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if not torch.backends.mkldnn.is_available():
-        return False
+    return torch.backends.mkldnn.is_available() and \
+        bool({"avx512_bf16", "amx_bf16", "bf16"} & _cpu_flags())
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's flags, read once per process (every checkpoint an inference loads asks)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(flags))
+        return frozenset()
 
 
 def fast_path(precision: str, memory_format: str, device: torch.device) -> FastPath:

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from search.profiles import PROFILES
-from trainables.engine import SGD_ONLY
+from trainables.engine import DECAY_ONLY, SGD_ONLY, TrainConfig, branch_epoch
 
 SEARCH_KINDS = ("grid", "weights")
 
@@ -114,23 +114,36 @@ def same_data(candidates: list[Candidate]) -> tuple[list[Candidate], list[Candid
     return [c for c in ranked if c.fingerprint == fp], [c for c in ranked if c.fingerprint != fp]
 
 
-# Flat params that do not change a trial's weights during the warm-up (besides SGD_ONLY).
-NOT_WEIGHTS = ("device", "num_threads", "eval_batch_size", "warmup_cache")
+# Flat params that do not change a trial's weights during its trunk (besides SGD_ONLY or
+# DECAY_ONLY).
+NOT_WEIGHTS = ("device", "num_threads", "eval_batch_size", "trunk_cache", "trunk_lengths")
+
+
+def shared_epochs(params: dict) -> tuple[int, tuple[str, ...]]:
+    """The leading epochs a trial shares with its siblings (trainables/trunk.py), from its
+    MLflow params, and the params those epochs do not depend on."""
+    warmup = int(float(params.get("warmup_epochs") or 0))
+    if params.get("schedule") != "wsd":
+        return warmup, SGD_ONLY
+    cfg = TrainConfig(epochs=int(float(params["epochs"])), warmup_epochs=warmup,
+                      schedule="wsd", decay_fraction=float(params.get("decay_fraction", 0.2)))
+    return branch_epoch(cfg), DECAY_ONLY
 
 
 def distinct(candidates: list[Candidate]) -> list[Candidate]:
     """The candidates, ranked, less those whose checkpoint holds another's weights.
 
-    Trials that differ only in SGD-phase settings share one warm-up (trainables/trainable.py),
-    so when a trial's best epoch falls inside the warm-up, its kept checkpoint has the same
-    weights as a sibling's kept at that epoch; fusing both would count one model twice.
+    Trials that differ only in their length (or, for the warm-up, in SGD-phase settings)
+    share one trunk (trainables/trunk.py), so when a trial's best epoch falls inside it, its
+    kept checkpoint has the same weights as a sibling's kept at that epoch; fusing both would
+    count one model twice.
     """
     seen, out = set(), []
     for c in rank(candidates):
-        warmup = int(float(c.params.get("warmup_epochs") or 0))
-        if 0 < c.epoch <= warmup:
+        shared, after = shared_epochs(c.params)
+        if 0 < c.epoch <= shared:
             key = (c.fingerprint, c.epoch, tuple(sorted(
-                (k, v) for k, v in c.params.items() if k not in SGD_ONLY + NOT_WEIGHTS)))
+                (k, v) for k, v in c.params.items() if k not in after + NOT_WEIGHTS)))
             if key in seen:
                 continue
             seen.add(key)

@@ -202,7 +202,7 @@ def by_config(ws: Path, experiment: str) -> dict:
         for (run_id,) in rows:
             params = tuple(sorted(con.execute(
                 "select key, value from params where run_uuid = ? and key not in "
-                "('warmup_cache')", (run_id,)).fetchall()))
+                "('trunk_cache')", (run_id,)).fetchall()))
             out.setdefault(params, []).append([(int(s), v) for s, v in con.execute(
                 "select step, value from metrics where run_uuid = ? and key = 'val_acc' "
                 "order by step, timestamp", (run_id,)).fetchall()])

@@ -67,7 +67,7 @@ def parser() -> ArgParser:
     return p
 
 
-def space(options: GridOptions, model: str, warmup_cache: str | None) -> dict:
+def space(options: GridOptions, model: str, trunk_cache: str | None) -> dict:
     """The search space: the one place the grid is defined (optuna-examples convention)."""
     profile = PROFILES[options.profile]
     batch_sizes, epochs = profile.grid(model)
@@ -75,8 +75,9 @@ def space(options: GridOptions, model: str, warmup_cache: str | None) -> dict:
                        warmup(options))
     # epochs outermost: the first trials to start differ in batch size, so each computes a
     # different warm-up and the later ones reuse them (trainables/trainable.py).
-    return {**base.to_dict(), "warmup_cache": warmup_cache,
-            "epochs": tune.grid_search(list(options.epochs or epochs)),
+    lengths = list(options.epochs or epochs)
+    return {**base.to_dict(), "trunk_cache": trunk_cache, "trunk_lengths": lengths,
+            "epochs": tune.grid_search(lengths),
             "batch_size": tune.grid_search(list(options.batch_sizes or batch_sizes))}
 
 
@@ -101,7 +102,7 @@ def run(options: GridOptions, space_overrides: dict | None = None) -> int:
         check_trial(model, max(batch_sizes), min(epochs), warmup(options), options.width,
                     len(split.y_train), "--batch-sizes")
         warmups = None if options.no_shared_warmups else str(
-            Path(options.workspace).expanduser().resolve() / "warmups")
+            Path(options.workspace).expanduser().resolve() / "trunks")
         param_space = {**space(options, model, warmups), **(space_overrides or {})}
     except REFUSED as e:
         print(f"error: {e}", file=sys.stderr)

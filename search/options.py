@@ -20,10 +20,13 @@ from trainables.cli import ArgParser
 from trainables.data import DataError, add_data_args, load_split
 from trainables.engine import ConfigError, TrainConfig, check_batch
 from trainables.fastpath import add_fast_path_args
+from trainables.schedule import add_schedule_args
 
 AUTO = "auto"
 PROFILE_TRAIN_SIZE = -1  # --train-size not given: the profile's (None, from "all", is all)
 ALIASES = {"resnet": "resnet18"}  # --model resnet, as the seed calls it
+# every search's schedule unless --schedule says otherwise (docs/usage.md, "Schedules")
+DEFAULT_SCHEDULE = "cosine"
 
 
 class UsageError(Exception):
@@ -53,6 +56,9 @@ class SearchOptions:
     dashboard_port: int = 8265
     precision: str = "auto"
     memory_format: str = "auto"
+    schedule: str = DEFAULT_SCHEDULE
+    decay_fraction: float = TrainConfig.decay_fraction
+    decay_shape: str = TrainConfig.decay_shape
     data_dir: str | None = None
     download: bool = False
     train_size: int | None = PROFILE_TRAIN_SIZE
@@ -83,6 +89,7 @@ def add_search_args(p: ArgParser, default_name: str) -> None:
     r.add_argument("--num-cpus", type=int, help="CPUs of the local cluster (default all)")
     r.add_argument("--dashboard-port", type=int, default=8265)
     add_fast_path_args(r)
+    add_schedule_args(p.add_argument_group("schedule"), DEFAULT_SCHEDULE)
     add_data_args(p)
     p.set_defaults(train_size=PROFILE_TRAIN_SIZE, seed=0)
 
@@ -209,4 +216,6 @@ def base_config(options: SearchOptions, model: str, width: int | None, warmup: i
         # "auto": what the trial's worker was given (trainables/trainable.py)
         num_threads=None if cpus == AUTO else max(1, int(cpus)),
         device="auto" if gpus == AUTO else "cuda" if gpus > 0 else "cpu",
-        precision=options.precision, memory_format=options.memory_format, **fields)
+        precision=options.precision, memory_format=options.memory_format,
+        schedule=options.schedule, decay_fraction=options.decay_fraction,
+        decay_shape=options.decay_shape, **fields)

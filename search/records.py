@@ -16,7 +16,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from trainables.classes import NUM_CLASSES
 from trainables.trainable import CHECKPOINT_FILE
 
-SKIP_PARAMS = ("warmup_cache",)
+SKIP_PARAMS = ("trunk_cache",)
 # metrics also logged as best_<key> for the epoch of a trial's best checkpoint
 BEST_KEYS = ("val_acc", "val_loss", "hard_acc",
              *(f"val_acc_{c}" for c in range(NUM_CLASSES)))

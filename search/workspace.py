@@ -3,7 +3,7 @@
     DIR/mlflow.db          the default MLflow tracking store (sqlite:///DIR/mlflow.db)
     DIR/mlartifacts/       MLflow artifacts of that store
     DIR/ray_results/       Ray Tune's experiment folders (--storage-path may point elsewhere)
-    DIR/warmups/           shared warm-up checkpoints (trainables/trainable.py)
+    DIR/trunks/            shared trunks: warm-ups, wsd stable phases (trainables/trunk.py)
     DIR/experiments/NAME.json   what --resume needs: the parent run, the Tune path, the arguments
     DIR/pipelines/NAME.json     a pipeline's plan and the status and time of each stage
     DIR/reports/           analysis reports
@@ -65,7 +65,7 @@ class Workspace:
              storage_path: str | None = None) -> Workspace:
         root = Path(root).expanduser().resolve()
         try:
-            for sub in ("mlartifacts", "warmups", "experiments", "reports"):
+            for sub in ("mlartifacts", "trunks", "experiments", "reports"):
                 (root / sub).mkdir(parents=True, exist_ok=True)
             probe = root / ".write-test"
             probe.write_text("ok")
@@ -77,8 +77,8 @@ class Workspace:
         return cls(root, tracking_uri or f"sqlite:///{root / 'mlflow.db'}", storage)
 
     @property
-    def warmups(self) -> Path:
-        return self.root / "warmups"
+    def trunks(self) -> Path:
+        return self.root / "trunks"
 
     def client(self) -> MlflowClient:
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its table-creation notes

@@ -223,11 +223,11 @@ def _write_earlier_workspace(ws: Path) -> None:
     """What a workspace holds after an earlier search and pipeline, built directly (seconds,
     no training): a real MLflow store with the experiment grid-inception (a parent run, a
     finished trial run with params, per-epoch metrics and a checkpoint artifact), its state
-    file, a pipeline state file, Tune's experiment folder, a warm-up and a report. The names
+    file, a pipeline state file, Tune's experiment folder, a trunk and a report. The names
     are none that the bad-input tests' commands (cnn, resnet18, profile smoke) would take."""
     from mlflow.tracking import MlflowClient
 
-    for sub in ("mlartifacts", "warmups", "experiments", "reports/earlier", "pipelines",
+    for sub in ("mlartifacts", "trunks", "experiments", "reports/earlier", "pipelines",
                 "ray_results/grid-inception/trial_00000/checkpoint_000001", "cache/probs"):
         (ws / sub).mkdir(parents=True, exist_ok=True)
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
@@ -257,7 +257,8 @@ def _write_earlier_workspace(ws: Path) -> None:
         "stages": [{"name": "grid-inception", "kind": "grid", "model": "inception",
                     "status": "done", "seconds": 12.5}]}, indent=2))
     (ws / "ray_results/grid-inception/experiment_state-earlier.json").write_text("{}")
-    (ws / "warmups" / "0123456789abcdef0123.pt").write_bytes(b"an earlier warm-up")
+    (ws / "trunks" / "0123456789abcdef0123").mkdir()
+    (ws / "trunks" / "0123456789abcdef0123" / "epoch-0001.pt").write_bytes(b"an earlier trunk")
     (ws / "reports/earlier/summary.json").write_text('{"earlier": true}')
     (ws / "cache/probs/earlier.npy").write_bytes(b"\x93NUMPY earlier probabilities")
 

@@ -139,7 +139,7 @@ def test_a_shared_warmup_checkpoint_is_fused_once():
     """Trials that differ only in SGD settings share the warm-up: kept at a warm-up epoch, their
     checkpoints are one model; kept after it, they are different models."""
     base = {"model": "cnn", "batch_size": "64", "warmup_epochs": "1", "augment": "offline",
-            "warmup_cache": "/ws/warmups", "num_threads": "1"}
+            "trunk_cache": "/ws/warmups", "num_threads": "1"}
 
     def trial(run_id, epoch, val_acc, **params):
         return replace(cand(run_id, "cnn", val_acc), epoch=epoch,

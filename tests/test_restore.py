@@ -165,7 +165,7 @@ def test_a_replayed_warmup_is_never_checkpointed_under_the_wrong_epoch(split, tm
     from the store without a checkpoint (its weights are epoch 2's); a restore in the middle
     of the replay reports the rest of it, each epoch once."""
     cfg = config(warmup_epochs=2)
-    cfg["warmup_cache"] = str(tmp_path / "warmups")
+    cfg["trunk_cache"] = str(tmp_path / "warmups")
     first = run_trial(split, cfg)
     assert [r["warmup_reused"] for r in first] == [False] * 4
     d = tmp_path / "trial"

@@ -87,16 +87,16 @@ def test_warmup_is_computed_once_and_reused_exactly(split, tmp_path):
     base = TrainConfig(model="cnn", augment="none", batch_size=64, warmup_epochs=2, epochs=3,
                        device="cpu", num_threads=2).to_dict()
     cache = str(tmp_path / "warmups")
-    _, r1 = run_trial(split, {**base, "warmup_cache": cache})
+    _, r1 = run_trial(split, {**base, "trunk_cache": cache})
     assert [r["warmup_reused"] for r in r1] == [False, False, False]
-    assert len(list(Path(cache).glob("*.pt"))) == 1
-    reused, r2 = run_trial(split, {**base, "epochs": 4, "warmup_cache": cache})
+    assert len(list(Path(cache).glob("*/*.pt"))) == 1
+    reused, r2 = run_trial(split, {**base, "epochs": 4, "trunk_cache": cache})
     assert [r["warmup_reused"] for r in r2] == [True, True, False, False]
     assert [r["epoch"] for r in r2] == [1, 2, 3, 4]
     alone, r3 = run_trial(split, {**base, "epochs": 4})  # an independent warm-up
     assert [r["val_loss"] for r in r2] == [r["val_loss"] for r in r3]
     assert torch.equal(weights(reused.state.model), weights(alone.state.model))
-    assert len(list(Path(cache).glob("*.pt"))) == 1  # still the one warm-up
+    assert len(list(Path(cache).glob("*/*.pt"))) == 1  # still the one warm-up
 
 
 def test_validate_save_restore(split):
@@ -166,7 +166,7 @@ def test_smoke_grid_end_to_end(split, tmp_path):
     acc = evaluate(checkpoint.model_from(ckpt), split.x_val, split.y_val, batch_size=500,
                    mean=mean, std=std, fast=checkpoint.fast_path_of(ckpt))["acc"]
     assert acc == pytest.approx(float(best.data.tags["best_val_acc"]), abs=1e-6)
-    warmups = list((ws / "warmups").glob("*.pt"))
+    warmups = list((ws / "trunks").glob("*/*.pt"))
     assert len(warmups) == 3  # one per batch size, not one per trial
 
 

@@ -28,12 +28,12 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or does not fit; one line for the user."""
 
 
-def _plain(value):
+def plain(value):
     """Metrics as JSON-able Python scalars (weights_only loading refuses numpy types)."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value.item() if hasattr(value, "item") else value
 
 
@@ -46,8 +46,8 @@ def state_dict(state: TrainState) -> dict:
         "config": cfg.to_dict(),
         "epoch": state.epoch,
         "phase": state.phase,
-        "metrics": _plain(state.history[-1]) if state.history else {},
-        "history": _plain(state.history),
+        "metrics": plain(state.history[-1]) if state.history else {},
+        "history": plain(state.history),
         "model_state": {k: v.detach().cpu() for k, v in state.model.state_dict().items()},
         "optimizer_state": state.optimizer.state_dict(),
         "normalize": [state.mean, state.std],

@@ -70,3 +70,4 @@ def options_from(cls, args: argparse.Namespace):
     """A typed options dataclass from parsed arguments: each field from the attribute of its
     name. A parser and its options class must agree exactly (tests/test_options.py)."""
     return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+

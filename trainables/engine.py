@@ -7,6 +7,8 @@ then SGD with momentum 0.9 from those weights, the rate cut by a schedule sized 
 ``epochs`` counts both phases. The loss is cross-entropy, weighted per class when ``class_weights``
 is given (docs/seed.md, "Tuning": gradient weights for the hard classes).
 
+The schedules, wsd's included, are in trainables/schedule.py.
+
 Every epoch draws its shuffling, augmentation and dropout randomness from (seed, epoch) alone, so
 a run restored from a checkpoint at epoch k continues exactly as the uninterrupted run would, and
 the warm-up's result does not depend on how many epochs follow it.
@@ -25,8 +27,15 @@ from trainables import augment
 from trainables.data import NUM_CLASSES, DataSplit
 from trainables.fastpath import FP32, MEMORY_FORMATS, PRECISIONS, AugmentClock, FastPath, fast_path
 from trainables.models import get_model, list_models
+from trainables.schedule import (
+    DECAY_FRACTION,
+    DECAY_SHAPE,
+    DECAY_SHAPES,
+    SCHEDULES,
+    branch_epoch,
+    lr_at,
+)
 
-SCHEDULES = ("cosine", "step", "multistep")
 # docs/seed.md, "Tuning": the strong ResNet's weights for labels 0..9 (hard pairs 0/6 and 2/4).
 SEED_CLASS_WEIGHTS = (2.0, 0.8, 1.5, 0.8, 1.5, 1.2, 2.0, 1.2, 1.0, 1.2)
 HARD_CLASSES = (0, 2, 4, 6)
@@ -51,7 +60,10 @@ class NonFiniteLoss(RuntimeError):
 
 # What the warm-up does not depend on: only the SGD phase reads these (shared warm-ups,
 # trainables/trainable.py; identical members, analysis/select.py).
-SGD_ONLY = ("epochs", "lr", "momentum", "weight_decay", "schedule")
+SGD_ONLY = ("epochs", "lr", "momentum", "weight_decay", "schedule", "decay_fraction",
+            "decay_shape")
+# What a wsd run's stable phase does not depend on: only its decay reads these (shared trunks).
+DECAY_ONLY = ("epochs", "decay_fraction", "decay_shape")
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"
+    decay_fraction: float = DECAY_FRACTION  # wsd: the share of the SGD epochs that decay
+    decay_shape: str = DECAY_SHAPE  # wsd: linear | cosine, to zero at the last batch
     dropout: float = 0.25
     class_weights: tuple[float, ...] | None = None
     augment: str = "auto"  # "auto": the seed's choice for the model (augment.default_policy)
@@ -105,6 +119,11 @@ class TrainConfig:
             fail(f"dropout must be in [0, 1), got {self.dropout}")
         if self.schedule not in SCHEDULES:
             fail(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if not 0 < self.decay_fraction <= 1:
+            fail(f"decay fraction must be in (0, 1], got {self.decay_fraction}")
+        if self.decay_shape not in DECAY_SHAPES:
+            fail(f"unknown decay shape {self.decay_shape!r}; choose one of "
+                 f"{', '.join(DECAY_SHAPES)}")
         if self.augment not in augment.POLICIES:
             fail(f"unknown augmentation {self.augment!r}; "
                  f"choose one of {', '.join(augment.POLICIES)}")
@@ -147,20 +166,6 @@ class TrainConfig:
         return {**self.model_kwargs, "dropout": self.dropout}
 
 
-def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """The learning rate of (0-based) ``epoch``: constant during the warm-up, then the schedule
-    over the SGD epochs (docs/seed.md, "Training": the rate is cut step by step)."""
-    if epoch < cfg.warmup_epochs:
-        return cfg.warmup_lr
-    k, n = epoch - cfg.warmup_epochs, cfg.epochs - cfg.warmup_epochs
-    if cfg.schedule == "cosine":
-        return 0.5 * cfg.lr * (1 + math.cos(math.pi * k / n))
-    if cfg.schedule == "step":  # three equal steps, each a tenth of the one before
-        return cfg.lr * 0.1 ** (k // max(1, math.ceil(n / 3)))
-    milestones = (round(0.5 * n), round(0.75 * n))  # multistep
-    return cfg.lr * 0.1 ** sum(k >= m for m in milestones)
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -188,9 +193,11 @@ def _inputs(xb: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 def train_one_epoch(model, optimizer, x, y, *, batch_size: int, mean: float, std: float,
                     policy: str, class_weights: torch.Tensor | None,
-                    generator: torch.Generator, on_batch=None, fast: FastPath = FP32) -> dict:
+                    generator: torch.Generator, on_batch=None, fast: FastPath = FP32,
+                    lr_of=None) -> dict:
     """One pass over (x, y) in a seeded random order; returns loss, images/s, augment share.
-    Nothing in the batch loop waits for the device: one synchronisation per epoch."""
+    Nothing in the batch loop waits for the device: one synchronisation per epoch.
+    ``lr_of(fraction)``, when given, sets the rate of each batch (wsd's decay)."""
     device = x.device
     model.train()
     order = torch.randperm(len(x), generator=generator, device=device)
@@ -199,6 +206,9 @@ def train_one_epoch(model, optimizer, x, y, *, batch_size: int, mean: float, std
     start = time.perf_counter()
     for i in range(0, len(x), batch_size):
         idx = order[i:i + batch_size]
+        if lr_of is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_of(i / len(x))
         began = clock.start()
         xb = augment.augment_batch(_inputs(x[idx], fast.channels_last), policy, generator)
         xb = (xb - mean) / std
@@ -298,6 +308,8 @@ def run_epoch(state: TrainState, on_batch=None) -> dict:
         state.phase = "sgd"  # docs/seed.md: formal training starts from the warm-up weights
         state.optimizer = make_optimizer(state.model, cfg, "sgd")
     lr = lr_at(cfg, state.epoch)
+    decaying = cfg.schedule == "wsd" and state.epoch >= branch_epoch(cfg)
+    lr_of = (lambda f, e=state.epoch: lr_at(cfg, e, f)) if decaying else None
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     seed = epoch_seed(cfg.seed, state.epoch)
@@ -306,7 +318,8 @@ def run_epoch(state: TrainState, on_batch=None) -> dict:
     train = train_one_epoch(state.model, state.optimizer, state.x_train, state.y_train,
                             batch_size=cfg.batch_size, mean=state.mean, std=state.std,
                             policy=cfg.augment, class_weights=state.class_weights,
-                            generator=generator, on_batch=on_batch, fast=state.fast)
+                            generator=generator, on_batch=on_batch, fast=state.fast,
+                            lr_of=lr_of)
     val = evaluate(state.model, state.x_val, state.y_val, batch_size=cfg.eval_batch_size,
                    mean=state.mean, std=state.std, fast=state.fast)
     state.epoch += 1

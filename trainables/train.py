@@ -24,7 +24,6 @@ from trainables import augment, checkpoint
 from trainables.cli import EXIT_OK, EXIT_USAGE, ArgParser, at_least
 from trainables.data import CLASSES, DataError, add_data_args, load_split
 from trainables.engine import (
-    SCHEDULES,
     SEED_CLASS_WEIGHTS,
     ConfigError,
     NonFiniteLoss,
@@ -37,6 +36,7 @@ from trainables.engine import (
 from trainables.fastpath import add_fast_path_args
 from trainables.files import write_reason
 from trainables.models import list_models
+from trainables.schedule import add_schedule_args
 
 
 def class_weights_arg(text: str) -> tuple[float, ...]:
@@ -80,7 +80,7 @@ def parser() -> ArgParser:
     p.add_argument("--warmup-epochs", type=non_negative_int, default=d.warmup_epochs)
     p.add_argument("--warmup-lr", type=float, default=d.warmup_lr)
     p.add_argument("--lr", type=float, default=d.lr, help="SGD's rate after the warm-up")
-    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
+    add_schedule_args(p)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -96,7 +96,8 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
         model=args.model, model_kwargs={"width": args.width} if args.width else {},
         batch_size=args.batch_size, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
         warmup_lr=args.warmup_lr, lr=args.lr, weight_decay=args.weight_decay,
-        schedule=args.schedule, dropout=args.dropout, class_weights=args.class_weights,
+        schedule=args.schedule, decay_fraction=args.decay_fraction,
+        decay_shape=args.decay_shape, dropout=args.dropout, class_weights=args.class_weights,
         augment=args.augment or "auto", seed=args.seed, device=args.device,
         num_threads=args.threads, precision=args.precision, memory_format=args.memory_format,
     )

@@ -4,12 +4,14 @@
 TrainConfig from Tune's flat config and takes the data from Ray's object store (the driver puts
 it there once with ``tune.with_parameters``); checkpoints are the engine's own format.
 
-The seed's Adam warm-up (docs/seed.md, "Training") depends on the model, batch size, augmentation,
-class weights, data and seed, not on the epoch count, so trials that share those share one
-warm-up: the first computes it (holding a file lock) and stores it under ``warmup_cache``; the
-others wait for the lock, load it and replay its per-epoch metrics instead of training. Each
-epoch draws its randomness from (seed, epoch) only, so the result is exactly what an
-independent warm-up would have given.
+A run's first epochs do not depend on its epoch count (the seed's Adam warm-up; under wsd the
+constant-rate phase after it too), so trials that differ only in their length share them: a
+trunk under ``trunk_cache`` (trainables/trunk.py), computed once. A trial reports the trunk's
+epochs from its history without computing them (``shared`` in the result), extends it when it
+needs an epoch the trunk does not hold yet, and at its branch epoch loads the trunk's checkpoint
+and trains only its own decay. ``trunk_lengths`` names the lengths of the search, whose branch
+epochs the trunk is checkpointed at. Each epoch draws its randomness from (seed, epoch) only, so
+the numbers are exactly those of an independent run.
 
 Faults (Tune restores a trial from the checkpoint its saved experiment state names, after
 the trial's worker died or the driver was restarted with ``--resume``). A SIGKILL can fall
@@ -18,7 +20,7 @@ anywhere, so what the state names and what is on disk may disagree (docs/crash-w
 - The named checkpoint was deleted after the state was saved (Tune keeps one besides the
   best, and removes the older one when a newer one is registered), or it is half written,
   corrupt or fails its checksum: the trial continues from the newest good checkpoint beside
-  it, else from its stored warm-up or from scratch, and says so once (``checkpoint_fault`` in
+  it, else from its trunk or from scratch, and says so once (``checkpoint_fault`` in
   its next result, which the lineage records on the trial's MLflow run).
 - Each step reports exactly the epoch after the last one the saved state knows
   (``self.reported``). A checkpoint newer than that (the state was saved before it) holds
@@ -27,7 +29,7 @@ anywhere, so what the state names and what is on disk may disagree (docs/crash-w
   comes from (seed, epoch), so either way the numbers are those of an uninterrupted run.
 - A result asks Tune for a checkpoint (``should_checkpoint``) only when the weights are those
   of the epoch it reports, so every checkpoint holds the epoch it names: the epochs of a
-  replayed warm-up or of a newer checkpoint are reported but not checkpointed.
+  shared trunk or of a newer checkpoint are reported but not checkpointed.
 - A trial restored at its last epoch (it ended after Tune's last snapshot) reports that epoch
   once more, ending it, instead of training past its schedule.
 """
@@ -35,9 +37,6 @@ anywhere, so what the state names and what is on disk may disagree (docs/crash-w
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import hashlib
-import json
 import os
 import sys
 import tempfile
@@ -49,19 +48,12 @@ from ray.train._internal.session import _TrainingResult  # what Tune passes to r
 from ray.tune.result import SHOULD_CHECKPOINT, TRAINING_ITERATION
 
 from trainables import checkpoint, failpoints
-from trainables.engine import SGD_ONLY, TrainConfig, build, run_epoch
-from trainables.fastpath import FastPath
+from trainables.engine import TrainConfig, branch_epoch, build, run_epoch
+from trainables.trunk import Trunk, branch_points, trunk_key
 
 METRIC, MODE = "val_acc", "max"  # shared by the scheduler, checkpointing and selection
 TIME_ATTR = "epoch"
 CHECKPOINT_FILE = "checkpoint.pt"
-
-
-def warmup_key(cfg: TrainConfig, fingerprint: str, fast: FastPath) -> str:
-    fixed = {k: v for k, v in cfg.to_dict().items() if k not in SGD_ONLY}
-    fixed.update(device="", num_threads=None, eval_batch_size=None, data=fingerprint,
-                 precision=fast.precision, memory_format=fast.channels_last)
-    return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:20]
 
 
 class ClassifierTrainable(tune.Trainable):
@@ -78,56 +70,88 @@ class ClassifierTrainable(tune.Trainable):
         self.cfg = on_this_worker(TrainConfig.from_dict(config))
         self.state = build(self.cfg, self.split)
         self.reported = 0  # epochs reported to Tune, one result an epoch
-        self.reused = False  # the weights are a stored warm-up's
-        self.lock = None
-        self.warmup_path = None
-        cache = config.get("warmup_cache")
-        if not cache or self.cfg.warmup_epochs == 0:
-            return
-        Path(cache).mkdir(parents=True, exist_ok=True)
-        key = warmup_key(self.cfg, self.split.fingerprint, self.state.fast)
-        self.warmup_path = Path(cache) / f"{key}.pt"
-        self.lock = open(Path(cache) / f"{key}.lock", "w")  # noqa: SIM115 (held across steps)
-        fcntl.flock(self.lock, fcntl.LOCK_EX)  # wait while another trial computes it
-        if not self.warmup_path.exists():
-            return  # this trial computes it and stores it when its warm-up ends
-        self._release()
-        try:
-            stored = checkpoint.load(self.warmup_path)
-            checkpoint.restore(self.state, stored, str(self.warmup_path))
-        except checkpoint.CheckpointError:  # damaged: this trial computes it afresh
-            self.state = build(self.cfg, self.split)
-            self.warmup_path = None
-            return
-        self.reused = True
+        self.shared = 0  # the leading epochs this trial took from its trunk, not computed
+        self.branch = branch_epoch(self.cfg)
+        self.trunk = None
+        cache = config.get("trunk_cache")
+        if cache and self.branch > 0:
+            key = trunk_key(self.cfg, self.split.fingerprint, self.state.fast)
+            self.trunk = Trunk(cache, key, branch_points(self.cfg, config.get("trunk_lengths")
+                                                         or ()))
 
     def _release(self):
-        if self.lock is not None:
-            fcntl.flock(self.lock, fcntl.LOCK_UN)
-            self.lock.close()
-            self.lock = None
+        if self.trunk is not None:
+            self.trunk.release()
 
     def _train(self) -> dict:
+        """Train the next epoch; a trunk epoch is recorded in the trunk, which this trial holds
+        (it waited for any other trial extending it)."""
+        in_trunk = self.trunk is not None and self.state.epoch < self.branch
+        if in_trunk:
+            self.trunk.acquire()
         metrics = run_epoch(self.state)
-        if self.lock is not None and self.state.epoch == self.cfg.warmup_epochs:
-            checkpoint.save(self.state, self.warmup_path)
-            self._release()
+        if in_trunk:
+            self.trunk.record(self.state)
+            if self.state.epoch == self.branch:
+                self.trunk.release()
         return metrics
+
+    def _from_trunk(self, epoch: int) -> tuple[dict | None, bool]:
+        """The trunk's metrics of ``epoch`` when it holds them and this trial's weights are not
+        there yet: reported without computing (at the branch epoch with the trunk's weights
+        loaded, so that the result can be checkpointed: the second value). When no trial has
+        computed the epoch yet, this one will, holding the trunk (after waiting for any trial
+        extending it)."""
+        if self.trunk is None or not self.state.epoch < epoch <= self.branch:
+            return None, False
+        history = self.trunk.history()
+        if len(history) < epoch and not self.trunk.held:
+            self.trunk.acquire()
+            history = self.trunk.history()
+        if len(history) < epoch:
+            return None, False
+        self.trunk.release()
+        self.shared = max(self.shared, epoch)
+        holds = epoch == self.branch and self.trunk.load(self.state, epoch) and \
+            self.state.epoch == epoch
+        return dict(history[epoch - 1]), holds
+
+    def _reach(self, epoch: int) -> int:
+        """Bring the weights to ``epoch``: the trunk's checkpoint where it has one, then
+        training; the epochs trained."""
+        upto = min(epoch, self.branch)
+        if self.trunk is not None and self.state.epoch < upto:
+            if not self.trunk.held and self.trunk.load(self.state, upto):
+                self.shared = max(self.shared, self.state.epoch)
+            if self.state.epoch < upto:  # computed from the newest point the trunk holds
+                self.trunk.acquire()
+                if self.trunk.load(self.state, upto):
+                    self.shared = max(self.shared, self.state.epoch)
+        trained = 0
+        while self.state.epoch < epoch:
+            self._train()
+            trained += 1
+        return trained
 
     def step(self) -> dict:
         again = self.reported >= self.cfg.epochs  # restored at its end: its last epoch once
         epoch = self.cfg.epochs if again else self.reported + 1  # more, to end it
-        trained = False
-        while self.state.epoch < epoch - 1 or (again and self.state.epoch < epoch):
-            self._train()  # a checkpoint older than Tune's saved state: reported before
-            trained = True
-        if epoch <= self.state.epoch:  # computed before: a stored warm-up, a checkpoint newer
-            result = dict(self.state.history[epoch - 1])  # than Tune's state, or its end
-            holds = epoch == self.state.epoch and (trained or not again)
-        else:
-            result, holds = dict(self._train()), True
+        (result, holds), computed = self._from_trunk(epoch), 0
+        if result is None:  # a checkpoint older than Tune's saved state is trained forward
+            computed = self._reach(epoch if again else epoch - 1)
+            if epoch <= self.state.epoch:  # a checkpoint newer than Tune's state, or its end
+                result = dict(self.state.history[epoch - 1])
+                holds = epoch == self.state.epoch and (computed > 0 or not again)
+            else:
+                result, holds = dict(self._train()), True
+                computed += 1
         self.reported = epoch
-        result["warmup_reused"] = self.reused and epoch <= self.cfg.warmup_epochs
+        shared = epoch <= self.shared
+        result["shared"] = shared  # taken from the trunk, computed by another trial
+        result["warmup_reused"] = shared and epoch <= self.cfg.warmup_epochs
+        result["trunk"] = self.trunk is not None and epoch <= self.branch
+        result["branch_epoch"] = self.branch if self.trunk is not None else 0
+        result["epochs_computed"] = computed  # trained in this step (more when catching up)
         result["done"] = epoch >= self.cfg.epochs
         result[SHOULD_CHECKPOINT] = holds  # the weights are this epoch's
         result["node_id"] = _node_id()
@@ -164,13 +188,12 @@ class ClassifierTrainable(tune.Trainable):
         else:
             try:
                 checkpoint.restore(self.state, checkpoint.load(path), str(path))
-                self.reused = False
             except checkpoint.CheckpointError as e:
                 self._recover(path, str(e))
         # the next result is the epoch after the one Tune's saved state holds
         self.reported = self.known or self.state.epoch
-        if self.state.epoch >= self.cfg.warmup_epochs:
-            self._release()
+        self.shared = 0
+        self._release()  # taken again when this trial has a trunk epoch to compute
 
     def _recover(self, bad: Path, why: str) -> None:
         """The named checkpoint is unusable: the newest good one beside it, else scratch."""
@@ -180,10 +203,10 @@ class ClassifierTrainable(tune.Trainable):
                 checkpoint.restore(state, checkpoint.load(other), str(other))
             except checkpoint.CheckpointError:
                 continue
-            self.state, self.reused = state, False
+            self.state = state
             self.fault = f"{why}; continued from {other.parent.name} (epoch {state.epoch})"
             break
-        else:  # as a new trial would start (a stored warm-up is reused)
+        else:  # as a new trial would start (its trunk is shared)
             self._release()
             self._start(self.config)
             self.fault = f"{why}; no good checkpoint left, restarted from scratch"

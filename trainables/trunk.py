@@ -1,0 +1,113 @@
+"""Shared trunks: the epochs that trials differing only in their length compute once.
+
+A run's first ``branch_epoch(cfg)`` epochs (trainables/engine.py) do not depend on its epoch
+count: the seed's Adam warm-up, and under ``schedule="wsd"`` the constant-rate SGD after it too.
+Trials that share everything else share those epochs, the trunk. It lives in one folder:
+
+    CACHE/KEY/history.json        the trunk's per-epoch metrics, as far as it has been computed
+    CACHE/KEY/epoch-0007.pt       its checkpoint at each branch point (the trials' branch epochs)
+    CACHE/KEY.lock                held by the one trial extending it
+
+The trunk is extended lazily, by whichever trial needs an epoch it does not hold yet, under the
+lock; the others report its epochs from history.json without computing them and load its
+checkpoint at their own branch epoch. Each epoch draws its randomness from (seed, epoch) alone,
+so a trial that branches off gives exactly the numbers of an independent run.
+
+A checkpoint is written before the history that names its epoch, so a trunk killed between the
+two holds a checkpoint one epoch ahead of its history, never the reverse.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from trainables import checkpoint
+from trainables.engine import DECAY_ONLY, SGD_ONLY, TrainConfig, TrainState, branch_epoch
+from trainables.fastpath import FastPath
+from trainables.files import write_json
+
+# What neither the trunk nor any result depends on.
+RESOURCES = {"device": "", "num_threads": None, "eval_batch_size": None}
+
+
+def trunk_key(cfg: TrainConfig, fingerprint: str, fast: FastPath) -> str:
+    """Trials with the same key compute the same trunk: everything but what only the part
+    after the branch reads, the resources, and the path it runs on resolved."""
+    after = DECAY_ONLY if cfg.schedule == "wsd" else SGD_ONLY
+    fixed = {k: v for k, v in cfg.to_dict().items() if k not in after}
+    fixed.update(RESOURCES, data=fingerprint, precision=fast.precision,
+                 memory_format=fast.channels_last)
+    return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def branch_points(cfg: TrainConfig, lengths) -> list[int]:
+    """The branch epochs of ``cfg``'s trial at each of ``lengths`` (and its own), ascending:
+    where the trunk is checkpointed."""
+    points = {branch_epoch(replace(cfg, epochs=int(e))) for e in lengths
+              if int(e) >= cfg.warmup_epochs}
+    points.add(branch_epoch(cfg))
+    return sorted(p for p in points if p > 0)
+
+
+class Trunk:
+    def __init__(self, cache: str | Path, key: str, points: list[int]):
+        self.folder = Path(cache) / key
+        self.lock_path = Path(cache) / f"{key}.lock"
+        self.points = set(points)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = None
+
+    # --- what has been computed ---------------------------------------------------------------
+    def history(self) -> list[dict]:
+        """The trunk's per-epoch metrics so far (empty when none or unreadable)."""
+        try:
+            data = json.loads((self.folder / "history.json").read_text())
+        except (OSError, ValueError):
+            return []
+        return data if isinstance(data, list) else []
+
+    def checkpoint_path(self, epoch: int) -> Path:
+        return self.folder / f"epoch-{epoch:04d}.pt"
+
+    def load(self, state: TrainState, upto: int) -> bool:
+        """Restore ``state`` from the trunk's newest good checkpoint at or before ``upto`` and
+        after the epoch ``state`` holds; False when there is none."""
+        for epoch in sorted((p for p in self.points if state.epoch < p <= upto), reverse=True):
+            path = self.checkpoint_path(epoch)
+            if not path.exists():
+                continue
+            try:
+                checkpoint.restore(state, checkpoint.load(path), str(path))
+            except checkpoint.CheckpointError:
+                continue  # damaged: an earlier one, and the epochs after it computed again
+            return True
+        return False
+
+    # --- extending it ---------------------------------------------------------------------------
+    @property
+    def held(self) -> bool:
+        return self._lock is not None
+
+    def acquire(self) -> None:
+        """Wait while another trial extends the trunk, then hold it."""
+        if self._lock is None:
+            self._lock = open(self.lock_path, "w")  # noqa: SIM115 (held across steps)
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def record(self, state: TrainState) -> None:
+        """After the holder computed an epoch: its checkpoint if it is a branch point, then the
+        history, when it is longer than the stored one."""
+        if state.epoch in self.points and not self.checkpoint_path(state.epoch).exists():
+            checkpoint.save(state, self.checkpoint_path(state.epoch))
+        if len(state.history) > len(self.history()):
+            write_json(self.folder / "history.json", checkpoint.plain(state.history))

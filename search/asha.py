@@ -8,6 +8,12 @@ only ever ranked against trials of the same length, at the same epoch, hence at 
 learning rate. Rungs sit at ``grace_period * reduction_factor**k`` epochs, counted from the
 start of the run (the warm-up included), below each group's max_t.
 
+Under the wsd schedule with shared trunks (trainables/trunk.py) every trial runs at the same
+constant rate until its decay starts, so the rungs inside that stable phase compare every batch
+size: one value per trunk (its trials report the same numbers there), ASHA's rule over trunks.
+A trunk that is cut stops its trials there, and any of its trials that has not begun its decay
+yet: no branch of it starts later. Rungs inside a decay compare trials of one length, as above.
+
 Every stop is recorded (trial, epoch, rung, cutoff, the trial's value) so the lineage can say
 when and why a trial was stopped. Tune does not save a scheduler with its experiment state: a
 resumed search rebuilds the rungs from what each trial reported before (``_replay``), so its
@@ -19,10 +25,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from search.rungs import rung_epochs
+from trainables.engine import ConfigError, TrainConfig, branch_epoch
 from trainables.trainable import METRIC, MODE, TIME_ATTR
+from trainables.trunk import trunk_group
 
 
 class ScheduleAwareASHA(FIFOScheduler):
@@ -36,6 +45,9 @@ class ScheduleAwareASHA(FIFOScheduler):
         self.groups: dict[int, AsyncHyperBandScheduler] = {}
         self.stops: dict[str, dict] = {}  # trial_id -> why it was stopped
         self.replayed_stops: dict[str, int] = {}  # trial_id -> epoch (a resumed search)
+        self.trunk_rungs: dict[int, dict[str, float]] = {}  # epoch -> trunk -> its value
+        self.trunk_cuts: dict[str, dict] = {}  # trunk -> where and why it was cut
+        self._trunks: dict[str, tuple[str | None, int, list[int]]] = {}
 
     def _group(self, trial) -> AsyncHyperBandScheduler:
         return self._group_for_length(int(trial.config[self.group_key]))
@@ -76,7 +88,6 @@ class ScheduleAwareASHA(FIFOScheduler):
         results = Path(path, "result.json") if path else None
         if results is None or not results.exists():
             return
-        bracket = group._trial_info[trial.trial_id]
         for line in results.read_text().splitlines():
             try:
                 result = json.loads(line)
@@ -85,11 +96,12 @@ class ScheduleAwareASHA(FIFOScheduler):
             if TIME_ATTR not in result or not isinstance(result.get(self.metric), int | float):
                 continue
             epoch, value = result[TIME_ATTR], result[self.metric]
-            action = bracket.on_result(trial, epoch, group._metric_op * value)
-            if action == TrialScheduler.STOP and epoch < group._max_t and \
-                    trial.status != "TERMINATED":
+            finished = trial.status == "TERMINATED"
+            action = self._decide(trial, epoch, value, record=not finished)
+            if action == TrialScheduler.STOP and epoch < group._max_t and not finished:
                 self.replayed_stops[trial.trial_id] = epoch
-                self._record_stop(group, trial, epoch, value)
+                if trial.trial_id not in self.stops:
+                    self._record_stop(group, trial, epoch, value)
                 return
 
     def _record_stop(self, group: AsyncHyperBandScheduler, trial, epoch, value) -> None:
@@ -109,10 +121,68 @@ class ScheduleAwareASHA(FIFOScheduler):
         epoch = result.get(TIME_ATTR, 0)
         if epoch >= self.replayed_stops.get(trial.trial_id, float("inf")):
             return TrialScheduler.STOP  # decided before the interruption (_replay)
-        decision = group.on_trial_result(tune_controller, trial, result)
-        if decision == TrialScheduler.STOP and epoch < group._max_t:
+        decision = self._decide(trial, epoch, result[self.metric], tune_controller, result)
+        if decision == TrialScheduler.STOP and epoch < group._max_t and \
+                trial.trial_id not in self.stops:
             self._record_stop(group, trial, epoch, result[self.metric])
         return decision
+
+    def _decide(self, trial, epoch: int, value: float, tune_controller=None,
+                result: dict | None = None, record: bool = True) -> str:
+        """A result's fate: on its trunk's rungs while it is in its trunk, else on its
+        length's (a replayed result, ``result`` None, goes to the bracket directly)."""
+        trunk, branch, milestones = self._trunk(trial)
+        if trunk is not None and epoch <= branch:
+            return self._judge_trunk(trial, trunk, epoch, value, milestones, record)
+        group = self._group(trial)
+        if trunk is not None and epoch not in self.rungs(group._max_t):
+            # in its decay between rungs: Ray's bracket would record this epoch at a rung of
+            # the trunk's, which compared trunks, not trials of this length
+            return TrialScheduler.CONTINUE
+        if result is None:
+            bracket = group._trial_info[trial.trial_id]
+            return bracket.on_result(trial, epoch, group._metric_op * value)
+        return group.on_trial_result(tune_controller, trial, result)
+
+    def _trunk(self, trial) -> tuple[str | None, int, list[int]]:
+        """The trial's trunk (None without one), its branch epoch, and the trunk's rungs."""
+        if trial.trial_id not in self._trunks:
+            trunk, branch, milestones = trunk_group(trial.config), 0, []
+            if trunk is not None:
+                try:
+                    branch = branch_epoch(TrainConfig.from_dict(trial.config))
+                except ConfigError:
+                    trunk = None
+                lengths = trial.config.get("trunk_lengths") or [trial.config["epochs"]]
+                milestones = self.rungs(max(int(e) for e in lengths))
+            self._trunks[trial.trial_id] = (trunk, branch, milestones)
+        return self._trunks[trial.trial_id]
+
+    def _judge_trunk(self, trial, trunk: str, epoch: int, value: float, milestones: list[int],
+                     record: bool) -> str:
+        """ASHA's rule with one entry per trunk: at a rung, the first of its trials to get
+        there ranks the trunk against the trunks recorded there before; a trunk cut there
+        stops every one of its trials still in its trunk."""
+        cut = self.trunk_cuts.get(trunk)
+        if cut is None and epoch in milestones:
+            recorded = self.trunk_rungs.setdefault(epoch, {})
+            if trunk in recorded:
+                return TrialScheduler.CONTINUE
+            others = list(recorded.values())
+            cutoff = float(np.nanpercentile(others, (1 - 1 / self.reduction_factor) * 100)) \
+                if others else None
+            recorded[trunk] = float(value)
+            if cutoff is not None and value < cutoff:
+                cut = self.trunk_cuts[trunk] = {
+                    "rung": int(epoch), "metric": self.metric, "trunk_value": float(value),
+                    "cutoff": cutoff, "compared_with": len(others),
+                    "trunk": f"batch size {trial.config.get('batch_size')}"}
+        if cut is None:
+            return TrialScheduler.CONTINUE
+        if record:
+            self.stops[trial.trial_id] = {**cut, "epoch": int(epoch), "value": float(value),
+                                          "group_epochs": int(trial.config[self.group_key])}
+        return TrialScheduler.STOP
 
     def on_trial_complete(self, tune_controller, trial, result: dict):
         self._group(trial).on_trial_complete(tune_controller, trial, result)

@@ -22,8 +22,13 @@ BEST_KEYS = ("val_acc", "val_loss", "hard_acc",
              *(f"val_acc_{c}" for c in range(NUM_CLASSES)))
 
 
+# flags of a result logged as 0/1 per epoch (trainables/trainable.py): the trunk's epochs,
+# and those taken from it rather than computed
+FLAGS = ("shared", "trunk", "warmup_reused")
+
+
 def scalar_metrics(result: dict) -> dict[str, float]:
-    out = {}
+    out = {k: float(result[k]) for k in FLAGS if isinstance(result.get(k), bool)}
     for k, v in result.items():
         if isinstance(v, bool) or not isinstance(v, int | float):
             continue
@@ -106,10 +111,19 @@ def record_end(client, run_id: str, status: str, metric: str, best: tuple[float,
 def asha_tags(stop: dict) -> dict[str, str]:
     """Where and why ASHA stopped a trial (search/asha.py's record of the decision)."""
     cutoff = "n/a" if stop["cutoff"] is None else f"{stop['cutoff']:.4f}"
-    return {"stopped_by": "asha", "stopped_at_epoch": str(stop["epoch"]),
-            "stop_reason": f"ASHA rung at epoch {stop['rung']} of the {stop['group_epochs']}"
-                           f"-epoch trials: {stop['metric']} {stop['value']:.4f} below the "
-                           f"cutoff {cutoff} of {stop['compared_with']} other trial(s)"}
+    tags = {"stopped_by": "asha", "stopped_at_epoch": str(stop["epoch"])}
+    if "trunk" in stop:  # cut on the shared trunk, where every batch size runs at one rate
+        tags["stop_reason"] = (
+            f"ASHA rung at epoch {stop['rung']} of the shared trunk: the trunk of "
+            f"{stop['trunk']} had {stop['metric']} {stop['trunk_value']:.4f}, below the "
+            f"cutoff {cutoff} of {stop['compared_with']} other trunk(s); no branch of it "
+            "starts later")
+        return tags
+    tags["stop_reason"] = (
+        f"ASHA rung at epoch {stop['rung']} of the {stop['group_epochs']}-epoch trials: "
+        f"{stop['metric']} {stop['value']:.4f} below the cutoff {cutoff} of "
+        f"{stop['compared_with']} other trial(s)")
+    return tags
 
 
 # the split's parts as MLflow datasets: (part, name, the mlflow.data.context tag)

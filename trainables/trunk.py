@@ -111,3 +111,14 @@ class Trunk:
             checkpoint.save(state, self.checkpoint_path(state.epoch))
         if len(state.history) > len(self.history()):
             write_json(self.folder / "history.json", checkpoint.plain(state.history))
+
+
+def trunk_group(config: dict) -> str | None:
+    """Which trunk a trial's flat config (Tune's) shares under wsd, as a stable string: the
+    config less what its decay and resources read; None when it shares none beyond a warm-up
+    (another schedule, or no ``trunk_cache``)."""
+    if not config.get("trunk_cache") or config.get("schedule") != "wsd":
+        return None
+    skip = set(DECAY_ONLY) | set(RESOURCES) | {"trunk_cache", "trunk_lengths"}
+    return json.dumps({k: v for k, v in config.items() if k not in skip}, sort_keys=True,
+                      default=str)

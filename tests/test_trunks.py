@@ -1,0 +1,238 @@
+"""The wsd schedule and shared trunks: trials of different lengths computed as one trunk and
+their own decays, with exactly an independent run's numbers; ASHA across lengths on the trunk."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+import torch
+from conftest import need_real_data
+from ray.tune.schedulers import TrialScheduler
+
+from search.asha import ScheduleAwareASHA
+from search.records import asha_tags, scalar_metrics
+from trainables import data
+from trainables.engine import TrainConfig
+from trainables.schedule import branch_epoch, decay_epochs, lr_at
+from trainables.trainable import ClassifierTrainable
+from trainables.trunk import Trunk, branch_points, trunk_group
+
+pytestmark = pytest.mark.usefixtures("torch_threads_kept")  # trials set torch's threads
+
+
+@pytest.fixture(scope="module")
+def split():
+    return data.load_split(need_real_data(), train_size=600, seed=0)
+
+
+# --- the schedule ------------------------------------------------------------------------------
+
+def test_wsd_is_constant_then_decays_to_zero_batch_by_batch():
+    cfg = TrainConfig(schedule="wsd", epochs=12, warmup_epochs=2, lr=0.1, decay_fraction=0.2)
+    assert decay_epochs(cfg) == 2 and branch_epoch(cfg) == 10
+    assert [lr_at(cfg, e) for e in range(2)] == [cfg.warmup_lr] * 2
+    assert [lr_at(cfg, e) for e in range(2, 10)] == [0.1] * 8
+    assert lr_at(cfg, 10) == pytest.approx(0.1) and lr_at(cfg, 10, 0.5) == pytest.approx(0.075)
+    assert lr_at(cfg, 11) == pytest.approx(0.05) and lr_at(cfg, 11, 1.0) == pytest.approx(0)
+    cos = TrainConfig(schedule="wsd", epochs=12, warmup_epochs=2, lr=0.1, decay_shape="cosine")
+    assert lr_at(cos, 11) == pytest.approx(0.05) and lr_at(cos, 10, 0.5) < 0.1
+    # every length shares the stable phase; the decay is at least one epoch
+    for epochs in (3, 4, 6, 8, 12, 20, 200):
+        c = TrainConfig(schedule="wsd", epochs=epochs, warmup_epochs=2)
+        assert decay_epochs(c) >= 1 and branch_epoch(c) + decay_epochs(c) == epochs
+    assert branch_epoch(TrainConfig(schedule="cosine", epochs=12, warmup_epochs=2)) == 2
+    assert branch_points(cfg, [4, 6, 8, 12]) == [3, 5, 7, 10]
+
+
+def test_bad_decay_settings_are_refused():
+    from trainables.engine import ConfigError
+
+    with pytest.raises(ConfigError, match="decay fraction"):
+        TrainConfig(schedule="wsd", decay_fraction=0)
+    with pytest.raises(ConfigError, match="decay shape"):
+        TrainConfig(schedule="wsd", decay_shape="step")
+
+
+# --- shared trunks ---------------------------------------------------------------------------
+
+def trainable_for(split):
+    class Local(ClassifierTrainable):  # the object store's role, played by a closure
+        def setup(self, config):
+            super().setup(config, split=split)
+
+    return Local
+
+
+def run_trial(split, config):
+    trial = trainable_for(split)(config=config)
+    results = []
+    while not (results and results[-1]["done"]):
+        results.append(trial.train())
+    trial.stop()
+    return trial, results
+
+
+def weights(model):
+    return torch.cat([v.flatten().float() for v in model.state_dict().values()])
+
+
+NUMBERS = ("train_loss", "val_loss", "val_acc", "lr")
+
+
+def numbers(results):
+    return [tuple(r[k] for k in NUMBERS) for r in results]
+
+
+def base(**kw):
+    kw = {"model": "cnn", "augment": "flip", "batch_size": 64, "warmup_epochs": 1, "epochs": 8,
+          "schedule": "wsd", "device": "cpu", "num_threads": 1, **kw}
+    return TrainConfig(**kw).to_dict()
+
+
+def test_branched_trials_give_an_independent_runs_numbers(split, tmp_path):
+    """The 8-epoch trial computes the trunk (branch points 3, 5, 7 of lengths 4, 6, 8); the
+    4- and 6-epoch trials after it compute only their decay, and every epoch of each equals
+    an independent run of the same seed, weights included."""
+    cache = {"trunk_cache": str(tmp_path / "trunks"), "trunk_lengths": [4, 6, 8]}
+    _, long = run_trial(split, {**base(), **cache})
+    assert [r["epochs_computed"] for r in long] == [1] * 8
+    assert not any(r["shared"] for r in long)
+    assert [r["trunk"] for r in long] == [True] * 7 + [False]
+    trunk = next(p for p in (tmp_path / "trunks").iterdir() if p.is_dir())
+    assert sorted(p.name for p in trunk.glob("*.pt")) == [
+        "epoch-0003.pt", "epoch-0005.pt", "epoch-0007.pt"]
+    for epochs in (4, 6):
+        branched, results = run_trial(split, {**base(epochs=epochs), **cache})
+        alone, own = run_trial(split, base(epochs=epochs))  # no trunk: every epoch computed
+        assert numbers(results) == numbers(own)
+        assert torch.equal(weights(branched.state.model), weights(alone.state.model))
+        b = epochs - 1
+        assert [r["shared"] for r in results] == [True] * b + [False]
+        assert [r["epochs_computed"] for r in results] == [0] * b + [1]
+        assert [r["warmup_reused"] for r in results] == [True] + [False] * b
+        # the branch epoch's result carries the trunk's weights there: it may be checkpointed
+        assert [r["should_checkpoint"] for r in results] == [False] * (b - 1) + [True, True]
+        # and the trunk's epochs are the long trial's
+        assert numbers(results[:b]) == numbers(long[:b])
+    assert len(list(trunk.glob("*.pt"))) == 3  # nothing more was stored
+
+
+def test_a_longer_trial_extends_the_trunk_from_its_last_branch_point(split, tmp_path):
+    cache = {"trunk_cache": str(tmp_path / "trunks"), "trunk_lengths": [4, 8]}
+    _, short = run_trial(split, {**base(epochs=4), **cache})
+    assert sum(r["epochs_computed"] for r in short) == 4
+    _, long = run_trial(split, {**base(epochs=8), **cache})
+    # epochs 1..3 from the trunk's history, 4..7 extend it, 8 its decay
+    assert [r["shared"] for r in long] == [True] * 3 + [False] * 5
+    assert sum(r["epochs_computed"] for r in long) == 5
+    _, alone = run_trial(split, base(epochs=8))
+    assert numbers(long) == numbers(alone)
+
+
+def test_a_damaged_trunk_checkpoint_is_computed_again(split, tmp_path):
+    cache = {"trunk_cache": str(tmp_path / "trunks"), "trunk_lengths": [4, 6]}
+    run_trial(split, {**base(epochs=6), **cache})
+    trunk = next(p for p in (tmp_path / "trunks").iterdir() if p.is_dir())
+    (trunk / "epoch-0003.pt").write_bytes(b"half a checkpoint")
+    _, four = run_trial(split, {**base(epochs=4), **cache})
+    _, alone = run_trial(split, base(epochs=4))
+    assert numbers(four) == numbers(alone)
+    # epochs 1..3 reported from the history; the weights at 3 computed again (3 epochs), then
+    # the decay
+    assert [r["shared"] for r in four] == [True, True, True, False]
+    assert sum(r["epochs_computed"] for r in four) == 4
+
+
+def _trial_in_a_process(epochs: int, cache: dict, queue) -> None:
+    """A trial in a process of its own, as Ray runs it (torch's random state is per process)."""
+    split = data.load_split(need_real_data(), train_size=600, seed=0)
+    queue.put((epochs, run_trial(split, {**base(epochs=epochs), **cache})[1]))
+
+
+def test_two_trials_extending_one_trunk_at_once_compute_it_once(split, tmp_path):
+    """Side by side: one holds the trunk while it computes its epochs; the other waits for it,
+    then reports them from the trunk's history (whichever started first)."""
+    cache = {"trunk_cache": str(tmp_path / "trunks"), "trunk_lengths": [6, 8]}
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_trial_in_a_process, args=(e, cache, queue)) for e in (6, 8)]
+    for p in procs:
+        p.start()
+    out = dict(queue.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    computed = sum(r["epochs_computed"] for rs in out.values() for r in rs)
+    assert computed == 7 + 1 + 1  # the trunk to epoch 7 once, and each decay
+    for epochs, results in out.items():
+        assert numbers(results) == numbers(run_trial(split, base(epochs=epochs))[1])
+
+
+def test_trunk_history_is_what_the_holder_recorded(split, tmp_path):
+    trunk = Trunk(tmp_path, "k", [2])
+    assert trunk.history() == [] and not trunk.held
+    (trunk.folder / "history.json").write_text("{not json")
+    assert trunk.history() == []  # unreadable: as if nothing had been computed
+
+
+# --- ASHA across lengths on the trunk ---------------------------------------------------------
+
+class FakeTrial:
+    status = "RUNNING"
+
+    def __init__(self, trial_id, batch_size, epochs, lengths=(4, 8, 12)):
+        self.trial_id = trial_id
+        self.config = {**base(epochs=epochs), "batch_size": batch_size, "warmup_epochs": 2,
+                       "trunk_cache": "/ws/trunks", "trunk_lengths": list(lengths)}
+
+
+def test_asha_compares_batch_sizes_on_the_trunk_and_cuts_a_trunk_with_its_branches():
+    asha = ScheduleAwareASHA(grace_period=2, reduction_factor=2)
+    trials = {(b, e): FakeTrial(f"b{b}e{e}", b, e) for b in (64, 128, 256) for e in (4, 8, 12)}
+    for t in trials.values():
+        asha.on_trial_add(None, t)
+    # branch epochs: 4 -> 3, 8 -> 7, 12 -> 10; the trunk's rungs: 2, 4, 8 of the 12 epochs
+    assert asha._trunk(trials[64, 12])[1:] == (10, [2, 4, 8])
+    assert trunk_group(trials[64, 4].config) == trunk_group(trials[64, 12].config)
+    assert trunk_group(trials[64, 4].config) != trunk_group(trials[128, 4].config)
+
+    def report(b, e, epoch, acc):
+        return asha.on_trial_result(None, trials[b, e], {"epoch": epoch, "val_acc": acc})
+
+    assert report(64, 4, 2, 0.80) == TrialScheduler.CONTINUE
+    # another length of another batch size, at the same epoch and rate: compared, and cut
+    assert report(256, 12, 2, 0.50) == TrialScheduler.STOP
+    why = asha.stops["b256e12"]
+    assert why["rung"] == 2 and why["trunk"] == "batch size 256" and why["compared_with"] == 1
+    assert "shared trunk" in asha_tags(why)["stop_reason"]
+    # every trial of that trunk stops at its next trunk epoch: none of its branches starts
+    assert report(256, 4, 1, 0.40) == TrialScheduler.STOP
+    assert asha.stops["b256e4"]["epoch"] == 1
+    # a trial of a trunk already ranked at a rung goes on without being ranked again
+    assert report(64, 12, 2, 0.80) == TrialScheduler.CONTINUE
+    assert asha.trunk_rungs[2] == {trunk_group(trials[64, 4].config): 0.80,
+                                   trunk_group(trials[256, 4].config): 0.50}
+    # in its decay (after epoch 3), a 4-epoch trial is judged among 4-epoch trials only: the
+    # 4-epoch trials have no rung in their decay, so it ends
+    assert report(64, 4, 4, 0.10) == TrialScheduler.CONTINUE
+    assert report(128, 4, 2, 0.90) == TrialScheduler.CONTINUE  # above the cutoff
+
+
+def test_without_wsd_asha_keeps_each_length_apart():
+    asha = ScheduleAwareASHA(grace_period=2, reduction_factor=2)
+    a, b = FakeTrial("a", 64, 8), FakeTrial("b", 128, 12)
+    for t in (a, b):
+        t.config["schedule"] = "cosine"
+        asha.on_trial_add(None, t)
+    assert asha._trunk(a)[0] is None
+    assert asha.on_trial_result(None, a, {"epoch": 2, "val_acc": 0.9}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, b, {"epoch": 2, "val_acc": 0.1}) == TrialScheduler.CONTINUE
+
+
+def test_the_trunk_flags_reach_mlflow_as_numbers():
+    metrics = scalar_metrics({"epoch": 3, "val_acc": 0.5, "shared": True, "trunk": False,
+                              "warmup_reused": False, "done": True, "epochs_computed": 0})
+    assert metrics["shared"] == 1.0 and metrics["trunk"] == 0.0 and "done" not in metrics
+    assert metrics["epochs_computed"] == 0.0
+

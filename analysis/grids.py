@@ -1,9 +1,15 @@
-"""The grids' trials and ASHA's rungs of the searches a report covers, read back from MLflow
-(the heat maps and the survival figure of the report)."""
+"""The grids' trials, ASHA's rungs and the cost of the searches a report covers, read back from
+MLflow (the heat maps, the survival figure and the search-cost table of the report): plain rows,
+which analysis/summary.py turns into numbers."""
 
 from __future__ import annotations
 
 from search.rungs import rung_epochs
+
+SEARCH_KINDS = ("grid", "weights")
+# the per-epoch metrics a trial's cost is counted from (trainables/trainable.py ``step``); val_acc
+# marks the epochs logged by runs older than all of them
+COST_METRICS = ("val_acc", "epochs_computed", "shared", "warmup_reused", "branch_epoch")
 
 
 def grid_rows(client, experiments) -> tuple[dict, dict]:
@@ -13,7 +19,7 @@ def grid_rows(client, experiments) -> tuple[dict, dict]:
     for exp in experiments:
         runs = client.search_runs([exp.experiment_id], max_results=50_000)
         parents = {r.info.run_id: r for r in runs if r.data.tags.get("kind") in
-                   ("grid", "weights")}
+                   SEARCH_KINDS}
         trials = [r for r in runs if r.data.tags.get("kind") == "trial"
                   and r.data.tags.get("mlflow.parentRunId") in parents]
         for r in trials:
@@ -47,3 +53,48 @@ def grid_rows(client, experiments) -> tuple[dict, dict]:
                     c[1] += last > m
             survival[exp.name] = [(m, r, p) for m, (r, p) in sorted(counts.items())]
     return grids, survival
+
+
+def cost_rows(client, experiments) -> list[dict]:
+    """Every grid and weights search (parent run) of ``experiments``: its times and status,
+    and each of its trial runs with what its cost is counted from (``trial_cost_row``)."""
+    out = []
+    for exp in experiments:
+        runs = client.search_runs([exp.experiment_id], max_results=50_000)
+        for parent in runs:
+            if parent.data.tags.get("kind") not in SEARCH_KINDS:
+                continue
+            trials = [trial_cost_row(client, r) for r in runs
+                      if r.data.tags.get("kind") == "trial" and
+                      r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+            out.append({"experiment": exp.name, "kind": parent.data.tags["kind"],
+                        "run_id": parent.info.run_id, "run_name": parent.info.run_name,
+                        "status": parent.info.status, "start_ms": parent.info.start_time,
+                        "end_ms": parent.info.end_time, "trials": trials})
+    return sorted(out, key=lambda s: (s["experiment"], s["start_ms"] or 0, s["run_id"]))
+
+
+def trial_cost_row(client, run) -> dict:
+    """A trial run as plain values: its length and warm-up (params), whether and where ASHA
+    stopped it, its ``warmup_reused`` tag (runs older than the per-epoch flags), and its
+    per-epoch cost metrics by epoch."""
+    tags, params = run.data.tags, run.data.params
+    per_epoch: dict[int, dict[str, float]] = {}
+    for key in COST_METRICS:
+        for m in client.get_metric_history(run.info.run_id, key):
+            per_epoch.setdefault(int(m.step), {})[key] = float(m.value)
+    reused = tags.get("warmup_reused")
+    return {"run_id": run.info.run_id, "status": run.info.status,
+            "epochs": _int(params.get("epochs")),
+            "warmup_epochs": _int(params.get("warmup_epochs")) or 0,
+            "stopped_by": tags.get("stopped_by"),
+            "stopped_at": _int(tags.get("stopped_at_epoch")),
+            "warmup_reused": None if reused is None else reused.lower() == "true",
+            "per_epoch": per_epoch}
+
+
+def _int(text) -> int | None:
+    try:
+        return int(float(text))
+    except (TypeError, ValueError):
+        return None

@@ -4,7 +4,8 @@ only pick and compare the summary's own).
 
 The page: the headline (fusion against the best member, with the bootstrap interval, and
 against the seed's fusion) first, then the accuracy table, the figures side by side in a
-grid, each with a title and a short reading, and the detailed tables last."""
+grid, each with a title and a short reading, and the detailed tables last, the searches' cost
+(analysis/render_cost.py) at the end."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import html
 import math
 from pathlib import Path
 
+from analysis.render_cost import cost_section
 from analysis.summary import SEED_RESULTS
 from trainables.classes import CLASSES
 
@@ -170,7 +172,7 @@ def markdown(summary: dict, figures: dict[str, Path]) -> str:
         lines.append(f"| {c} {name} | {t['precision'][c]:.4f} | {t['recall'][c]:.4f} | "
                      f"{t['f1'][c]:.4f} |")
     lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + cost_section(summary))
 
 
 STYLE = (

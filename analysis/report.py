@@ -6,11 +6,12 @@
 
 Writes WORKSPACE/reports/NAME/: summary.json, report.md, a self-contained report.html and the
 PNG figures (ROC and precision/recall curves per class, the confusion matrix, a reliability
-diagram, the grids' val accuracy heat maps, ASHA survival per rung), logs all of it to an MLflow
-run in the experiment ``fusion`` tagged with its members' run ids, and registers the fused
-model (an MLflow pyfunc) in the model registry. Selection, weights and temperatures use the
-validation set only; the test set is only scored. What is computed lives in
-analysis/summary.py, how it reads in analysis/render.py, where it goes in analysis/publish.py.
+diagram, the grids' val accuracy heat maps, ASHA survival per rung) with each search's cost in
+epochs and wall time, logs all of it to an MLflow run in the experiment ``fusion`` tagged with
+its members' run ids, and registers the fused model (an MLflow pyfunc) in the model registry.
+Selection, weights and temperatures use the validation set only; the test set is only scored.
+What is computed lives in analysis/summary.py, how it reads in analysis/render.py, where it
+goes in analysis/publish.py.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from tqdm import tqdm
 
 from analysis import figures as fig
 from analysis import fusion
-from analysis.grids import grid_rows
+from analysis.grids import cost_rows, grid_rows
 from analysis.inference import cached_probs
 from analysis.publish import FUSION_EXPERIMENT, fetch_checkpoint, log_to_mlflow, publish, staging
 from analysis.render import markdown, seed_table, to_html
 from analysis.select import SelectionError, distinct, gather, same_data, top_k
-from analysis.summary import Fused, fuse_members, summarise
+from analysis.summary import Fused, fuse_members, search_costs, summarise
 from search.workspace import Workspace, WorkspaceError, redact
 from trainables.classes import CLASSES
 from trainables.cli import EXIT_OK, EXIT_USAGE, ArgParser, at_least, options_from
@@ -247,8 +248,8 @@ def write(out: Path, summary: dict, fused: Fused, y_test, client) -> None:
     curves["fusion"] = fused.test
     figures["reliability"] = fig.plot_reliability(curves, y_test, out / "reliability.png",
                                                   "reliability, test set")
-    exps = [client.get_experiment_by_name(n) for n in summary["experiments"]]
-    grids, survival = grid_rows(client, [e for e in exps if e is not None])
+    exps = [e for e in map(client.get_experiment_by_name, summary["experiments"]) if e]
+    grids, survival = grid_rows(client, exps)
     heat = fig.plot_grid_heatmaps(grids, out / "grid_heatmap.png")
     if heat:
         figures["grid_heatmap"] = heat
@@ -259,6 +260,7 @@ def write(out: Path, summary: dict, fused: Fused, y_test, client) -> None:
     summary["fusion"]["test"]["average_precision"] = aps
     summary["asha_survival"] = {k: [{"rung": m, "reached": r, "continued": p}
                                     for m, r, p in v] for k, v in survival.items()}
+    summary["search_cost"] = search_costs(cost_rows(client, exps))
     md = markdown(summary, figures)
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(to_html(md, figures))

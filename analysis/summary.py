@@ -85,3 +85,91 @@ def summarise(fused: Fused, best, y_val: np.ndarray, y_test: np.ndarray, bootstr
                    "bootstrap": bootstrap, "best_member_run_id": best.run_id},
         "seed": [{"model": n, "val_acc": v, "test_acc": t} for n, v, t in SEED_RESULTS],
     }
+
+
+# --- the search cost --------------------------------------------------------------------------
+# What a trial's computed epochs are counted from, best first (trial_cost): the per-epoch
+# epochs_computed; else its logged epochs less those taken from a trunk, as the per-epoch
+# ``shared`` flag, the per-epoch ``warmup_reused`` flag or the run's ``warmup_reused`` tag (the
+# whole warm-up) says; else every logged epoch.
+COUNTED_FROM = ("epochs_computed", "shared", "warmup_reused", "warmup_reused_tag", "logged")
+
+
+def shared_epochs(trial: dict) -> tuple[set[int], str]:
+    """The logged epochs of ``trial`` (analysis/grids.py ``trial_cost_row``) that it took
+    from a shared trunk or warm-up instead of computing them, and what says so. Runs whose
+    flags did not reach MLflow but whose ``epochs_computed`` did: the epochs up to the branch
+    epoch that none of its steps computed."""
+    per = trial["per_epoch"]
+    for key in ("shared", "warmup_reused"):
+        if any(key in v for v in per.values()):
+            return {e for e, v in per.items() if v.get(key) == 1}, key
+    warmup = trial.get("warmup_epochs") or 0
+    if any("epochs_computed" in v for v in per.values()):
+        return {e for e, v in per.items() if v.get("epochs_computed") == 0 and
+                e <= v.get("branch_epoch", warmup)}, "epochs_computed"
+    if trial.get("warmup_reused") is not None:  # the tag: the warm-up reused or not
+        return {e for e in per if trial["warmup_reused"] and e <= warmup}, "warmup_reused_tag"
+    return set(), "logged"
+
+
+def trial_cost(trial: dict) -> dict:
+    """One trial's epochs: its length (what an exhaustive run computes), those computed, and
+    those saved by shared warm-ups, shared trunks (after the warm-up) and ASHA."""
+    per = trial["per_epoch"]
+    logged = sorted(per)
+    shared, source = shared_epochs(trial)
+    counted = bool(logged) and all("epochs_computed" in per[e] for e in logged)
+    computed = sum(round(per[e]["epochs_computed"]) if "epochs_computed" in per[e]
+                   else int(e not in shared) for e in logged)
+    epochs = trial.get("epochs") or (logged[-1] if logged else 0)
+    warmup = trial.get("warmup_epochs") or 0
+    asha = 0
+    if trial.get("stopped_by") == "asha":
+        last = trial.get("stopped_at") or (logged[-1] if logged else 0)
+        asha = max(0, epochs - last)
+    return {"exhaustive": epochs, "computed": computed,
+            "shared_warmup": sum(e <= warmup for e in shared),
+            "shared_trunk": sum(e > warmup for e in shared), "asha": asha,
+            "counted_from": "epochs_computed" if counted else
+            ("logged" if source == "epochs_computed" else source)}
+
+
+def search_cost(search: dict) -> dict:
+    """One search (analysis/grids.py ``cost_rows``): its trials, the epochs an exhaustive run
+    of them computes and those computed, what each kind of sharing and ASHA saved, the
+    ratio, and its wall time (None while its run is open)."""
+    costs = [trial_cost(t) for t in search["trials"]]
+    total = {k: sum(c[k] for c in costs) for k in ("exhaustive", "computed", "shared_warmup",
+                                                   "shared_trunk", "asha")}
+    running = search["status"] == "RUNNING" or not search.get("end_ms")
+    wall = None if running or not search.get("start_ms") else \
+        (search["end_ms"] - search["start_ms"]) / 1000
+    return {"experiment": search["experiment"], "kind": search["kind"],
+            "run_id": search["run_id"], "run_name": search.get("run_name"),
+            "status": search["status"], "trials": len(costs),
+            "stopped_by_asha": sum(t.get("stopped_by") == "asha" for t in search["trials"]),
+            **_cost_numbers(total), "wall_seconds": wall, "running": running,
+            "counted_from": {k: n for k in COUNTED_FROM
+                             if (n := sum(c["counted_from"] == k for c in costs))}}
+
+
+def search_costs(searches: list[dict]) -> dict:
+    """Every search's cost (``search_cost``), and their total: the searches one after the
+    other (its wall time None when any is still open)."""
+    rows = [search_cost(s) for s in searches]
+    total = {k: sum(r[f"{k}_epochs"] for r in rows) for k in ("exhaustive", "computed")}
+    total.update({k: sum(r["saved_epochs"][k] for r in rows)
+                  for k in ("shared_warmup", "shared_trunk", "asha")})
+    running = any(r["running"] for r in rows)
+    return {"searches": rows, "total": {
+        "searches": len(rows), "trials": sum(r["trials"] for r in rows),
+        "stopped_by_asha": sum(r["stopped_by_asha"] for r in rows), **_cost_numbers(total),
+        "wall_seconds": None if running else sum(r["wall_seconds"] or 0 for r in rows),
+        "running": running}}
+
+
+def _cost_numbers(total: dict) -> dict:
+    return {"exhaustive_epochs": total["exhaustive"], "computed_epochs": total["computed"],
+            "ratio": total["computed"] / total["exhaustive"] if total["exhaustive"] else None,
+            "saved_epochs": {k: total[k] for k in ("shared_warmup", "shared_trunk", "asha")}}

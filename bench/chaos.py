@@ -1,6 +1,6 @@
 """Kill -9 at any instant: SIGKILL a search at seeded random instants, resume it, compare.
 
-    python bench/chaos.py --cycles 10 [--what grid|weights|pipeline|all] [--seed 0]
+    python bench/chaos.py --cycles 10 [--what grid|wsd|weights|pipeline|all] [--seed 0]
         [--workspace DIR] [--data-dir DIR]
 
 For each kind of run (``--what``), an uninterrupted reference run first; then ``--cycles``
@@ -45,12 +45,17 @@ COMMON = ("--profile", "smoke", "--train-size", "400", "--num-cpus", "1",
 RUNS = {
     "grid": ("search.grid", ("--model", "cnn", "--batch-sizes", "32,64", "--epochs", "2,3",
                              "--scheduler", "asha", "--grace-period", "1", *COMMON)),
+    # wsd trunks: the 5-epoch trials extend the trunks the 3-epoch ones computed (branch
+    # epochs 2 and 4), and ASHA compares the batch sizes on them
+    "wsd": ("search.grid", ("--model", "cnn", "--batch-sizes", "32,64", "--epochs", "3,5",
+                            "--schedule", "wsd", "--scheduler", "asha", "--grace-period", "1",
+                            *COMMON)),
     "weights": ("search.weights", ("--model", "cnn", "--num-samples", "4", "--batch-size",
                                    "64", "--epochs", "3", "--grace-period", "2", *COMMON)),
     "pipeline": ("search.pipeline", ("--models", "cnn,resnet18", "--top-k", "2",
                                      "--no-register", *COMMON)),
 }
-EXPERIMENTS = {"grid": ["grid-cnn"], "weights": ["weights-cnn"],
+EXPERIMENTS = {"grid": ["grid-cnn"], "wsd": ["grid-cnn"], "weights": ["weights-cnn"],
                "pipeline": ["smoke-grid-cnn", "smoke-grid-resnet18", "smoke-weights-resnet18"]}
 EXIT_DONE = 0
 

@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search.profiles import PROFILES  # noqa: E402
-from trainables.engine import TrainConfig  # noqa: E402
-from trainables.schedule import branch_epoch  # noqa: E402
+from search.profiles import PROFILES
+from trainables.engine import TrainConfig
+from trainables.schedule import branch_epoch
 
 ARMS = (("(a) exhaustive, own warm-ups", ["--scheduler", "none", "--no-shared-warmups",
                                            "--schedule", "cosine"]),

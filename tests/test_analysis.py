@@ -332,3 +332,22 @@ def test_bad_arguments(searched, args, message, capsys):
 def test_empty_workspace(tmp_path):
     out = run("analysis.report", "--workspace", str(tmp_path / "ws"), timeout=120)
     assert out.returncode == 2 and "run python -m search.grid first" in out.stderr
+
+
+def test_a_wsd_trunk_checkpoint_is_fused_once():
+    """Under wsd, trials that differ only in length share their stable phase: kept at an epoch
+    of it (up to each one's branch epoch), their checkpoints are one model; kept in a decay,
+    different models; another learning rate is another trunk."""
+    base = {"model": "cnn", "batch_size": "64", "warmup_epochs": "1", "augment": "flip",
+            "schedule": "wsd", "decay_fraction": "0.2", "trunk_cache": "/ws/trunks",
+            "trunk_lengths": "[4, 8]", "lr": "0.01"}
+
+    def trial(run_id, epoch, val_acc, **params):
+        return replace(cand(run_id, "cnn", val_acc), epoch=epoch, params={**base, **params})
+
+    # branch epochs: 4 epochs -> 3, 8 epochs -> 7
+    cs = [trial("e8", 3, 0.85, epochs="8"), trial("e4", 3, 0.85, epochs="4"),
+          trial("lr", 3, 0.84, epochs="8", lr="0.02"),
+          trial("decay4", 4, 0.83, epochs="4"), trial("trunk8", 4, 0.83, epochs="8")]
+    kept = [c.run_id for c in distinct(cs)]
+    assert kept[0] in ("e8", "e4") and kept[1:] == ["lr", "decay4", "trunk8"]

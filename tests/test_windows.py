@@ -41,6 +41,10 @@ def grid_reference(tmp_path_factory) -> Path:
     return ws
 
 
+WSD = ("--model", "cnn", "--batch-sizes", "32,64", "--epochs", "3,5", "--schedule", "wsd",
+       "--scheduler", "asha", "--grace-period", "1", *COMMON)
+
+
 def saved_trials(ws: Path, experiment: str = "grid-cnn") -> dict:
     """trial id -> (status, the checkpoint the saved experiment state names, its epoch)."""
     out = {}
@@ -236,3 +240,21 @@ def test_chaos_kills_at_random_instants_lose_nothing(tmp_path, what):
     """bench/chaos.py's short version: three cycles of random SIGKILLs and resumes."""
     assert chaos.main(["--cycles", "3", "--what", what, "--seed", "0", "--workspace",
                        str(tmp_path)]) == 0
+
+
+def test_a_trunk_killed_while_it_is_extended(tmp_path):
+    """The 5-epoch trial of batch 32 extends the trunk that the 3-epoch trial computed to its
+    branch epoch 2; it is killed after writing the trunk's checkpoint at epoch 4 and before the
+    history naming that epoch. The resumed search extends the trunk again from what is on disk
+    and every trial's numbers are the uninterrupted run's."""
+    reference = tmp_path / "reference" / "ws"
+    cmd = chaos.command("search.grid", WSD, reference, None, False)
+    assert chaos.finish(cmd, tmp_path / "reference.log") == 0
+    ws = tmp_path / "ws"
+    info = chaos.stop_at(chaos.command("search.grid", WSD, ws, None, False),
+                         tmp_path / "run.log", "trunk-checkpoint-written-4")
+    assert info["epoch"] == 4
+    trunk = next(p for p in (ws / "trunks").iterdir() if p.is_dir() and
+                 (p / "epoch-0004.pt").exists())
+    assert len(json.loads((trunk / "history.json").read_text())) == 3
+    resume_and_compare(chaos.command("search.grid", WSD, ws, None, True), ws, reference, "wsd")

@@ -25,7 +25,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from trainables import checkpoint
+from trainables import checkpoint, failpoints
 from trainables.engine import DECAY_ONLY, SGD_ONLY, TrainConfig, TrainState, branch_epoch
 from trainables.fastpath import FastPath
 from trainables.files import write_json
@@ -107,8 +107,10 @@ class Trunk:
     def record(self, state: TrainState) -> None:
         """After the holder computed an epoch: its checkpoint if it is a branch point, then the
         history, when it is longer than the stored one."""
-        if state.epoch in self.points and not self.checkpoint_path(state.epoch).exists():
+        if state.epoch in self.points:  # (again, over a damaged one)
             checkpoint.save(state, self.checkpoint_path(state.epoch))
+            # the branch point is on disk; its history, naming the epoch, not yet
+            failpoints.reach(f"trunk-checkpoint-written-{state.epoch}", epoch=state.epoch)
         if len(state.history) > len(self.history()):
             write_json(self.folder / "history.json", checkpoint.plain(state.history))
 

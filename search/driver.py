@@ -2,8 +2,8 @@
 
 An experiment kind (search/grid.py, search/weights.py) defines its search space, scheduler and
 searcher as a ``Search`` and calls ``run_search``; resources and the cluster (search/cluster.py),
-lineage (search/lineage.py), resume, failures and the summary (search/summary.py) are done here
-once for all of them.
+the plan printed before training (search/plan.py), lineage (search/lineage.py), resume,
+failures and the summary (search/summary.py) are done here once for all of them.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
+from mlflow.entities import Param
 from ray import tune
 from ray.tune import CLIReporter, ExperimentAnalysis
 
-from search import offline
+from search import offline, plan
 from search.backfill import catch_up
 from search.cluster import check_cluster, resources, start_ray
 from search.lineage import MLflowLineage, TrialLines
@@ -74,6 +76,8 @@ def run_search(options, search: Search, split, on_start=None) -> int:
         return EXIT_STATE
     offline.back_online(ws.tracking_uri)  # it answered: this search records again
     search.resources = resources(options)
+    hardware = plan.hardware(search.resources, options.address)
+    search.tags = {**(search.tags or {}), "hardware": hardware}  # on a new parent run
     experiment_id = ws.experiment_id(client, search.name)
     if state is None:  # saved before the parent run exists: a kill between the two leaves a
         state = {"name": search.name, "kind": search.kind, "parent_run_id": None,  # state
@@ -95,6 +99,7 @@ def run_search(options, search: Search, split, on_start=None) -> int:
           f"{resource_text(search.resources)}"
           + (" (auto)" if AUTO in (options.cpus_per_trial, options.gpus_per_trial) else ""),
           flush=True)
+    show_plan(options, search, split, client, parent_id, hardware, ws.tracking_uri)
     cpus, gpus = search.resources
     trainable = tune.with_resources(
         tune.with_parameters(ClassifierTrainable, split=split), {"cpu": cpus, "gpu": gpus})
@@ -113,6 +118,35 @@ def run_search(options, search: Search, split, on_start=None) -> int:
     code = summarise(results, client, parent_id, ws, dashboard, search)
     offline.note(ws, search.name, state)
     return code
+
+
+def show_plan(options, search: Search, split, client, parent_id: str, hardware: str,
+              tracking_uri: str) -> None:
+    """Print the search's plan (search/plan.py) before it trains and record its figures as the
+    parent run's plan_* params. A resumed search prints it again; the params stay those of the
+    start (MLflow keeps a param's first value)."""
+    def throughput(config: dict):
+        try:
+            return plan.earlier_throughput(client, hardware, config, search.resources[1],
+                                           len(split.y_train))
+        except offline.TRACKING_ERRORS as e:
+            print(f"plan: earlier trials unreadable ({first_line(e)})", file=sys.stderr)
+            return None
+
+    trials = len(plan.trial_configs(search.param_space, search.num_samples))
+    found = plan.make(
+        search.param_space, search.num_samples, asha=search.scheduler is not None,
+        at_a_time=plan.at_a_time(trials, search.resources, ray.cluster_resources(),
+                                 options.max_concurrent),
+        train_images=len(split.y_train), val_images=len(split.y_val), throughput=throughput)
+    print(found.line(), flush=True)
+
+    def record():
+        if not any(k.startswith("plan_") for k in client.get_run(parent_id).data.params):
+            client.log_batch(parent_id, params=[Param(k, str(v)[:500])
+                                                for k, v in found.params().items()])
+
+    offline.tracked(tracking_uri, record)
 
 
 def _open(options, search: Search, split):

@@ -1,0 +1,486 @@
+"""A search's plan, printed and recorded before it trains: its trials, the epochs they compute,
+and about how long that takes here.
+
+An exhaustive search computes every trial's ``epochs``. With shared trunks (``trunk_cache``,
+trainables/trunk.py) trials that differ only in what the part after their branch reads share
+their first ``branch_epoch`` epochs (trainables/schedule.py): under wsd the trials that differ in
+DECAY_ONLY (their length and decay), under the other schedules those that differ in SGD_ONLY
+(the warm-up is the trunk). A trunk is computed once, as far as its latest branch point, and each
+trial computes its own epochs after its branch. ASHA may stop trials sooner: these are the most
+a search computes.
+
+The time is an estimate from earlier trials of the same model (architecture, model_kwargs, the
+fast path it ran on) whose search ran on the same hardware (the parent run's ``hardware`` tag,
+``hardware()``): their training images/s, per batch size, and their epochs' wall time beyond
+training (validation, the checkpoint, reporting), per validation image. Earlier trials on the
+same number of training images are preferred when there are any.
+
+The arithmetic takes flat trial configs (``trial_configs`` expands a Tune param_space) and needs
+no Ray; the earlier trials come from an MLflow client passed in.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from trainables.augment import default_policy
+from trainables.engine import DECAY_ONLY, SGD_ONLY, TrainConfig, branch_epoch
+from trainables.fastpath import fast_path
+from trainables.trunk import RESOURCES
+
+# what neither a trunk nor a result depends on (trainables/trunk.py trunk_key)
+RESOURCE_KEYS = (*RESOURCES, "trunk_cache", "trunk_lengths")
+OFFLINE_FACTOR = 3  # augment.expand_offline: the originals, flipped and erased, blurred
+LABELS = {"batch_size": "batch", "epochs": "epochs"}
+EARLIER_RUNS = 24  # the most recent matching trials an estimate reads
+SAMPLED = "<sampled>"  # a searcher's or sampler's value, different in every trial
+
+
+# --- the trials -------------------------------------------------------------------------------
+
+def _is_grid(value) -> bool:
+    return isinstance(value, dict) and set(value) == {"grid_search"}
+
+
+def _is_sampled(value) -> bool:
+    """A Tune search domain (tune.uniform, ...), recognised without importing Ray."""
+    return callable(getattr(value, "sample", None)) and not isinstance(value, dict)
+
+
+def _grids(space: dict, prefix: tuple = ()) -> list[tuple[tuple, list]]:
+    """(path, values) of every tune.grid_search entry, nested dicts included."""
+    found = []
+    for k, v in space.items():
+        if _is_grid(v):
+            found.append(((*prefix, k), list(v["grid_search"])))
+        elif isinstance(v, dict):
+            found += _grids(v, (*prefix, k))
+    return found
+
+
+def _sampled(space: dict, prefix: tuple = ()) -> list[str]:
+    found = []
+    for k, v in space.items():
+        if _is_sampled(v):
+            found.append(".".join((*prefix, k)))
+        elif isinstance(v, dict) and not _is_grid(v):
+            found += _sampled(v, (*prefix, k))
+    return found
+
+
+def _resolved(space: dict, sample: int, paths: dict) -> dict:
+    out = {}
+    for k, v in space.items():
+        if isinstance(v, dict) and not _is_grid(v):
+            out[k] = _resolved(v, sample, paths.get(k, {}))
+        elif _is_grid(v):
+            out[k] = paths[k]
+        elif _is_sampled(v):
+            out[k] = f"{SAMPLED} {sample}"
+        else:
+            out[k] = v
+    return out
+
+
+def trial_configs(param_space: dict, num_samples: int = 1) -> list[dict]:
+    """The flat trial configs a Tune param_space gives: every combination of its grid_search
+    entries, ``num_samples`` times (Tune's rule); a sampled value stands as a marker that
+    differs between samples."""
+    grids = _grids(param_space)
+    out = []
+    for sample in range(max(1, num_samples)):
+        for combo in itertools.product(*(values for _, values in grids)):
+            paths: dict = {}
+            for (path, _), value in zip(grids, combo, strict=True):
+                node = paths
+                for k in path[:-1]:
+                    node = node.setdefault(k, {})
+                node[path[-1]] = value
+            out.append(_resolved(param_space, sample, paths))
+    return out
+
+
+def _cell(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _names(keys: list[str]) -> str:
+    """Sampled keys in a few words: class weights w0-w9, or their names."""
+    numbers = [int(k[1:]) for k in keys if re.fullmatch(r"w\d+", k)]
+    if len(numbers) != len(keys):
+        return ", ".join(keys)
+    numbers.sort()
+    if len(numbers) > 2 and numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"class weights w{numbers[0]}-w{numbers[-1]}"
+    return "class weights " + ",".join(f"w{n}" for n in numbers)
+
+
+def describe(param_space: dict, num_samples: int = 1) -> str:
+    """What the trials are, in a few words: "batch 64,128 x epochs 3,4", or "class weights
+    w0-w9 sampled 4 times; batch 64, epochs 3"."""
+    order = {k: i for i, k in enumerate(LABELS)}
+    grids = sorted(_grids(param_space), key=lambda g: order.get(".".join(g[0]), len(order)))
+    parts = [f"{LABELS.get('.'.join(p), '.'.join(p))} {','.join(_cell(v) for v in values)}"
+             for p, values in grids]
+    text = " x ".join(parts)
+    sampled = _sampled(param_space)
+    if sampled:
+        what = f"{_names(sampled)} sampled {num_samples} time{'s' * (num_samples != 1)}"
+        text = f"{text}, {what}" if text else what
+    elif num_samples > 1:
+        text = f"{text}, {num_samples} samples each" if text else f"{num_samples} samples"
+    fixed = [f"{label} {_cell(param_space[k])}" for k, label in LABELS.items()
+             if k in param_space and not _is_grid(param_space[k])]
+    if fixed:
+        text = f"{text}; {', '.join(fixed)}" if text else ", ".join(fixed)
+    return text
+
+
+# --- the epochs they compute ------------------------------------------------------------------
+
+def _schedule_of(config: dict) -> SimpleNamespace:
+    """What branch_epoch reads, from a flat config (TrainConfig's defaults where absent)."""
+    return SimpleNamespace(
+        epochs=int(config["epochs"]),
+        warmup_epochs=int(config.get("warmup_epochs", TrainConfig.warmup_epochs)),
+        schedule=config.get("schedule", TrainConfig.schedule),
+        decay_fraction=float(config.get("decay_fraction", TrainConfig.decay_fraction)))
+
+
+def branch(config: dict) -> int:
+    """The epochs of this trial that a trunk computes (0: none, every epoch its own)."""
+    if not config.get("trunk_cache"):
+        return 0
+    return branch_epoch(_schedule_of(config))
+
+
+def trunk_of(config: dict) -> str | None:
+    """Which trunk a trial shares: its config less what only the part after the branch reads
+    and the resources (trainables/trunk.py trunk_key); None when it shares none."""
+    if branch(config) == 0:
+        return None
+    after = DECAY_ONLY if config.get("schedule", TrainConfig.schedule) == "wsd" else SGD_ONLY
+    skip = {*after, *RESOURCE_KEYS}
+    return json.dumps({k: v for k, v in config.items() if k not in skip}, sort_keys=True,
+                      default=str)
+
+
+def trunks(configs: list[dict]) -> list[list[dict]]:
+    """The trials in groups that share a trunk (a trial that shares none is a group alone)."""
+    groups: dict = {}
+    for i, config in enumerate(configs):
+        groups.setdefault(trunk_of(config) or i, []).append(config)
+    return list(groups.values())
+
+
+def epochs_exhaustive(configs: list[dict]) -> int:
+    return sum(int(c["epochs"]) for c in configs)
+
+
+def group_epochs(group: list[dict]) -> int:
+    """A trunk's epochs once, as far as its latest branch, then each trial's own."""
+    return max(branch(c) for c in group) + sum(int(c["epochs"]) - branch(c) for c in group)
+
+
+def epochs_at_most(configs: list[dict]) -> int:
+    return sum(group_epochs(g) for g in trunks(configs))
+
+
+# --- this machine, and what earlier trials measured on it -------------------------------------
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model")) and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def hardware(resources: tuple[float, float], address: str | None = None) -> str:
+    """What a trial's throughput depends on, as the parent run's ``hardware`` tag: this host,
+    its CPU (and the GPU when trials take one), the CPUs and GPUs per trial, and the cluster
+    when the search joined one (its trials run on that cluster's nodes)."""
+    cpus, gpus = resources
+    parts = [platform.node() or "unknown host", f"{cpu_model()} x{os.cpu_count() or 1}"]
+    if gpus > 0:
+        parts.append(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "GPU")
+    parts.append(f"{cpus:g} CPU, {gpus:g} GPU per trial")
+    if address:
+        parts.append(f"Ray cluster {address}")
+    return "; ".join(parts).replace("'", "")  # quoted in MLflow's filter strings
+
+
+def model_of(config: dict) -> tuple[str, str]:
+    """(model, its model_kwargs as MLflow params hold them) of a trial: what its throughput is
+    matched on, besides the fast path."""
+    kwargs = {f"model_kwargs.{k}": str(v) for k, v in (config.get("model_kwargs") or {}).items()}
+    return str(config.get("model", TrainConfig.model)), json.dumps(kwargs, sort_keys=True)
+
+
+def model_text(config: dict) -> str:
+    kwargs = config.get("model_kwargs") or {}
+    return " ".join([str(config.get("model", TrainConfig.model)),
+                     *(f"{k} {v}" for k, v in sorted(kwargs.items()))])
+
+
+def expected_fast_path(config: dict, gpus: float) -> tuple[str, str | None]:
+    """(device type, the fast_path a trial will report: "cpu, bf16, channels_last"); None for
+    the second when this process cannot tell (a GPU it does not see)."""
+    device = config.get("device", "auto")
+    kind = ("cuda" if gpus > 0 else "cpu") if device == "auto" else str(device).split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        return kind, None
+    fast = fast_path(config.get("precision", "auto"), config.get("memory_format", "auto"),
+                     torch.device(kind))
+    return kind, f"{kind}, {fast}"
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """What earlier trials of one model measured on this hardware."""
+
+    images_per_s: dict  # batch size -> median training images/s
+    extra_s_per_val_image: float | None  # an epoch's wall time beyond training, per val image
+    trials: int  # the earlier trials these come from
+    start_s: float | None = None  # a trial's start before its first epoch (actor, data, model)
+
+    def rate(self, batch_size: int) -> float:
+        """Images/s at ``batch_size``: its own, else the nearest batch size's (the smaller of
+        two as near)."""
+        nearest = min(self.images_per_s,
+                      key=lambda b: (abs(math.log(b / batch_size)), b))
+        return self.images_per_s[nearest]
+
+
+def _matches(run, model: str, kwargs: str, kind: str, fast: str | None, config: dict) -> bool:
+    p = run.data.params
+    if "images_per_s" not in run.data.metrics or p.get("model") != model:
+        return False
+    if json.dumps({k: v for k, v in p.items() if k.startswith("model_kwargs.")},
+                  sort_keys=True) != kwargs:
+        return False
+    if fast is not None:
+        return p.get("fast_path") == fast
+    return str(p.get("fast_path", "")).startswith(f"{kind}, ") and \
+        p.get("precision") == str(config.get("precision", "auto")) and \
+        p.get("memory_format") == str(config.get("memory_format", "auto"))
+
+
+def _val_images(parent) -> int | None:
+    try:
+        return int(parent.data.params["train_size"]) - int(parent.data.params["train_images"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _beyond_training(client, run) -> tuple[list[float], float | None]:
+    """What a trial's MLflow record says of its time beyond training: each epoch's (validation,
+    checkpoint, reporting: the time between its result and the one before, less its
+    train_seconds), and its start (from its run's creation to its first result, less that
+    epoch), both only from the epochs the trial computed alone in their step (not taken from a
+    trunk, not caught up after a restore)."""
+    seconds = sorted(client.get_metric_history(run.info.run_id, "train_seconds"),
+                     key=lambda m: m.step)
+    computed = {m.step: m.value for m in
+                client.get_metric_history(run.info.run_id, "epochs_computed")}
+    at = {m.step: m.timestamp for m in seconds}
+    extra = [max(0.0, (m.timestamp - at[m.step - 1]) / 1000 - m.value) for m in seconds
+             if computed.get(m.step) == 1 and m.step - 1 in at]
+    start = None
+    first = seconds[0] if seconds else None
+    if first is not None and first.step == 1 and computed.get(1) == 1 and run.info.start_time:
+        start = max(0.0, (first.timestamp - run.info.start_time) / 1000 - first.value -
+                    (statistics.median(extra) if extra else 0.0))
+    return extra, start
+
+
+def earlier_throughput(client, hardware_tag: str, config: dict, gpus: float,
+                       train_images: int) -> Throughput | None:
+    """The throughput of earlier trials of ``config``'s model on the fast path it will take,
+    from searches whose parent run has the tag ``hardware_tag``, the newest first (those on
+    ``train_images`` training images only, when there are any); None when there is none."""
+    ids = [e.experiment_id for e in client.search_experiments()]
+    if not ids:
+        return None
+    model, kwargs = model_of(config)
+    kind, fast = expected_fast_path(config, gpus)
+    parents = client.search_runs(
+        ids, f"tags.hardware = '{hardware_tag}' and tags.model = '{model}'",
+        order_by=["attributes.start_time DESC"], max_results=1000)
+    same = [p for p in parents if p.data.params.get("train_images") == str(train_images)]
+    runs: list = []
+    for group in (same, [p for p in parents if p not in same]):
+        for parent in group:
+            runs += [(r, parent) for r in client.search_runs(
+                [parent.info.experiment_id],
+                f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.kind = 'trial'"
+                + (f" and params.fast_path = '{fast}'" if fast else ""),
+                order_by=["attributes.start_time DESC"], max_results=EARLIER_RUNS)
+                if _matches(r, model, kwargs, kind, fast, config)]
+            if len(runs) >= EARLIER_RUNS:
+                break
+        if runs:  # earlier trials on as many images as this search's: those alone
+            break
+    runs = runs[:EARLIER_RUNS]
+    if not runs:
+        return None
+    by_batch: dict = {}
+    for r, _ in runs:
+        by_batch.setdefault(int(r.data.params["batch_size"]), []).append(
+            r.data.metrics["images_per_s"])
+    extra, starts = [], []
+    for r, parent in runs:
+        seconds, start = _beyond_training(client, r)
+        if val := _val_images(parent):
+            extra += [s / val for s in seconds]
+        if start is not None:
+            starts.append(start)
+    return Throughput({b: statistics.median(v) for b, v in by_batch.items()},
+                      statistics.median(extra) if extra else None, len(runs),
+                      statistics.median(starts) if starts else None)
+
+
+def at_a_time(trials: int, resources: tuple[float, float], totals: dict,
+              max_concurrent: int = 0) -> int:
+    """Trials that run side by side: --max-concurrent, else as many as the cluster's CPUs and
+    GPUs (``totals``, Ray's cluster_resources) hold at the resources each takes."""
+    cpus, gpus = resources
+    k = int(totals.get("CPU", 1) / cpus + 1e-9)
+    if gpus > 0:
+        k = min(k, int(totals.get("GPU", 0) / gpus + 1e-9))
+    if max_concurrent:
+        k = min(k, max_concurrent)
+    return max(1, min(k, trials))
+
+
+# --- the plan ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    trials: int
+    space: str  # what the trials are (describe)
+    exhaustive: int  # epochs, every trial's own
+    at_most: int  # epochs computed at most, trunks shared
+    shared: bool  # whether trials share trunks (trunk_cache)
+    asha: bool  # whether ASHA may stop trials sooner
+    at_a_time: int
+    seconds: float | None = None  # the estimate; None when there is none
+    images_per_s: float | None = None  # training images/s over the epochs estimated
+    covers: str = ""  # what the estimate holds: "training, validation, start-up"
+    earlier: int = 0  # the earlier trials the estimate comes from
+    model: str = ""  # whose trials: "cnn", "resnet18 width 4"
+    why_none: str = ""  # why there is no estimate
+
+    def line(self) -> str:
+        epochs = f"{self.exhaustive} epochs exhaustive, at most {self.at_most} computed"
+        notes = [] if self.shared else ["no shared trunks"]
+        if self.asha:
+            notes.append("ASHA may stop trials sooner")
+        if self.shared:
+            epochs += " after shared trunks"
+        if notes:
+            epochs += f" ({'; '.join(notes)})"
+        if self.seconds is None:
+            time = f"no time estimate yet ({self.why_none})"
+        else:
+            covers = "training only" if self.covers == "training" else \
+                f"with {self.covers.removeprefix('training, ').replace(', ', ' and ')}"
+            time = (f"about {duration(self.seconds)} at {self.images_per_s:.0f} img/s "
+                    f"({covers}, from {self.earlier} earlier {self.model} "
+                    f"trial{'s' * (self.earlier != 1)} on this machine)")
+        return (f"plan: {self.trials} trial{'s' * (self.trials != 1)} ({self.space}); {epochs}; "
+                f"{time}, {self.at_a_time} trial{'s' * (self.at_a_time != 1)} at a time")
+
+    def params(self) -> dict:
+        """The parent run's params: the same figures as the line."""
+        out = {"plan_trials": self.trials, "plan_space": self.space,
+               "plan_epochs_exhaustive": self.exhaustive, "plan_epochs_at_most": self.at_most,
+               "plan_shared_trunks": self.shared, "plan_trials_at_a_time": self.at_a_time}
+        if self.seconds is None:
+            out["plan_no_estimate"] = self.why_none
+        else:
+            out.update(plan_estimated_seconds=round(self.seconds),
+                       plan_throughput_img_s=round(self.images_per_s, 1),
+                       plan_throughput_trials=self.earlier, plan_estimate_covers=self.covers)
+        return out
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def make(param_space: dict, num_samples: int, *, asha: bool, at_a_time: int,
+         train_images: int, val_images: int,
+         throughput: Callable[[dict], Throughput | None] | None = None) -> Plan:
+    """The plan of a search over ``param_space``. ``throughput(config)`` gives the earlier
+    trials' throughput for a trial's model (None: there is none, and no estimate)."""
+    configs = trial_configs(param_space, num_samples)
+    plan = Plan(trials=len(configs), space=describe(param_space, num_samples),
+                exhaustive=epochs_exhaustive(configs), at_most=epochs_at_most(configs),
+                shared=any(trunk_of(c) for c in configs), asha=asha, at_a_time=at_a_time)
+    models: dict = {}
+    for c in configs:
+        models.setdefault(model_of(c), c)
+    found = {k: throughput(c) if throughput else None for k, c in models.items()}
+    missing = [model_text(models[k]) for k, t in found.items() if t is None]
+    if missing:
+        return replace(plan, why_none=f"no earlier {' or '.join(missing)} trial on this "
+                       "machine")
+    total = images = train_s = 0.0
+    path = 0.0  # the longest chain one after the other: a start, a trunk, its longest branch
+    for group in trunks(configs):
+        head = max(group, key=branch)
+        parts = [_cost(head, branch(head), found, train_images, val_images)] + \
+            [_cost(c, int(c["epochs"]) - branch(c), found, train_images, val_images)
+             for c in group]
+        starts = [found[model_of(c)].start_s or 0.0 for c in group]
+        total += sum(p[0] for p in parts) + sum(starts)
+        images += sum(p[1] for p in parts)
+        train_s += sum(p[2] for p in parts)
+        path = max(path, max(starts) + parts[0][0] + max(p[0] for p in parts[1:]))
+    covers = ["training"]
+    if all(t.extra_s_per_val_image is not None for t in found.values()):
+        covers.append("validation")
+    if all(t.start_s is not None for t in found.values()):
+        covers.append("start-up")
+    return replace(plan, seconds=max(total / at_a_time, path),
+                   images_per_s=images / train_s if train_s else 0.0, covers=", ".join(covers),
+                   earlier=sum(t.trials for t in found.values()),
+                   model=" and ".join(model_text(c) for c in models.values()))
+
+
+def _cost(config: dict, epochs: int, found: dict, train_images: int,
+          val_images: int) -> tuple[float, float, float]:
+    """(seconds, training images, training seconds) of ``epochs`` epochs of a trial."""
+    t = found[model_of(config)]
+    n = train_images * (OFFLINE_FACTOR if _augment(config) == "offline" else 1)
+    train = epochs * n / t.rate(int(config["batch_size"]))
+    return train + epochs * val_images * (t.extra_s_per_val_image or 0.0), epochs * n, train
+
+
+def _augment(config: dict) -> str:
+    policy = config.get("augment", "auto")
+    return default_policy(str(config.get("model", TrainConfig.model))) if policy == "auto" \
+        else policy
+
+

@@ -147,7 +147,8 @@ class ScheduleAwareASHA(FIFOScheduler):
     def _trunk(self, trial) -> tuple[str | None, int, list[int]]:
         """The trial's trunk (None without one), its branch epoch, and the trunk's rungs."""
         if trial.trial_id not in self._trunks:
-            trunk, branch, milestones = trunk_group(trial.config), 0, []
+            wsd = trial.config.get("schedule") == "wsd"  # (a warm-up is compared per length)
+            trunk, branch, milestones = trunk_group(trial.config) if wsd else None, 0, []
             if trunk is not None:
                 try:
                     branch = branch_epoch(TrainConfig.from_dict(trial.config))

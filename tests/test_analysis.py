@@ -217,6 +217,10 @@ def test_report_end_to_end(greedy_report):
         assert (rep / f).stat().st_size > 0, f
     html = (rep / "report.html").read_text()
     assert "data:image/png;base64," in html and "<table>" in html and "src=\"roc" not in html
+    # what the searches cost: every trial of the grids ran or was stopped, none for free
+    assert "## Search cost" in (rep / "report.md").read_text() and "Search cost" in html
+    cost = s["search_cost"]["total"]
+    assert 0 < cost["computed_epochs"] <= cost["exhaustive_epochs"]
     assert s["fusion"]["method"] == "greedy" and sum(s["fusion"]["weights"]) == \
         pytest.approx(1.0)
     # every number recomputed from the checkpoints themselves (each model built once)

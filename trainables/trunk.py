@@ -116,11 +116,12 @@ class Trunk:
 
 
 def trunk_group(config: dict) -> str | None:
-    """Which trunk a trial's flat config (Tune's) shares under wsd, as a stable string: the
-    config less what its decay and resources read; None when it shares none beyond a warm-up
-    (another schedule, or no ``trunk_cache``)."""
-    if not config.get("trunk_cache") or config.get("schedule") != "wsd":
+    """Which trunk a trial's flat config (Tune's) shares, as a stable string: the config less
+    what only the part after its branch reads and the resources; None without a
+    ``trunk_cache``. Under wsd the trunk is the stable phase, else the warm-up."""
+    if not config.get("trunk_cache"):
         return None
-    skip = set(DECAY_ONLY) | set(RESOURCES) | {"trunk_cache", "trunk_lengths"}
+    after = DECAY_ONLY if config.get("schedule") == "wsd" else SGD_ONLY
+    skip = {*after, *RESOURCES, "trunk_cache", "trunk_lengths"}
     return json.dumps({k: v for k, v in config.items() if k not in skip}, sort_keys=True,
                       default=str)

@@ -21,7 +21,7 @@ from mlflow.entities import Param
 from ray import tune
 from ray.tune import CLIReporter, ExperimentAnalysis
 
-from search import offline, plan
+from search import offline, plan, throughput
 from search.backfill import catch_up
 from search.cluster import check_cluster, resources, start_ray
 from search.lineage import MLflowLineage, TrialLines
@@ -76,7 +76,7 @@ def run_search(options, search: Search, split, on_start=None) -> int:
         return EXIT_STATE
     offline.back_online(ws.tracking_uri)  # it answered: this search records again
     search.resources = resources(options)
-    hardware = plan.hardware(search.resources, options.address)
+    hardware = throughput.hardware(search.resources, options.address)
     search.tags = {**(search.tags or {}), "hardware": hardware}  # on a new parent run
     experiment_id = ws.experiment_id(client, search.name)
     if state is None:  # saved before the parent run exists: a kill between the two leaves a
@@ -125,10 +125,10 @@ def show_plan(options, search: Search, split, client, parent_id: str, hardware: 
     """Print the search's plan (search/plan.py) before it trains and record its figures as the
     parent run's plan_* params. A resumed search prints it again; the params stay those of the
     start (MLflow keeps a param's first value)."""
-    def throughput(config: dict):
+    def earlier(config: dict):
         try:
-            return plan.earlier_throughput(client, hardware, config, search.resources[1],
-                                           len(split.y_train))
+            return throughput.earlier_throughput(client, hardware, config,
+                                                 search.resources[1], len(split.y_train))
         except offline.TRACKING_ERRORS as e:
             print(f"plan: earlier trials unreadable ({first_line(e)})", file=sys.stderr)
             return None
@@ -138,7 +138,7 @@ def show_plan(options, search: Search, split, client, parent_id: str, hardware: 
         search.param_space, search.num_samples, asha=search.scheduler is not None,
         at_a_time=plan.at_a_time(trials, search.resources, ray.cluster_resources(),
                                  options.max_concurrent),
-        train_images=len(split.y_train), val_images=len(split.y_val), throughput=throughput)
+        train_images=len(split.y_train), val_images=len(split.y_val), throughput=earlier)
     print(found.line(), flush=True)
 
     def record():

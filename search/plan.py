@@ -9,42 +9,29 @@ DECAY_ONLY (their length and decay), under the other schedules those that differ
 trial computes its own epochs after its branch. ASHA may stop trials sooner: these are the most
 a search computes.
 
-The time is an estimate from earlier trials of the same model (architecture, model_kwargs, the
-fast path it ran on) whose search ran on the same hardware (the parent run's ``hardware`` tag,
-``hardware()``): their training images/s, per batch size, and their epochs' wall time beyond
-training (validation, the checkpoint, reporting), per validation image. Earlier trials on the
-same number of training images are preferred when there are any.
+The time is an estimate from earlier trials of the same model on the same hardware, read by
+search/throughput.py: their training images/s, per batch size, and their epochs' wall time
+beyond training, per validation image.
 
 The arithmetic takes flat trial configs (``trial_configs`` expands a Tune param_space) and needs
-no Ray; the earlier trials come from an MLflow client passed in.
+no Ray; the earlier trials' throughput comes from a function passed in.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
-import math
-import os
-import platform
 import re
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from types import SimpleNamespace
 
-import torch
-
+from search.throughput import Throughput, model_of
 from trainables.augment import default_policy
-from trainables.engine import DECAY_ONLY, SGD_ONLY, TrainConfig, branch_epoch
-from trainables.fastpath import fast_path
-from trainables.trunk import RESOURCES
+from trainables.engine import TrainConfig, branch_epoch
+from trainables.trunk import trunk_group
 
-# what neither a trunk nor a result depends on (trainables/trunk.py trunk_key)
-RESOURCE_KEYS = (*RESOURCES, "trunk_cache", "trunk_lengths")
 OFFLINE_FACTOR = 3  # augment.expand_offline: the originals, flipped and erased, blurred
 LABELS = {"batch_size": "batch", "epochs": "epochs"}
-EARLIER_RUNS = 24  # the most recent matching trials an estimate reads
 SAMPLED = "<sampled>"  # a searcher's or sampler's value, different in every trial
 
 
@@ -167,14 +154,11 @@ def branch(config: dict) -> int:
 
 
 def trunk_of(config: dict) -> str | None:
-    """Which trunk a trial shares: its config less what only the part after the branch reads
-    and the resources (trainables/trunk.py trunk_key); None when it shares none."""
+    """Which trunk a trial shares (trainables/trunk.py trunk_group); None when it shares none,
+    its branch at epoch 0 included."""
     if branch(config) == 0:
         return None
-    after = DECAY_ONLY if config.get("schedule", TrainConfig.schedule) == "wsd" else SGD_ONLY
-    skip = {*after, *RESOURCE_KEYS}
-    return json.dumps({k: v for k, v in config.items() if k not in skip}, sort_keys=True,
-                      default=str)
+    return trunk_group(config)
 
 
 def trunks(configs: list[dict]) -> list[list[dict]]:
@@ -198,161 +182,7 @@ def epochs_at_most(configs: list[dict]) -> int:
     return sum(group_epochs(g) for g in trunks(configs))
 
 
-# --- this machine, and what earlier trials measured on it -------------------------------------
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model")) and ":" in line:
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def hardware(resources: tuple[float, float], address: str | None = None) -> str:
-    """What a trial's throughput depends on, as the parent run's ``hardware`` tag: this host,
-    its CPU (and the GPU when trials take one), the CPUs and GPUs per trial, and the cluster
-    when the search joined one (its trials run on that cluster's nodes)."""
-    cpus, gpus = resources
-    parts = [platform.node() or "unknown host", f"{cpu_model()} x{os.cpu_count() or 1}"]
-    if gpus > 0:
-        parts.append(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "GPU")
-    parts.append(f"{cpus:g} CPU, {gpus:g} GPU per trial")
-    if address:
-        parts.append(f"Ray cluster {address}")
-    return "; ".join(parts).replace("'", "")  # quoted in MLflow's filter strings
-
-
-def model_of(config: dict) -> tuple[str, str]:
-    """(model, its model_kwargs as MLflow params hold them) of a trial: what its throughput is
-    matched on, besides the fast path."""
-    kwargs = {f"model_kwargs.{k}": str(v) for k, v in (config.get("model_kwargs") or {}).items()}
-    return str(config.get("model", TrainConfig.model)), json.dumps(kwargs, sort_keys=True)
-
-
-def model_text(config: dict) -> str:
-    kwargs = config.get("model_kwargs") or {}
-    return " ".join([str(config.get("model", TrainConfig.model)),
-                     *(f"{k} {v}" for k, v in sorted(kwargs.items()))])
-
-
-def expected_fast_path(config: dict, gpus: float) -> tuple[str, str | None]:
-    """(device type, the fast_path a trial will report: "cpu, bf16, channels_last"); None for
-    the second when this process cannot tell (a GPU it does not see)."""
-    device = config.get("device", "auto")
-    kind = ("cuda" if gpus > 0 else "cpu") if device == "auto" else str(device).split(":")[0]
-    if kind == "cuda" and not torch.cuda.is_available():
-        return kind, None
-    fast = fast_path(config.get("precision", "auto"), config.get("memory_format", "auto"),
-                     torch.device(kind))
-    return kind, f"{kind}, {fast}"
-
-
-@dataclass(frozen=True)
-class Throughput:
-    """What earlier trials of one model measured on this hardware."""
-
-    images_per_s: dict  # batch size -> median training images/s
-    extra_s_per_val_image: float | None  # an epoch's wall time beyond training, per val image
-    trials: int  # the earlier trials these come from
-    start_s: float | None = None  # a trial's start before its first epoch (actor, data, model)
-
-    def rate(self, batch_size: int) -> float:
-        """Images/s at ``batch_size``: its own, else the nearest batch size's (the smaller of
-        two as near)."""
-        nearest = min(self.images_per_s,
-                      key=lambda b: (abs(math.log(b / batch_size)), b))
-        return self.images_per_s[nearest]
-
-
-def _matches(run, model: str, kwargs: str, kind: str, fast: str | None, config: dict) -> bool:
-    p = run.data.params
-    if "images_per_s" not in run.data.metrics or p.get("model") != model:
-        return False
-    if json.dumps({k: v for k, v in p.items() if k.startswith("model_kwargs.")},
-                  sort_keys=True) != kwargs:
-        return False
-    if fast is not None:
-        return p.get("fast_path") == fast
-    return str(p.get("fast_path", "")).startswith(f"{kind}, ") and \
-        p.get("precision") == str(config.get("precision", "auto")) and \
-        p.get("memory_format") == str(config.get("memory_format", "auto"))
-
-
-def _val_images(parent) -> int | None:
-    try:
-        return int(parent.data.params["train_size"]) - int(parent.data.params["train_images"])
-    except (KeyError, ValueError):
-        return None
-
-
-def _beyond_training(client, run) -> tuple[list[float], float | None]:
-    """What a trial's MLflow record says of its time beyond training: each epoch's (validation,
-    checkpoint, reporting: the time between its result and the one before, less its
-    train_seconds), and its start (from its run's creation to its first result, less that
-    epoch), both only from the epochs the trial computed alone in their step (not taken from a
-    trunk, not caught up after a restore)."""
-    seconds = sorted(client.get_metric_history(run.info.run_id, "train_seconds"),
-                     key=lambda m: m.step)
-    computed = {m.step: m.value for m in
-                client.get_metric_history(run.info.run_id, "epochs_computed")}
-    at = {m.step: m.timestamp for m in seconds}
-    extra = [max(0.0, (m.timestamp - at[m.step - 1]) / 1000 - m.value) for m in seconds
-             if computed.get(m.step) == 1 and m.step - 1 in at]
-    start = None
-    first = seconds[0] if seconds else None
-    if first is not None and first.step == 1 and computed.get(1) == 1 and run.info.start_time:
-        start = max(0.0, (first.timestamp - run.info.start_time) / 1000 - first.value -
-                    (statistics.median(extra) if extra else 0.0))
-    return extra, start
-
-
-def earlier_throughput(client, hardware_tag: str, config: dict, gpus: float,
-                       train_images: int) -> Throughput | None:
-    """The throughput of earlier trials of ``config``'s model on the fast path it will take,
-    from searches whose parent run has the tag ``hardware_tag``, the newest first (those on
-    ``train_images`` training images only, when there are any); None when there is none."""
-    ids = [e.experiment_id for e in client.search_experiments()]
-    if not ids:
-        return None
-    model, kwargs = model_of(config)
-    kind, fast = expected_fast_path(config, gpus)
-    parents = client.search_runs(
-        ids, f"tags.hardware = '{hardware_tag}' and tags.model = '{model}'",
-        order_by=["attributes.start_time DESC"], max_results=1000)
-    same = [p for p in parents if p.data.params.get("train_images") == str(train_images)]
-    runs: list = []
-    for group in (same, [p for p in parents if p not in same]):
-        for parent in group:
-            runs += [(r, parent) for r in client.search_runs(
-                [parent.info.experiment_id],
-                f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.kind = 'trial'"
-                + (f" and params.fast_path = '{fast}'" if fast else ""),
-                order_by=["attributes.start_time DESC"], max_results=EARLIER_RUNS)
-                if _matches(r, model, kwargs, kind, fast, config)]
-            if len(runs) >= EARLIER_RUNS:
-                break
-        if runs:  # earlier trials on as many images as this search's: those alone
-            break
-    runs = runs[:EARLIER_RUNS]
-    if not runs:
-        return None
-    by_batch: dict = {}
-    for r, _ in runs:
-        by_batch.setdefault(int(r.data.params["batch_size"]), []).append(
-            r.data.metrics["images_per_s"])
-    extra, starts = [], []
-    for r, parent in runs:
-        seconds, start = _beyond_training(client, r)
-        if val := _val_images(parent):
-            extra += [s / val for s in seconds]
-        if start is not None:
-            starts.append(start)
-    return Throughput({b: statistics.median(v) for b, v in by_batch.items()},
-                      statistics.median(extra) if extra else None, len(runs),
-                      statistics.median(starts) if starts else None)
-
+# --- trials side by side ----------------------------------------------------------------------
 
 def at_a_time(trials: int, resources: tuple[float, float], totals: dict,
               max_concurrent: int = 0) -> int:
@@ -417,6 +247,13 @@ class Plan:
                        plan_throughput_img_s=round(self.images_per_s, 1),
                        plan_throughput_trials=self.earlier, plan_estimate_covers=self.covers)
         return out
+
+
+def model_text(config: dict) -> str:
+    """A trial's model in words: "cnn", "resnet18 width 4"."""
+    kwargs = config.get("model_kwargs") or {}
+    return " ".join([str(config.get("model", TrainConfig.model)),
+                     *(f"{k} {v}" for k, v in sorted(kwargs.items()))])
 
 
 def duration(seconds: float) -> str:

@@ -1,6 +1,6 @@
-"""A search's plan before its cost (search/plan.py): the trials, the epochs an exhaustive run
-and the shared trunks compute, the estimate from earlier trials; printed before the first trial
-and recorded on the parent run."""
+"""A search's plan before its cost (search/plan.py, search/throughput.py): the trials, the epochs
+an exhaustive run and the shared trunks compute, the estimate from earlier trials; printed before
+the first trial and recorded on the parent run."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from conftest import environ_kept, write_idx_set
 from ray import tune
 
 from search import grid, plan
+from search.throughput import Throughput
 from search.weights import Settings, WeightsOptions, make_search
 from search.workspace import Workspace
 from trainables import data
@@ -89,7 +90,7 @@ def test_the_class_weight_search_samples_one_config(tmp_path):
 def test_the_estimate_counts_every_image_an_epoch_trains_on():
     """The CNN's offline augmentation triples its training set; validation adds its share."""
     space = {**TrainConfig(model="cnn", warmup_epochs=1, epochs=3, batch_size=64).to_dict()}
-    seen = plan.Throughput({64: 300.0}, None, 2)
+    seen = Throughput({64: 300.0}, None, 2)
     offline = plan.make({**space, "augment": "offline"}, 1, asha=False, at_a_time=1,
                         train_images=900, val_images=100, throughput=lambda c: seen)
     assert offline.seconds == pytest.approx(3 * 2700 / 300)
@@ -99,7 +100,7 @@ def test_the_estimate_counts_every_image_an_epoch_trains_on():
     assert offline.params()["plan_estimate_covers"] == "training"
     flips = plan.make({**space, "augment": "flip"}, 1, asha=False, at_a_time=1,
                       train_images=900, val_images=100,
-                      throughput=lambda c: plan.Throughput({128: 300.0}, 0.01, 2, 5.0))
+                      throughput=lambda c: Throughput({128: 300.0}, 0.01, 2, 5.0))
     assert flips.seconds == pytest.approx(5 + 3 * (900 / 300 + 100 * 0.01))
     assert "(with validation and start-up, from 2 earlier" in flips.line()
     assert flips.params()["plan_estimated_seconds"] == 17

@@ -146,6 +146,8 @@ class ClassifierTrainable(tune.Trainable):
                 result, holds = dict(self._train()), True
                 computed += 1
         self.reported = epoch
+        if self.state.epoch >= self.branch:  # past its trunk (loaded, say): others may extend it
+            self._release()
         shared = epoch <= self.shared
         result["shared"] = shared  # taken from the trunk, computed by another trial
         result["warmup_reused"] = shared and epoch <= self.cfg.warmup_epochs

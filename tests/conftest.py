@@ -60,6 +60,36 @@ def small_set(tmp_path) -> Path:
 
 # --- prerequisites the set-up installs: a skip here, a failure in CI ----------------------------
 
+# --- a Trainable driven directly, as Tune would (tests/test_search.py, tests/test_trunks.py) ----
+
+def trainable_for(split):
+    """The Trainable with ``split`` handed to setup: the object store's role, by a closure."""
+    from trainables.trainable import ClassifierTrainable
+
+    class Local(ClassifierTrainable):
+        def setup(self, config):
+            super().setup(config, split=split)
+
+    return Local
+
+
+def run_trial(split, config):
+    """A trial of ``config`` to its end: the Trainable and its results."""
+    trial = trainable_for(split)(config=config)
+    results = []
+    while not (results and results[-1]["done"]):
+        results.append(trial.train())
+    trial.stop()
+    return trial, results
+
+
+def weights(model):
+    """A model's weights as one flat tensor."""
+    import torch
+
+    return torch.cat([v.flatten().float() for v in model.state_dict().values()])
+
+
 def in_ci() -> bool:
     """CI sets CI=true: there a missing prerequisite is a failure, not a skip."""
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")

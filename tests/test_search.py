@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import environ_kept, exit_code, need_real_data, untouched
+from conftest import (
+    environ_kept,
+    exit_code,
+    need_real_data,
+    run_trial,
+    untouched,
+    weights,
+)
 from ray.tune.schedulers import TrialScheduler
 
 from search.asha import ScheduleAwareASHA
@@ -61,27 +68,6 @@ def test_asha_groups_trials_by_schedule_length():
 
 
 # --- the Trainable ----------------------------------------------------------------------------
-
-def trainable_for(split):
-    class Local(ClassifierTrainable):  # the object store's role, played by a closure
-        def setup(self, config):
-            super().setup(config, split=split)
-
-    return Local
-
-
-def run_trial(split, config):
-    trial = trainable_for(split)(config=config)
-    results = []
-    while not (results and results[-1]["done"]):
-        results.append(trial.train())
-    trial.stop()
-    return trial, results
-
-
-def weights(model):
-    return torch.cat([v.flatten().float() for v in model.state_dict().values()])
-
 
 def test_warmup_is_computed_once_and_reused_exactly(split, tmp_path):
     base = TrainConfig(model="cnn", augment="none", batch_size=64, warmup_epochs=2, epochs=3,

@@ -7,7 +7,7 @@ import multiprocessing
 
 import pytest
 import torch
-from conftest import need_real_data
+from conftest import need_real_data, run_trial, weights
 from ray.tune.schedulers import TrialScheduler
 
 from search.asha import ScheduleAwareASHA
@@ -15,7 +15,6 @@ from search.records import asha_tags, scalar_metrics
 from trainables import data
 from trainables.engine import TrainConfig
 from trainables.schedule import branch_epoch, decay_epochs, lr_at
-from trainables.trainable import ClassifierTrainable
 from trainables.trunk import Trunk, branch_points, trunk_group
 
 pytestmark = pytest.mark.usefixtures("torch_threads_kept")  # trials set torch's threads
@@ -55,27 +54,6 @@ def test_bad_decay_settings_are_refused():
 
 
 # --- shared trunks ---------------------------------------------------------------------------
-
-def trainable_for(split):
-    class Local(ClassifierTrainable):  # the object store's role, played by a closure
-        def setup(self, config):
-            super().setup(config, split=split)
-
-    return Local
-
-
-def run_trial(split, config):
-    trial = trainable_for(split)(config=config)
-    results = []
-    while not (results and results[-1]["done"]):
-        results.append(trial.train())
-    trial.stop()
-    return trial, results
-
-
-def weights(model):
-    return torch.cat([v.flatten().float() for v in model.state_dict().values()])
-
 
 NUMBERS = ("train_loss", "val_loss", "val_acc", "lr")
 

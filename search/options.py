@@ -25,8 +25,9 @@ from trainables.schedule import add_schedule_args
 AUTO = "auto"
 PROFILE_TRAIN_SIZE = -1  # --train-size not given: the profile's (None, from "all", is all)
 ALIASES = {"resnet": "resnet18"}  # --model resnet, as the seed calls it
-# every search's schedule unless --schedule says otherwise (docs/usage.md, "Schedules")
-DEFAULT_SCHEDULE = "cosine"
+# every search's schedule unless --schedule says otherwise: wsd, whose trials of different lengths
+# share their stable phase, matched or beat cosine on the quick profile (docs/benchmarks.md)
+DEFAULT_SCHEDULE = "wsd"
 
 
 class UsageError(Exception):

@@ -32,6 +32,9 @@ from conftest import (
     wait_text,
 )
 
+from trainables.engine import TrainConfig
+from trainables.schedule import branch_epoch
+
 STAGES = ["smoke-grid-cnn", "smoke-grid-resnet18", "smoke-grid-inception",
           "smoke-weights-resnet18", "smoke"]
 
@@ -188,13 +191,14 @@ def trial_histories(ws: Path, parent_id: str, metric: str) -> dict[str, dict]:
         for run, status in runs:
             tags = dict(con.execute("select key, value from tags where run_uuid = ?", (run,)))
             assert tags["trial_id"] not in out, f"trial {tags['trial_id']} has two runs"
-            epochs = con.execute("select value from params where run_uuid = ? and key = "
-                                 "'epochs'", (run,)).fetchone()[0]
+            params = dict(con.execute("select key, value from params where run_uuid = ?",
+                                      (run,)))
+            epochs = params["epochs"]
             history = {step: (value, ts) for step, value, ts in con.execute(
                 "select step, value, timestamp from metrics where run_uuid = ? and key = ?",
                 (run, metric))}
             out[tags["trial_id"]] = {"status": status, "tags": tags, "epochs": int(epochs),
-                                     "history": history}
+                                     "history": history, "params": params}
         return out
 
 
@@ -226,6 +230,31 @@ def asha_replays(history: dict[str, dict], rungs: list[int], rf: float) -> list[
     return [stopped for stopped, _ in outcomes]
 
 
+def trunk_replays(trials: dict[str, dict], rungs: list[int], rf: float) -> list[dict]:
+    """ASHA on wsd trunks (search/asha.py), replayed: a trunk's value at a rung is its trials'
+    (they report the same numbers there), arriving when the first of them logged it; returns
+    {batch size: (rung, value, cutoff, trunks compared)} of the trunks cut, for each arrival
+    order the timestamps allow."""
+    trunks: dict[str, dict] = {}
+    for t in trials.values():
+        branch = branch_epoch(TrainConfig(
+            epochs=t["epochs"], warmup_epochs=int(t["params"]["warmup_epochs"]),
+            schedule="wsd", decay_fraction=float(t["params"]["decay_fraction"])))
+        for rung in rungs:
+            if rung in t["history"] and rung <= branch:
+                seen = trunks.setdefault(t["params"]["batch_size"], {}).get(rung)
+                if seen is None or t["history"][rung][1] < seen[1]:
+                    trunks[t["params"]["batch_size"]][rung] = t["history"][rung]
+    return asha_replays(trunks, rungs, rf)
+
+
+def trunk_stop_reason(rung: int, batch: str, metric: str, value: float, cutoff: float,
+                      compared: int) -> str:
+    return (f"ASHA rung at epoch {rung} of the shared trunk: the trunk of batch size {batch} "
+            f"had {metric} {value:.4f}, below the cutoff {cutoff:.4f} of {compared} other "
+            "trunk(s); no branch of it starts later")
+
+
 def stop_reason(rung: int, length: int, metric: str, value: float, cutoff: float,
                 compared: int) -> str:
     """The stop_reason tag of a trial ASHA stopped (search/lineage.py asha_tags)."""
@@ -255,6 +284,11 @@ def test_asha_stopped_exactly_the_trials_below_their_rungs_cutoff(smoke_pipeline
         metric = params.get("objective", "val_acc")  # what the search (and ASHA) maximises
         trials = trial_histories(p.ws, parent_id, metric)
         assert len(trials) == 4, (name, sorted(trials))
+        if all(t["params"].get("schedule") == "wsd" and "trunk_lengths" in t["params"]
+               for t in trials.values()):  # shared trunks: ranked per trunk, across lengths
+            stopped.update({f"{name}/{k}": v for k, v in trunk_stops(name, trials, grace, rf,
+                                                                     metric).items()})
+            continue
         for length in sorted({t["epochs"] for t in trials.values()}):
             group = {tid: t for tid, t in trials.items() if t["epochs"] == length}
             rungs = [r for r in (int(grace * rf ** k) for k in range(8)) if r < length]
@@ -275,6 +309,36 @@ def test_asha_stopped_exactly_the_trials_below_their_rungs_cutoff(smoke_pipeline
                         t["tags"]), (name, tid, t["tags"])
             stopped.update({f"{name}/{tid}": why for tid, why in recorded.items()})
     assert stopped, "ASHA stopped no trial in these searches: nothing of its was checked"
+
+
+def trunk_stops(name: str, trials: dict[str, dict], grace: int, rf: float, metric: str
+                ) -> dict[str, tuple]:
+    """A wsd grid's stops checked against trunk_replays: every trial of a cut trunk stopped at
+    or before the rung (one that started after the cut, at its first epoch), saying why with
+    the trunk's value and cutoff; the others trained to their end (the smoke grid's rungs all
+    lie inside the trunk: no decay rung)."""
+    longest = max(t["epochs"] for t in trials.values())
+    rungs = [r for r in (int(grace * rf ** k) for k in range(8)) if r < longest]
+    recorded = {tid: (t["tags"]["stopped_at_epoch"], t["tags"]["stop_reason"])
+                for tid, t in trials.items() if t["tags"].get("stopped_by") == "asha"}
+    outcomes = []
+    for cut in trunk_replays(trials, rungs, rf):
+        outcome = {}
+        for tid, t in trials.items():
+            batch = t["params"]["batch_size"]
+            if batch in cut:
+                rung, *why = cut[batch]
+                last = max(t["history"])
+                outcome[tid] = (str(last), trunk_stop_reason(rung, batch, metric, *why))
+                if last > rung:
+                    outcome[tid] = None  # trained past the rung that cut its trunk
+        outcomes.append(outcome)
+    assert recorded in outcomes, (name, recorded, outcomes)
+    for tid, t in trials.items():
+        last = int(recorded[tid][0]) if tid in recorded else t["epochs"]
+        assert sorted(t["history"]) == list(range(1, last + 1)), (name, tid)
+        assert t["status"] == "FINISHED", (name, tid, t["status"])
+    return recorded
 
 
 def test_resume_of_a_finished_pipeline_only_prints_the_summary(smoke_pipeline):

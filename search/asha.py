@@ -48,6 +48,7 @@ class ScheduleAwareASHA(FIFOScheduler):
         self.trunk_rungs: dict[int, dict[str, float]] = {}  # epoch -> trunk -> its value
         self.trunk_cuts: dict[str, dict] = {}  # trunk -> where and why it was cut
         self._trunks: dict[str, tuple[str | None, int, list[int]]] = {}
+        self._restored: list[tuple] = []  # (reported at, order, trial, epoch, value), resumed
 
     def _group(self, trial) -> AsyncHyperBandScheduler:
         return self._group_for_length(int(trial.config[self.group_key]))
@@ -74,13 +75,12 @@ class ScheduleAwareASHA(FIFOScheduler):
 
     def _replay(self, group: AsyncHyperBandScheduler, trial) -> None:
         """A resumed search: Tune does not save its scheduler, so each trial it restores
-        brings back the rung values of the results it reported before (its result.json, the
-        epochs in order) as the uninterrupted run recorded them, and a decision to stop it
-        that Tune had not carried out when it was killed; its later results are judged
-        against the same rungs. A new trial has no results: nothing to do. (Trials are
-        restored in the order they were created, which is the order of their results when
-        they ran one at a time; with trials side by side the rungs may fill in another order.)
-        """
+        brings back the results it reported before (its result.json), and the rungs are
+        rebuilt from every restored result so far in the order they were reported (Tune
+        restores trials in no set order, and a wsd trunk's rung is ranked across trials), as
+        the uninterrupted run recorded them, with any decision to stop a trial that Tune had
+        not carried out when it was killed; later results are judged against the same rungs.
+        A new trial has no results: nothing to do."""
         try:
             path = trial.path  # the trial's folder on the storage path
         except (AttributeError, RuntimeError):  # a new trial: Tune has not named its folder
@@ -88,6 +88,7 @@ class ScheduleAwareASHA(FIFOScheduler):
         results = Path(path, "result.json") if path else None
         if results is None or not results.exists():
             return
+        added = False
         for line in results.read_text().splitlines():
             try:
                 result = json.loads(line)
@@ -95,14 +96,35 @@ class ScheduleAwareASHA(FIFOScheduler):
                 continue
             if TIME_ATTR not in result or not isinstance(result.get(self.metric), int | float):
                 continue
-            epoch, value = result[TIME_ATTR], result[self.metric]
+            when = float(result.get("reported_at") or result.get("timestamp") or 0)
+            self._restored.append((when, len(self._restored), trial, result[TIME_ATTR],
+                                   result[self.metric]))
+            added = True
+        if added:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Every rung value and replayed decision made again from the restored results, in
+        the order they were reported (ties: the order they were read)."""
+        replayed = {trial.trial_id for *_, trial, _, _ in self._restored}
+        self.trunk_rungs.clear()
+        self.trunk_cuts.clear()
+        self.replayed_stops = {}
+        self.stops = {k: v for k, v in self.stops.items() if k not in replayed}
+        for g in self.groups.values():
+            for bracket in g._brackets:
+                for _, recorded in bracket._rungs:
+                    recorded.clear()
+        for _, _, trial, epoch, value in sorted(self._restored, key=lambda r: r[:2]):
+            if trial.trial_id in self.replayed_stops:
+                continue  # stopped before the kill: its later lines are not ranked
             finished = trial.status == "TERMINATED"
             action = self._decide(trial, epoch, value, record=not finished)
+            group = self._group(trial)
             if action == TrialScheduler.STOP and epoch < group._max_t and not finished:
                 self.replayed_stops[trial.trial_id] = epoch
                 if trial.trial_id not in self.stops:
                     self._record_stop(group, trial, epoch, value)
-                return
 
     def _record_stop(self, group: AsyncHyperBandScheduler, trial, epoch, value) -> None:
         bracket = group._trial_info[trial.trial_id]

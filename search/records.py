@@ -33,7 +33,8 @@ def scalar_metrics(result: dict) -> dict[str, float]:
         if isinstance(v, bool) or not isinstance(v, int | float):
             continue
         if k in ("done", "training_iteration", "time_total_s", "time_this_iter_s", "pid",
-                 "timestamp", "time_since_restore", "iterations_since_restore") or \
+                 "timestamp", "time_since_restore", "iterations_since_restore",
+                 "reported_at") or \
                 k.startswith(("config", "node", "hostname")):
             continue
         if math.isfinite(v):

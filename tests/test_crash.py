@@ -168,15 +168,21 @@ def test_a_grid_survives_a_killed_worker_a_killed_driver_and_a_corrupt_checkpoin
     ws = tmp_path / "ws"
     args = (*GRID, "--workspace", str(ws))
 
+    seen = {}
+
     def in_a_long_trial(trials, ws, experiment):  # the first 3-epoch trial, 1 or 2 epochs in
-        return any(r["status"] == "RUNNING" and 1 <= r["epoch"] < 3 and
-                   (d := trial_dir(ws, experiment, t)) and "batch_size=32,epochs=3" in d.name
-                   for t, r in trials.items())
+        for t, r in trials.items():  # (its worker's pid in its result.json, which Tune may
+            d = trial_dir(ws, experiment, t)  # write after the lineage logged the epoch)
+            if r["status"] == "RUNNING" and 1 <= r["epoch"] < 3 and d and \
+                    "batch_size=32,epochs=3" in d.name and (d / "result.json").exists() and \
+                    (lines := (d / "result.json").read_text().splitlines()):
+                seen.update(victim=t, results=lines)
+                return True
+        return False
 
     # 1. a trial's worker process dies: Tune retries the trial from its checkpoint
     proc = start_until("search.grid", args, ws, "grid-cnn", in_a_long_trial)
-    victim = next(t for t, r in trial_runs(ws).items() if r["status"] == "RUNNING")
-    results = (trial_dir(ws, "grid-cnn", victim) / "result.json").read_text().splitlines()
+    victim, results = seen["victim"], seen["results"]
     worker = psutil.Process(json.loads(results[-1])["pid"])  # as Tune recorded it
     assert worker.cmdline()[0].startswith("ray::") and "Trainable" in worker.cmdline()[0]
     worker.kill()

@@ -4,6 +4,7 @@ their own decays, with exactly an independent run's numbers; ASHA across lengths
 from __future__ import annotations
 
 import multiprocessing
+from pathlib import Path
 
 import pytest
 import torch
@@ -214,3 +215,35 @@ def test_the_trunk_flags_reach_mlflow_as_numbers():
     assert metrics["shared"] == 1.0 and metrics["trunk"] == 0.0 and "done" not in metrics
     assert metrics["epochs_computed"] == 0.0
 
+
+
+def test_a_resumed_asha_replays_results_in_the_order_they_were_reported(tmp_path):
+    """Tune restores trials in no set order: the 64 trunk's trial comes back before the 32
+    one's, whose rung value came first. The rungs are rebuilt in the order of the results, so
+    the 64 trunk is cut as it was, and its 3-epoch trial, not started before the kill, stops at
+    its first epoch."""
+    import json
+
+    def restored(trial_id, batch, epochs, rows):
+        t = FakeTrial(trial_id, batch, epochs, lengths=(2, 3))
+        t.config["warmup_epochs"] = 1
+        t.status = "TERMINATED"
+        t.path = str(tmp_path / trial_id)
+        Path(t.path).mkdir()
+        Path(t.path, "result.json").write_text("".join(
+            json.dumps({"epoch": e, "val_acc": v, "reported_at": at}) + "\n"
+            for e, v, at in rows))
+        return t
+
+    first = restored("b32e2", 32, 2, [(1, 0.55, 100.0), (2, 0.50, 101.0)])
+    second = restored("b64e2", 64, 2, [(1, 0.325, 102.0)])
+    asha = ScheduleAwareASHA(grace_period=1, reduction_factor=2)
+    for t in (second, first):  # as Tune restored them
+        asha.on_trial_add(None, t)
+    assert asha.trunk_cuts[trunk_group(second.config)]["rung"] == 1
+    assert "b64e2" not in asha.stops  # it had ended: a record of its stop is the lineage's
+    late = FakeTrial("b64e3", 64, 3, lengths=(2, 3))
+    late.config["warmup_epochs"] = 1
+    asha.on_trial_add(None, late)
+    report = {"epoch": 1, "val_acc": 0.325}
+    assert asha.on_trial_result(None, late, report) == TrialScheduler.STOP

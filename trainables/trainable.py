@@ -40,6 +40,7 @@ import dataclasses
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import ray
@@ -157,6 +158,7 @@ class ClassifierTrainable(tune.Trainable):
         result["done"] = epoch >= self.cfg.epochs
         result[SHOULD_CHECKPOINT] = holds  # the weights are this epoch's
         result["node_id"] = _node_id()
+        result["reported_at"] = time.time()  # the order a resumed ASHA replays results in
         if self.fault:
             result["checkpoint_fault"], self.fault = self.fault, None
         return result

@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from search.plan import epochs_at_most
 from search.profiles import PROFILES
 from trainables.engine import TrainConfig
 from trainables.schedule import branch_epoch
@@ -73,13 +74,11 @@ def exhaustive(lengths, batch_sizes) -> int:
 
 
 def unpruned(lengths, batch_sizes, warmup: int, schedule: str, fraction: float) -> int:
-    """Epochs with sharing and no early stopping: per batch size, the longest shared part once
-    and every trial's own part after it."""
-    cfgs = [TrainConfig(epochs=e, warmup_epochs=warmup, schedule=schedule,
-                        decay_fraction=fraction) for e in lengths]
-    branches = [branch_epoch(c) for c in cfgs]
-    per_batch = max(branches) + sum(e - b for e, b in zip(lengths, branches, strict=True))
-    return per_batch * len(batch_sizes)
+    """Epochs with sharing and no early stopping: what a search's plan says it computes at
+    most (search/plan.py)."""
+    return epochs_at_most([{"batch_size": b, "epochs": e, "warmup_epochs": warmup,
+                            "schedule": schedule, "decay_fraction": fraction,
+                            "trunk_cache": "bench"} for b in batch_sizes for e in lengths])
 
 
 class SimTrial:

@@ -105,10 +105,10 @@ class ClassifierTrainable(tune.Trainable):
         extending it)."""
         if self.trunk is None or not self.state.epoch < epoch <= self.branch:
             return None, False
-        history = self.trunk.history()
+        history = self.trunk.history(epoch)
         if len(history) < epoch and not self.trunk.held:
             self.trunk.acquire()
-            history = self.trunk.history()
+            history = self.trunk.history(epoch)
         if len(history) < epoch:
             return None, False
         self.trunk.release()

@@ -1,6 +1,6 @@
 """Shared trunks: the epochs that trials differing only in their length compute once.
 
-A run's first ``branch_epoch(cfg)`` epochs (trainables/engine.py) do not depend on its epoch
+A run's first ``branch_epoch(cfg)`` epochs (trainables/schedule.py) do not depend on its epoch
 count: the seed's Adam warm-up, and under ``schedule="wsd"`` the constant-rate SGD after it too.
 Trials that share everything else share those epochs, the trunk. It lives in one folder:
 
@@ -34,11 +34,18 @@ from trainables.files import write_json
 RESOURCES = {"device": "", "num_threads": None, "eval_batch_size": None}
 
 
+def _shared_part(config: dict) -> dict:
+    """A flat config less what only the part after its branch reads (under wsd its decay,
+    else the whole SGD phase), its resources and where its trunk is kept."""
+    after = DECAY_ONLY if config.get("schedule") == "wsd" else SGD_ONLY
+    skip = {*after, *RESOURCES, "trunk_cache", "trunk_lengths"}
+    return {k: v for k, v in config.items() if k not in skip}
+
+
 def trunk_key(cfg: TrainConfig, fingerprint: str, fast: FastPath) -> str:
     """Trials with the same key compute the same trunk: everything but what only the part
     after the branch reads, the resources, and the path it runs on resolved."""
-    after = DECAY_ONLY if cfg.schedule == "wsd" else SGD_ONLY
-    fixed = {k: v for k, v in cfg.to_dict().items() if k not in after}
+    fixed = _shared_part(cfg.to_dict())
     fixed.update(RESOURCES, data=fingerprint, precision=fast.precision,
                  memory_format=fast.channels_last)
     return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:20]
@@ -60,15 +67,21 @@ class Trunk:
         self.points = set(points)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = None
+        self._seen: list[dict] = []  # the history as last read (or, held, as written)
 
     # --- what has been computed ---------------------------------------------------------------
-    def history(self) -> list[dict]:
-        """The trunk's per-epoch metrics so far (empty when none or unreadable)."""
+    def history(self, need: int = 0) -> list[dict]:
+        """The trunk's per-epoch metrics so far (empty when none or unreadable). The copy read
+        before serves while it holds ``need`` epochs: only a trunk another trial may have
+        extended since is read again."""
+        if need and len(self._seen) >= need:
+            return self._seen
         try:
             data = json.loads((self.folder / "history.json").read_text())
         except (OSError, ValueError):
-            return []
-        return data if isinstance(data, list) else []
+            data = []
+        self._seen = data if isinstance(data, list) else []
+        return self._seen
 
     def checkpoint_path(self, epoch: int) -> Path:
         return self.folder / f"epoch-{epoch:04d}.pt"
@@ -97,6 +110,7 @@ class Trunk:
         if self._lock is None:
             self._lock = open(self.lock_path, "w")  # noqa: SIM115 (held across steps)
             fcntl.flock(self._lock, fcntl.LOCK_EX)
+            self.history()  # as the last holder left it; nobody else writes it while held
 
     def release(self) -> None:
         if self._lock is not None:
@@ -111,17 +125,15 @@ class Trunk:
             checkpoint.save(state, self.checkpoint_path(state.epoch))
             # the branch point is on disk; its history, naming the epoch, not yet
             failpoints.reach(f"trunk-checkpoint-written-{state.epoch}", epoch=state.epoch)
-        if len(state.history) > len(self.history()):
-            write_json(self.folder / "history.json", checkpoint.plain(state.history))
+        if len(state.history) > len(self._seen):  # (read when the lock was taken)
+            self._seen = checkpoint.plain(state.history)
+            write_json(self.folder / "history.json", self._seen)
 
 
 def trunk_group(config: dict) -> str | None:
-    """Which trunk a trial's flat config (Tune's) shares, as a stable string: the config less
-    what only the part after its branch reads and the resources; None without a
-    ``trunk_cache``. Under wsd the trunk is the stable phase, else the warm-up."""
+    """Which trunk a trial's flat config (Tune's) shares, as a stable string (``trunk_key``'s
+    fields, readable); None without a ``trunk_cache``. Under wsd the trunk is the stable
+    phase, else the warm-up."""
     if not config.get("trunk_cache"):
         return None
-    after = DECAY_ONLY if config.get("schedule") == "wsd" else SGD_ONLY
-    skip = {*after, *RESOURCES, "trunk_cache", "trunk_lengths"}
-    return json.dumps({k: v for k, v in config.items() if k not in skip}, sort_keys=True,
-                      default=str)
+    return json.dumps(_shared_part(config), sort_keys=True, default=str)

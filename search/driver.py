@@ -305,10 +305,14 @@ def _tuner(search: Search, trainable, lineage, ws: Workspace, options, name: str
             callbacks=[lineage, TrialLines(name, search.metric, search.columns,
                                            search.scheduler)],
             # each result says whether to checkpoint (should_checkpoint): every epoch whose
-            # weights the trial holds, not the epochs it replays (trainables/trainable.py)
+            # weights the trial holds, not the epochs it replays (trainables/trainable.py).
+            # Not at the end as well (Tune's default for a class trainable): a trial that ASHA
+            # stopped while it replayed its trunk holds no weights of that epoch, and its
+            # untrained state would be kept as the checkpoint of the epoch it reported
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=search.metric,
-                checkpoint_score_order=MODE, checkpoint_frequency=0),
+                checkpoint_score_order=MODE, checkpoint_frequency=0,
+                checkpoint_at_end=False),
             failure_config=tune.FailureConfig(max_failures=options.max_failures)))
     # Tune wrote tuner.pkl; no experiment state yet (restorable)
     failpoints.reach("tuner-created", experiment=name)

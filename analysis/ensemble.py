@@ -30,10 +30,12 @@ import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
+from mlflow.utils import logging_utils
 
 from analysis.fusion import apply_temperature, fuse, normalise
 from analysis.inference import predict_probs
 from trainables import checkpoint
+from trainables.cli import VERBOSE, verbosity
 from trainables.data import CLASSES, IMAGE_SHAPE, NUM_CLASSES
 from trainables.files import sha256_file
 
@@ -193,7 +195,16 @@ def log_ensemble(run_id: str, checkpoint_paths, weights, temperatures, registere
 
 
 def _log(artifacts: dict[str, str], registered_name: str):
-    return mlflow.pyfunc.log_model(
-        name=ARTIFACT_NAME, python_model=FusedEnsemble(), artifacts=artifacts,
-        code_paths=CODE_PATHS, signature=signature(), pip_requirements=pip_requirements(),
-        input_example=np.zeros((1, *IMAGE_SHAPE), np.uint8), registered_model_name=registered_name)
+    # MLflow prints "Successfully registered model" and "Created version" itself, past its
+    # loggers; the report says which model and version, so only -v shows them
+    stream = logging_utils.MLFLOW_LOGGING_STREAM
+    was = stream.enabled
+    stream.enabled = was and verbosity() >= VERBOSE
+    try:
+        return mlflow.pyfunc.log_model(
+            name=ARTIFACT_NAME, python_model=FusedEnsemble(), artifacts=artifacts,
+            code_paths=CODE_PATHS, signature=signature(), pip_requirements=pip_requirements(),
+            input_example=np.zeros((1, *IMAGE_SHAPE), np.uint8),
+            registered_model_name=registered_name)
+    finally:
+        stream.enabled = was

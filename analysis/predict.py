@@ -39,7 +39,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 from analysis.images import InputError, conversion_line, read_input
 from trainables.classes import NUM_CLASSES
-from trainables.cli import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, ArgParser
+from trainables.cli import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, ArgParser, output
 from trainables.files import first_line, write_reason
 
 # --- the command ------------------------------------------------------------------------------
@@ -132,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
                         "$MLFLOW_TRACKING_URI); needed for models:/ URIs")
     args = parser.parse_args(argv)
+    with output(args.verbosity):
+        return predict(args)
+
+
+def predict(args) -> int:
+    """Label the images of ``args`` (main's flags); the exit code."""
     try:
         read = read_input(args.input, args.strict)
         frame = predict_frame(args.model_uri, read.images, args.tracking_uri)

@@ -35,7 +35,7 @@ from analysis.select import SelectionError, distinct, gather, same_data, top_k
 from analysis.summary import Fused, fuse_members, search_costs, summarise
 from search.workspace import Workspace, WorkspaceError, redact
 from trainables.classes import CLASSES
-from trainables.cli import EXIT_OK, EXIT_USAGE, ArgParser, at_least, options_from
+from trainables.cli import EXIT_OK, EXIT_USAGE, NORMAL, ArgParser, at_least, options_from, output
 from trainables.data import (
     DEFAULT_SEED,
     DEFAULT_TRAIN_SIZE,
@@ -68,6 +68,7 @@ class ReportOptions:
     download: bool = False
     train_size: int | None = DEFAULT_TRAIN_SIZE  # accepted with the data flags; unused: the
     seed: int = DEFAULT_SEED  # members' own split is loaded
+    verbosity: int = NORMAL  # -q, -v (trainables/cli.py output)
 
 
 def parser() -> ArgParser:
@@ -283,7 +284,9 @@ def print_result(summary: dict, final: Path, run_id: str, model_uri: str | None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(options_from(ReportOptions, parser().parse_args(argv)))
+    options = options_from(ReportOptions, parser().parse_args(argv))
+    with output(options.verbosity):
+        return run(options)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,15 @@ from search.options import (
     load_data,
 )
 from search.profiles import PROFILES
-from trainables.cli import EXIT_USAGE, ArgParser, above_one, at_least, options_from, positive_ints
+from trainables.cli import (
+    EXIT_USAGE,
+    ArgParser,
+    above_one,
+    at_least,
+    options_from,
+    output,
+    positive_ints,
+)
 from trainables.models import list_models
 
 
@@ -125,7 +133,9 @@ def run(options: GridOptions, space_overrides: dict | None = None) -> int:
 
 
 def main(argv: list[str] | None = None, space_overrides: dict | None = None) -> int:
-    return run(options_from(GridOptions, parser().parse_args(argv)), space_overrides)
+    options = options_from(GridOptions, parser().parse_args(argv))
+    with output(options.verbosity):
+        return run(options, space_overrides)
 
 
 if __name__ == "__main__":

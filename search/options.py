@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from search.profiles import PROFILES, Profile
 from search.workspace import WorkspaceError
-from trainables.cli import ArgParser
+from trainables.cli import NORMAL, ArgParser
 from trainables.data import DataError, add_data_args, load_split
 from trainables.engine import ConfigError, TrainConfig, check_batch
 from trainables.fastpath import add_fast_path_args
@@ -64,6 +64,7 @@ class SearchOptions:
     download: bool = False
     train_size: int | None = PROFILE_TRAIN_SIZE
     seed: int = 0
+    verbosity: int = NORMAL  # -q, -v (trainables/cli.py output)
 
 
 def add_search_args(p: ArgParser, default_name: str) -> None:

@@ -55,7 +55,7 @@ from search.study import (
 )
 from search.summary import grid_defaults
 from search.workspace import Workspace
-from trainables.cli import EXIT_USAGE, ArgParser, above_one, at_least, options_from
+from trainables.cli import EXIT_USAGE, ArgParser, above_one, at_least, options_from, output
 from trainables.data import NUM_CLASSES
 from trainables.engine import HARD_CLASSES, SEED_CLASS_WEIGHTS, ConfigError
 from trainables.models import list_models
@@ -308,7 +308,9 @@ def report(client, parent_id: str, ws: Workspace, name: str, space: str, metric:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(options_from(WeightsOptions, parser().parse_args(argv)))
+    options = options_from(WeightsOptions, parser().parse_args(argv))
+    with output(options.verbosity):
+        return run(options)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
 """What every tunefuse command shares on its command line: the exit codes, the one-line
-argument errors and the argument types."""
+argument errors, the argument types and the verbosity (-q, -v)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import math
+import os
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import fields
 
 # The exit codes of every command (docs/bad-input.md): 1 a search where no trial finished,
@@ -19,7 +23,18 @@ EXIT_INTERRUPTED = 130
 
 
 class ArgParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (no usage dump) and exit with code 2."""
+    """An ArgumentParser whose errors are one line (no usage dump) and exit with code 2, with
+    every command's -q and -v (``verbosity``, for ``output``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        g = self.add_mutually_exclusive_group()
+        g.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=QUIET,
+                       help="print errors only")
+        g.add_argument("-v", "--verbose", dest="verbosity", action="store_const",
+                       const=VERBOSE, help="also print what Ray, Tune, MLflow and Optuna say "
+                       "(Tune's own trial table, its scheduler and warnings), for debugging")
+        self.set_defaults(verbosity=NORMAL)
 
     def error(self, message: str):
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
@@ -71,3 +86,75 @@ def options_from(cls, args: argparse.Namespace):
     name. A parser and its options class must agree exactly (tests/test_options.py)."""
     return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
+
+
+# --- verbosity ----------------------------------------------------------------------------------
+# QUIET: errors only. NORMAL: the command's own lines (a search's progress view), and of the
+# libraries it drives only their errors, one line each. VERBOSE: everything they say as well.
+QUIET, NORMAL, VERBOSE = -1, 0, 1
+LIBRARIES = ("ray", "mlflow", "optuna", "alembic", "sqlalchemy", "huey", "urllib3", "filelock")
+LIBRARY_MODULES = r"(ray|mlflow|optuna|torch|torchvision|alembic|sqlalchemy|pydantic|numpy)(\.|$)"
+# Library errors a command reports itself, in its own words: (the message's start, the error
+# raised, None: any). Tune's trial failure (its traceback), which the search's progress lines
+# name by the trial's MLflow run; Tune failing to delete a checkpoint that is already gone (a
+# trial killed after Tune's saved state named it), which the trial reports as its checkpoint
+# fault (trainables/trainable.py).
+REPORTED = (("Trial task failed", None),
+            ("Error handling checkpoint", FileNotFoundError))
+_LEVEL = [NORMAL]
+
+
+def verbosity() -> int:
+    """The verbosity of the command running in this process (``output``)."""
+    return _LEVEL[-1]
+
+
+class OneLineErrors(logging.Handler):
+    """A library's errors as one line each on stderr ("ray: <its first line>"); nothing else."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            lines = [ln for ln in record.getMessage().splitlines() if ln.strip()]
+        except Exception:  # a record whose arguments do not format
+            lines = [str(record.msg)]
+        error = record.exc_info[1] if record.exc_info else None
+        if not lines or any(start in lines[0][:80] and (kind is None or isinstance(error, kind))
+                            for start, kind in REPORTED):
+            return
+        text = lines[0][:300]
+        if error is not None:  # what raised, not its traceback
+            why = str(error).strip().splitlines()
+            text += f" ({type(error).__name__}{': ' + why[0][:200] if why else ''})"
+        print(f"{record.name.split('.')[0]}: {text}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def output(level: int) -> Iterator[None]:
+    """A command's output at ``level`` (-q, -v), set for the ``with`` block and put back
+    after: below VERBOSE the libraries' loggers print their errors only, one line each, and
+    their Python warnings are not shown; at QUIET standard output is dropped (every error goes
+    to stderr)."""
+    loggers = [logging.getLogger(name) for name in LIBRARIES]
+    saved = [(lg, lg.handlers[:], lg.propagate) for lg in loggers]
+    _LEVEL.append(level)
+    try:
+        with contextlib.ExitStack() as stack:
+            if level < VERBOSE:
+                handler = OneLineErrors()
+                for lg in loggers:
+                    lg.handlers[:] = [handler]
+                    lg.propagate = False
+                stack.enter_context(warnings.catch_warnings())
+                warnings.filterwarnings("ignore", module=LIBRARY_MODULES)
+            if level <= QUIET:
+                sink = stack.enter_context(open(os.devnull, "w"))
+                stack.enter_context(contextlib.redirect_stdout(sink))
+            yield
+    finally:
+        _LEVEL.pop()
+        for lg, handlers, propagate in saved:
+            lg.handlers[:] = handlers
+            lg.propagate = propagate

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from trainables.classes import CLASSES, NUM_CLASSES
-from trainables.cli import ArgParser, at_least
+from trainables.cli import ArgParser, at_least, output
 from trainables.download import download_files
 from trainables.idx import DataError, read_idx
 
@@ -283,13 +283,14 @@ def main(argv: list[str] | None = None) -> int:
                         "(the default action)")
     add_data_args(parser)
     args = parser.parse_args(argv)
-    try:
-        split = load_split(args.data_dir, args.train_size, args.seed, args.download)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_summary(split))
-    return 0
+    with output(args.verbosity):
+        try:
+            split = load_split(args.data_dir, args.train_size, args.seed, args.download)
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(format_summary(split))
+        return 0
 
 
 if __name__ == "__main__":

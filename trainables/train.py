@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from trainables import augment, checkpoint
-from trainables.cli import EXIT_OK, EXIT_USAGE, ArgParser, at_least
+from trainables.cli import EXIT_OK, EXIT_USAGE, QUIET, ArgParser, at_least, output, verbosity
 from trainables.data import CLASSES, DataError, add_data_args, load_split
 from trainables.engine import (
     SEED_CLASS_WEIGHTS,
@@ -112,6 +112,12 @@ def write_error(e: Exception, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    with output(args.verbosity):
+        return run(args)
+
+
+def run(args) -> int:
+    """Train one model as ``args`` (main's flags) say; the exit code."""
     try:
         cfg = config_from(args)
         split = load_split(args.data_dir, args.train_size, args.seed, args.download)
@@ -144,7 +150,8 @@ def train(state, cfg: TrainConfig) -> bool:
     """Every epoch, one line each; False when the loss stopped being finite."""
     while state.epoch < cfg.epochs:
         with tqdm(total=len(state.x_train), unit="img", leave=False, file=sys.stderr,
-                  desc=f"epoch {state.epoch + 1}/{cfg.epochs}") as bar:
+                  desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+                  disable=True if verbosity() <= QUIET else None) as bar:
             try:
                 m = run_epoch(state, on_batch=bar.update)
             except NonFiniteLoss as e:

@@ -34,7 +34,7 @@ from search.options import (
 )
 from search.profiles import PROFILES
 from search.workspace import Workspace, redact
-from trainables.cli import EXIT_USAGE, ArgParser, at_least, options_from
+from trainables.cli import EXIT_USAGE, ArgParser, at_least, options_from, output
 from trainables.engine import check_batch
 from trainables.models import list_models
 from tunefuse.stages import PipelineState, plan, run_pipeline
@@ -139,7 +139,9 @@ def run(options: PipelineOptions, argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(options_from(PipelineOptions, parser().parse_args(argv)), argv)
+    options = options_from(PipelineOptions, parser().parse_args(argv))
+    with output(options.verbosity):
+        return run(options, argv)
 
 
 if __name__ == "__main__":

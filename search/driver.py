@@ -19,13 +19,14 @@ from pathlib import Path
 import ray
 from mlflow.entities import Param
 from ray import tune
-from ray.tune import CLIReporter, ExperimentAnalysis
+from ray.tune import ExperimentAnalysis
 
 from search import offline, plan, throughput
 from search.backfill import catch_up
 from search.cluster import check_cluster, resources, start_ray
-from search.lineage import MLflowLineage, TrialLines
+from search.lineage import MLflowLineage
 from search.options import AUTO, UsageError, check_resume
+from search.progress import ProgressView, TrialLines
 from search.records import log_datasets, split_datasets
 from search.summary import resource_text, summarise
 from search.workspace import Workspace, WorkspaceError, git_commit, redact
@@ -99,14 +100,14 @@ def run_search(options, search: Search, split, on_start=None) -> int:
           f"{resource_text(search.resources)}"
           + (" (auto)" if AUTO in (options.cpus_per_trial, options.gpus_per_trial) else ""),
           flush=True)
-    show_plan(options, search, split, client, parent_id, hardware, ws.tracking_uri)
+    found = show_plan(options, search, split, client, parent_id, hardware, ws.tracking_uri)
     cpus, gpus = search.resources
     trainable = tune.with_resources(
         tune.with_parameters(ClassifierTrainable, split=split), {"cpu": cpus, "gpu": gpus})
     lineage = MLflowLineage(ws.tracking_uri, experiment_id, parent_id, search.scheduler,
                             metric=search.metric, datasets=split_datasets(split))
     try:
-        results, code = _fit(options, search, ws, state, trainable, lineage, client)
+        results, code = _fit(options, search, ws, state, trainable, lineage, client, found)
     except StateError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_STATE
@@ -121,10 +122,10 @@ def run_search(options, search: Search, split, on_start=None) -> int:
 
 
 def show_plan(options, search: Search, split, client, parent_id: str, hardware: str,
-              tracking_uri: str) -> None:
+              tracking_uri: str) -> plan.Plan:
     """Print the search's plan (search/plan.py) before it trains and record its figures as the
-    parent run's plan_* params. A resumed search prints it again; the params stay those of the
-    start (MLflow keeps a param's first value)."""
+    parent run's plan_* params; the plan. A resumed search prints it again; the params stay
+    those of the start (MLflow keeps a param's first value)."""
     def earlier(config: dict):
         try:
             return throughput.earlier_throughput(client, hardware, config,
@@ -147,6 +148,7 @@ def show_plan(options, search: Search, split, client, parent_id: str, hardware: 
                                                 for k, v in found.params().items()])
 
     offline.tracked(tracking_uri, record)
+    return found
 
 
 def _open(options, search: Search, split):
@@ -169,7 +171,8 @@ def _open(options, search: Search, split):
     return ws, state, client, dashboard
 
 
-def _fit(options, search: Search, ws: Workspace, state: dict, trainable, lineage, client):
+def _fit(options, search: Search, ws: Workspace, state: dict, trainable, lineage, client,
+         found: plan.Plan | None = None):
     """Run the experiment's parts: (Tune's results, None) when it ended, else (results, the
     exit code of an interruption or an unreadable state)."""
     parts = state.get("parts", [search.name])
@@ -181,7 +184,7 @@ def _fit(options, search: Search, ws: Workspace, state: dict, trainable, lineage
     path = os.path.join(ws.storage_path, parts[-1])
     if not (options.resume and restorable(path)):
         results += list(_tuner(search, trainable, lineage, ws, options, parts[-1],
-                               search.num_samples, first=True).fit())
+                               search.num_samples, first=True, found=found).fit())
         return results, stopped(path, client, parent_id, search, ws, state)
     results += list(_restore(path, trainable).fit())
     if (code := stopped(path, client, parent_id, search, ws, state)) is not None:
@@ -195,7 +198,7 @@ def _fit(options, search: Search, ws: Workspace, state: dict, trainable, lineage
     state["parts"] = [*parts, part]
     ws.save_state(search.name, state)
     results += list(_tuner(search, trainable, lineage, ws, options, part, missing,
-                           first=False).fit())
+                           first=False, found=found).fit())
     path = os.path.join(ws.storage_path, part)
     return results, stopped(path, client, parent_id, search, ws, state)
 
@@ -286,14 +289,10 @@ def stop_interrupted(client, parent_id: str, search: Search, ws: Workspace,
 
 
 def _tuner(search: Search, trainable, lineage, ws: Workspace, options, name: str,
-           num_samples: int, first: bool):
+           num_samples: int, first: bool, found: plan.Plan | None = None):
     searcher = search.make_searcher(ws, first) if search.make_searcher else None
-    # Tune's own progress table, one row per trial, at most every 30 s; no per-trial boxes.
-    reporter = CLIReporter(
-        metric_columns={search.metric: search.metric, "epoch": "epoch",
-                        "train_loss": "train loss", "images_per_s": "img/s"},
-        parameter_columns={k: k for k in search.columns}, max_report_frequency=30,
-        sort_by_metric=True, max_progress_rows=40)
+    # one row per trial under its MLflow run's name, with ETAs (search/progress.py)
+    view = ProgressView(name, search.metric, search.columns, search.scheduler, found)
     tuner = tune.Tuner(
         trainable, param_space=search.param_space,
         tune_config=tune.TuneConfig(
@@ -301,9 +300,9 @@ def _tuner(search: Search, trainable, lineage, ws: Workspace, options, name: str
             search_alg=searcher, num_samples=num_samples,
             max_concurrent_trials=options.max_concurrent or None, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=name, storage_path=ws.storage_path, verbose=1, progress_reporter=reporter,
+            name=name, storage_path=ws.storage_path, verbose=1, progress_reporter=view,
             callbacks=[lineage, TrialLines(name, search.metric, search.columns,
-                                           search.scheduler)],
+                                           search.scheduler, view)],
             # each result says whether to checkpoint (should_checkpoint): every epoch whose
             # weights the trial holds, not the epochs it replays (trainables/trainable.py).
             # Not at the end as well (Tune's default for a class trainable): a trial that ASHA

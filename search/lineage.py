@@ -16,9 +16,7 @@ and the trial retried from its last checkpoint, with ``last_failure``), ``checkp
 from __future__ import annotations
 
 import os
-import sys
 import time
-from pathlib import Path
 
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
@@ -28,8 +26,8 @@ from search.offline import remember, resolve, tracked_hook
 from search.records import (
     BEST_KEYS,
     asha_tags,
-    cell,
     config_key,
+    error_line,
     log_datasets,
     log_params,
     new_trial_run,
@@ -212,44 +210,6 @@ class MLflowLineage(tune.Callback):
         self._finish(trial, "FAILED", {"error": error_line(trial) or "trial failed"})
 
 
-def error_line(trial) -> str:
-    """The last line of a trial's error file (what raised, or why its worker died)."""
-    if trial.error_file and Path(trial.error_file).exists():
-        lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
-        return lines[-1][:500] if lines else ""
-    return ""
-
-
-class TrialLines(tune.Callback):
-    """A Tune callback: one line when a trial ends (finished, stopped by ASHA, failed)."""
-
-    def __init__(self, name: str, metric: str, columns: tuple[str, ...], scheduler=None):
-        self.name, self.metric, self.columns, self.scheduler = name, metric, columns, scheduler
-        self.best: dict[str, tuple[float, int]] = {}
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        value = result.get(self.metric)
-        if value is not None and value > self.best.get(trial.trial_id, (-1.0, 0))[0]:
-            self.best[trial.trial_id] = (float(value), int(result.get("epoch", 0)))
-        if result.get("checkpoint_fault"):
-            print(f"[{self.name}] trial {trial.trial_id[-5:]}: checkpoint fault: "
-                  f"{result['checkpoint_fault']}", file=sys.stderr, flush=True)
-
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        why = error_line(trial) or "its worker died"
-        print(f"[{self.name}] trial {trial.trial_id[-5:]}: failed ({why}); retrying from its "
-              f"last checkpoint (failure {trial.num_failures})", file=sys.stderr, flush=True)
-
-    def _line(self, trial, outcome: str) -> None:
-        cfg = trial.config or {}
-        what = ", ".join(f"{k} {cell(cfg.get(k))}" for k in self.columns)
-        value, epoch = self.best.get(trial.trial_id, (float("nan"), 0))
-        print(f"[{self.name}] trial {trial.trial_id[-5:]} ({what}): {outcome}; best "
-              f"{self.metric} {value:.4f} at epoch {epoch}", flush=True)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        stop = getattr(self.scheduler, "stops", {}).get(trial.trial_id)
-        self._line(trial, f"stopped by ASHA at epoch {stop['epoch']}" if stop else "finished")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trial, "FAILED (see the table at the end)")
+# A search saved before the progress view pickled its TrialLines under this module's name
+# (search/progress.py holds it now); --resume unpickles it from here.
+from search.progress import TrialLines  # noqa: E402, F401

@@ -72,6 +72,14 @@ def trial_run_name(trial_id: str, config: dict | None) -> str:
     return "-".join(parts)
 
 
+def error_line(trial) -> str:
+    """The last line of a Tune trial's error file (what raised, or why its worker died)."""
+    if trial.error_file and Path(trial.error_file).exists():
+        lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+        return lines[-1][:500] if lines else ""
+    return ""
+
+
 def new_trial_run(client, experiment_id: str, parent_id: str, trial_id: str, config: dict):
     """A trial's child run, its params not logged yet (log_params)."""
     return client.create_run(experiment_id, run_name=trial_run_name(trial_id, config), tags={

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from search import offline
-from search.records import cell, flat_params
+from search.records import cell, flat_params, trial_run_name
 from search.workspace import redact
 from trainables.cli import EXIT_NONE_FINISHED, EXIT_OK
 
@@ -15,37 +15,40 @@ BEST_KEYS = ("model", "model_kwargs", "batch_size", "epochs", "class_weights", "
 
 
 def trial_rows(results, metric: str, columns) -> tuple[list, list, list]:
-    """(table rows, finished (best, config, result), failed (config, why)) of Tune's results."""
+    """(table rows, finished (best, config, result), failed (trial, why)) of Tune's results;
+    trials named as their MLflow runs are."""
     rows, finished, failed = [], [], []
     for r in results:
         cfg, m = r.config or {}, r.metrics or {}
+        name = trial_run_name(str(m.get("trial_id", "")), cfg)
         df = r.metrics_dataframe
         best = df[metric].max() if df is not None and metric in df else float("nan")
         epoch = int(m.get("epoch", 0))
         if r.error is not None:
             status = "FAILED"
-            failed.append((cfg, str(r.error).strip().splitlines()[-1][:200]))
+            failed.append((name, str(r.error).strip().splitlines()[-1][:200]))
         elif epoch < int(cfg.get("epochs", 0)):
             status = f"stopped at {epoch}"
         else:
             status = "finished"
         if r.error is None:
             finished.append((best, cfg, r))
-        rows.append(([cfg.get(k) for k in columns], status, best))
+        rows.append(([cfg.get(k) for k in columns], status, best, name))
     return rows, finished, failed
 
 
 def print_table(rows, failed, metric: str, columns) -> None:
     width = max(6, *(len(k) for k in columns))
-    print("\n" + " ".join(f"{k:>{width}}" for k in columns) +
+    names = max([5, *(len(t[3]) for t in rows)])
+    print(f"\n{'trial':<{names}}  " + " ".join(f"{k:>{width}}" for k in columns) +
           f"  {'status':<16} {'best ' + metric:>12}")
-    for values, s, v in sorted(rows, key=lambda t: [x or 0 for x in t[0]]):
+    for values, s, v, name in sorted(rows, key=lambda t: [x or 0 for x in t[0]]):
         cells = " ".join(f"{cell(x):>{width}}" for x in values)
-        print(f"{cells}  {s:<16} {v:>12.4f}")
+        print(f"{name:<{names}}  {cells}  {s:<16} {v:>12.4f}")
     if failed:
         print("\nfailed trials:")
-        for cfg, why in failed:
-            print(f"  {', '.join(f'{k} {cell(cfg.get(k))}' for k in columns)}: {why}")
+        for name, why in failed:
+            print(f"  {name}: {why}")
 
 
 def summarise(results, client, parent_id: str, ws, dashboard: str | None, search) -> int:

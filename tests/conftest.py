@@ -312,6 +312,24 @@ def earlier_workspace(_earlier_workspace_template, tmp_path) -> Path:
 # --- the smoke pipeline, shared by the pipeline, analysis and browser tests --------------------
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# --- what the terminal shows (tests/test_progress.py, tests/test_pipeline.py) ---------------------
+# What Ray, Tune and MLflow print on their own: none of it at the default verbosity.
+INTERNALS = re.compile(
+    r"== Status ==|Bracket:|AsyncHyperBand|Result logdir|Logical resource usage|"
+    r"Current best trial|Number of trials|Tuner\.restore|Resume experiment|Failed to fetch|"
+    r"FileNotFoundError|TensorBoard|ClassifierTrainable|Trial status|Traceback|"
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+\s|\b(INFO|WARNING|DEBUG)\b|\(pid=|"
+    r"Successfully registered model|Created version|authentication_token")
+# a trial's name as its MLflow run has it (search/records.py trial_run_name)
+NAME = re.compile(r"\b(?:cnn|resnet18|inception)(?:-w\d+)?-b\d+-e\d+-[0-9a-f]{5}\b")
+ETA = re.compile(r"ETA (\d+:)?\d{1,2}:\d\d\b")
+
+
+def internal_lines(text: str) -> list[str]:
+    """The lines of a command's output that Ray, Tune or MLflow printed."""
+    return [ln for ln in text.splitlines() if INTERNALS.search(ln)]
+
 VENV_BIN = Path(sys.executable).parent
 # Where tests keep what a person may want to look at afterwards (screenshots): one folder per
 # test under tests/output/ (TUNEFUSE_TEST_OUTPUT elsewhere); ignored by git.
@@ -550,7 +568,7 @@ def smoke_pipeline(tmp_path_factory) -> Pipeline:
     interrupted: list[str] = []
 
     def interrupt_in_stage_two(proc, line):  # when the first of its trials has ended (Tune
-        if line.startswith("[smoke-grid-resnet18] trial ") and not interrupted:  # runs the
+        if re.match(r"\[smoke-grid-resnet18\] \S+: ", line) and not interrupted:  # runs the
             interrupted.append(line)  # others); once: a second Ctrl-C hard-stops Tune
             proc.send_signal(signal.SIGINT)
 
@@ -559,7 +577,7 @@ def smoke_pipeline(tmp_path_factory) -> Pipeline:
          "--dashboard-port", str(port)], interrupt_in_stage_two, timeout=600, env=env)
 
     def kill_in_stage_three(proc, line):  # once one of its trials has finished
-        if line.startswith("[smoke-grid-inception] trial ") and "finished" in line and \
+        if re.match(r"\[smoke-grid-inception\] \S+: finished", line) and \
                 proc.poll() is None:
             kill_group(proc)
 

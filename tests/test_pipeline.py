@@ -18,12 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import (
+    NAME,
     OUTPUT_ROOT,
     ROOT,
     VENV_BIN,
     _run_streaming,
     exit_code,
     free_port,
+    internal_lines,
     need_browser,
     one_run_per_trial,
     trial_records,
@@ -79,6 +81,24 @@ def test_interrupted_pipeline_says_how_to_resume(smoke_pipeline):
     assert p.interrupted_code == 130, p.interrupted_out[-3000:]
     assert "re-run the same command with --resume" in p.interrupted_out
     assert "=== stage 3/5" not in p.interrupted_out  # it stopped, it did not go on
+
+
+def test_the_pipelines_terminal_shows_its_own_lines_only(smoke_pipeline):
+    """At the default verbosity, in its three runs (Ctrl-C'd, killed, run to the end): no line
+    from Ray or Tune (nor MLflow's own), every trial named as its MLflow run is, and after the
+    Ctrl-C the pipeline's resume hint is the last line."""
+    p = smoke_pipeline
+    for out in (p.interrupted_out, p.killed_out, p.out):
+        assert not internal_lines(out), internal_lines(out)
+    with contextlib.closing(sqlite3.connect(p.ws / "mlflow.db")) as con:
+        runs = {name for (name,) in con.execute(
+            "select r.name from runs r join tags t on t.run_uuid = r.run_uuid where "
+            "t.key = 'kind' and t.value = 'trial'")}
+    printed = {m.group(0) for out in (p.interrupted_out, p.killed_out, p.out)
+               for m in NAME.finditer(out)}
+    assert printed and printed <= runs, printed - runs
+    last = [ln for ln in p.interrupted_out.splitlines() if ln.strip()][-1]
+    assert "re-run the same command with --resume" in last, p.interrupted_out[-2000:]
 
 
 def test_a_killed_pipeline_resumes_where_it_was(smoke_pipeline):

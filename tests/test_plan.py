@@ -139,8 +139,7 @@ def before_training(out: str, name: str) -> str:
     """The plan line, asserted to come before anything a trial printed."""
     lines = out.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("plan: "))
-    trial = next(i for i, line in enumerate(lines) if line.startswith(f"[{name}] trial ")
-                 or "Trial status" in line or "== Status ==" in line)
+    trial = next(i for i, line in enumerate(lines) if line.startswith(f"[{name}] "))
     assert at < trial, out
     return lines[at]
 

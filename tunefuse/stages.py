@@ -12,8 +12,6 @@ import sys
 import time
 from dataclasses import dataclass, fields
 
-from tqdm import tqdm
-
 from analysis import report
 from analysis.publish import FUSION_EXPERIMENT
 from analysis.render import seed_table
@@ -79,8 +77,6 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
            else ""), flush=True)
     started = time.time()
     dashboard = None
-    bar = tqdm(total=len(stages), initial=len(stages) - len(todo), desc="pipeline",
-               unit="stage", file=sys.stdout, disable=None, leave=True)
     for i, stage in enumerate(stages, 1):
         rec = records[stage.name]
         if rec["status"] == "done":
@@ -89,7 +85,6 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
         print(f"\n=== stage {i}/{len(stages)}: {stage.name} ({stage.kind}"
               f"{' ' + stage.model if stage.model else ''}){' - resuming' if resume else ''}",
               flush=True)
-        bar.set_postfix_str(stage.name)
         t0 = time.time()
         code = attempt(options, ws, client, store, state, stage, stages, profile, resume)
         if code == EXIT_OK and (ws.load_state(stage.name) or {}).get("mlflow_offline"):
@@ -100,15 +95,12 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
             rec["status"] = "interrupted" if code == EXIT_INTERRUPTED else "failed"
             rec["exit_code"] = code
             store.save(state)
-            bar.close()
             print(f"\npipeline {state['name']}: stage {stage.name} {why_stopped(code)} re-run "
                   "the same command with --resume to continue from it (finished stages are "
                   "skipped)", file=sys.stderr)
             return code
         rec["status"] = "done"
         store.save(state)
-        bar.update(1)
-    bar.close()
     state["finished"] = time.time()
     store.save(state)
     print_summary(ws, client, state, stages, time.time() - started, dashboard)

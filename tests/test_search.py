@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from conftest import (
     environ_kept,
     exit_code,
+    internal_lines,
     need_real_data,
     run_trial,
     untouched,
@@ -157,7 +159,7 @@ def test_smoke_grid_end_to_end(split, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_failing_trial_is_recorded_and_the_rest_go_on(tmp_path):
+def test_a_failing_trial_is_recorded_and_the_rest_go_on(tmp_path, capfd):
     import ray
     from ray import tune
 
@@ -180,6 +182,13 @@ def test_a_failing_trial_is_recorded_and_the_rest_go_on(tmp_path):
     assert status == ["FAILED", "FINISHED"]
     failed = next(c for c in children if c.info.status == "FAILED")
     assert "loss became" in failed.data.tags["error"]
+    # on the terminal: one line under the trial's MLflow name, no traceback of Tune's
+    out = capfd.readouterr()
+    assert re.search(rf"^\[grid-resnet18\] {re.escape(failed.info.run_name)}: FAILED \(.*loss "
+                     "became", out.err, re.M), out.err
+    assert "Traceback" not in out.out + out.err and not internal_lines(out.out + out.err)
+    assert re.search(rf"^failed trials:\n  {re.escape(failed.info.run_name)}: .*loss became",
+                     out.out, re.M), out.out
 
 
 @pytest.mark.parametrize("args, message", [

@@ -96,10 +96,11 @@ LIBRARIES = ("ray", "mlflow", "optuna", "alembic", "sqlalchemy", "huey", "urllib
 LIBRARY_MODULES = r"(ray|mlflow|optuna|torch|torchvision|alembic|sqlalchemy|pydantic|numpy)(\.|$)"
 # Library errors a command reports itself, in its own words: (the message's start, the error
 # raised, None: any). Tune's trial failure (its traceback), which the search's progress lines
-# name by the trial's MLflow run; Tune failing to delete a checkpoint that is already gone (a
+# name by the trial's MLflow run, and its list of trials that did not complete, which the
+# search's table lists as failed; Tune failing to delete a checkpoint that is already gone (a
 # trial killed after Tune's saved state named it), which the trial reports as its checkpoint
 # fault (trainables/trainable.py).
-REPORTED = (("Trial task failed", None),
+REPORTED = (("Trial task failed", None), ("Trials did not complete", None),
             ("Error handling checkpoint", FileNotFoundError))
 _LEVEL = [NORMAL]
 

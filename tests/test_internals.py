@@ -17,9 +17,9 @@ the internal, the library's version and the file that relies on it:
   to ``Trainable.restore()``, and its refusal of a checkpoint that no longer exists;
   checkpoint folders ``checkpoint_NNNNNN`` side by side; ``should_checkpoint`` in a result;
 - search/backfill.py: the trial id read from Tune's trial folder name;
-- search/driver.py, search/cluster.py and search/lineage.py: Tune's table reporter
-  (``RAY_AIR_NEW_OUTPUT=0``), the statuses ExperimentAnalysis gives, a trial's ``error_file``
-  and ``num_failures``.
+- search/driver.py, search/cluster.py, search/progress.py and search/lineage.py: Tune's
+  progress-reporter API (``RAY_AIR_NEW_OUTPUT=0``), the statuses ExperimentAnalysis gives, a
+  trial's ``error_file`` and ``num_failures``.
 
 One tiny local Ray cluster (1 CPU, no dashboard) serves the tests that need real Tune runs.
 Two tests keep search/backfill.py reading a Result's trial from its folder: a Result's
@@ -475,7 +475,8 @@ class WatchedASHA(ScheduleAwareASHA):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    # search/cluster.py's start_ray sets RAY_AIR_NEW_OUTPUT=0 so that Tune prints its table;
+    # search/cluster.py's start_ray sets RAY_AIR_NEW_OUTPUT=0 so that Tune calls the search's
+    # progress reporter (search/progress.py);
     # the workers import this module's trainable from the folder of the tests
     path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
     with mock.patch.dict(os.environ, {"RAY_AIR_NEW_OUTPUT": "0", "PYTHONPATH": path,
@@ -508,7 +509,7 @@ def grid_run(local_ray, tmp_path_factory):
         results = list(tune.Tuner(Toy, **kw).fit())
     return SimpleNamespace(results=results, path=root / "toy", marks=marks, seen=seen,
                            asha=asha, out=out.getvalue(), checkpoint_config=kw["run_config"]
-                           .checkpoint_config)
+                           .checkpoint_config, view=kw["run_config"].progress_reporter)
 
 
 def trials_of(run) -> dict[str, SimpleNamespace]:
@@ -601,14 +602,19 @@ def test_schedule_aware_asha_in_tune_and_the_results_it_replays(grid_run):
         rungs[2] == {ok.trial_id: pytest.approx(0.2)}
 
 
-def test_the_driver_s_tuner_prints_tunes_table_and_reads_trial_statuses(grid_run, tmp_path):
-    head = next((ln for ln in grid_run.out.splitlines() if "val_acc" in ln and "kind" in ln),
-                None)
-    assert head is not None and "restored" not in head, changed(
-        "Tune's CLIReporter (metric_columns, parameter_columns; printed only when "
-        "RAY_AIR_NEW_OUTPUT=0)", RAY,
-        "search/driver.py (_tuner), search/cluster.py (start_ray)") + \
-        f"; Tune printed:\n{grid_run.out[-3000:]}"
+def test_the_driver_s_tuner_shows_its_progress_view_and_reads_trial_statuses(grid_run,
+                                                                              tmp_path):
+    # Tune hands every trial to the reporter's should_report (the trial that died before its
+    # first result is known from that alone) and the callbacks print each trial's end
+    rows = {row.name.rsplit("-", 1)[-1]: row for row in grid_run.view.rows.values()}
+    assert len(rows) == 3 and sorted(r.status for r in rows.values()) == [
+        "done", "done", "failed"], changed(
+        "Tune's ProgressReporter API (setup, should_report(trials, done), report; called only "
+        "when RAY_AIR_NEW_OUTPUT=0)", RAY,
+        "search/progress.py (ProgressView), search/cluster.py (start_ray)") + \
+        f"; rows: {rows}"
+    ended = [ln for ln in grid_run.out.splitlines() if re.match(r"\[toy\] \S+: finished", ln)]
+    assert len(ended) == 2 and "== Status ==" not in grid_run.out, grid_run.out[-3000:]
     assert "dies before its first result" in grid_run.seen.errors.get("dead", ""), changed(
         "Trial.error_file (its last line is the error)", RAY, "search/lineage.py (error_line)")
     statuses = sorted(t.status for t in tune.ExperimentAnalysis(str(grid_run.path)).trials)

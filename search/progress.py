@@ -256,17 +256,19 @@ class ProgressView(CLIReporter):
         per_epoch = self.seconds_per_epoch(row)
         return None if per_epoch is None else max(0, row.epochs - row.epoch) * per_epoch
 
-    def header(self) -> str:
+    def header(self, eta_first: bool = False) -> str:
+        """The search in a line: its trials' counts, the best so far, the ETA (first, on a
+        terminal: a narrow one cuts the end of the line)."""
         c = self.counts()
-        text = ", ".join(f"{n} {k}" for k, n in c.items())
+        parts = [", ".join(f"{n} {k}" for k, n in c.items())]
         best = self.best_row()
         if best is not None:
-            text += f"; best {best.name} {self.metric} {best.best:.4f}"
+            parts.append(f"best {best.name} {self.metric} {best.best:.4f}")
         if c["running"] or c["pending"]:
             eta = self.eta()
-            text += "; search ETA " + (clock(eta) if eta is not None else
-                                       "after the first epoch")
-        return text
+            when = "search ETA " + (clock(eta) if eta is not None else "after the first epoch")
+            parts.insert(0 if eta_first else len(parts), when)
+        return "; ".join(parts)
 
     def _status(self, row: Row) -> str:
         return f"stopped at {row.stop}" if row.status == "stopped" and row.stop else row.status
@@ -281,24 +283,24 @@ class ProgressView(CLIReporter):
 
     def view_lines(self, height: int) -> list[str]:
         """The view on a terminal: the search's line, a header, then rows (running first,
-        then the best, then pending), as many as ``height`` leaves room for."""
+        then the best, then pending), as many as ``height`` leaves room for; the status last,
+        where a narrow terminal cuts a long one (an ASHA stop's reason)."""
         order = {"running": 0, "retrying": 0, "done": 1, "stopped": 1, "failed": 2,
                  "pending": 3}
         rows = [r for _, r in sorted(self.rows.items(), key=lambda kv: (
             order.get(kv[1].status, 4), -(kv[1].best or 0.0), kv[0]))]
-        width = max([24, *(len(r.name) for r in rows)])
-        lines = [f"{self.name}: {self.header()}",
-                 f"  {'trial':<{width}}  {'status':<28} {'epoch':>7} {self.metric:>8} "
-                 f"{'best':>7} {'img/s':>7} {'ETA':>8}"]
+        width = max([5, *(len(r.name) for r in rows)])
+        lines = [f"{self.name}: {self.header(eta_first=True)}",
+                 f"  {'trial':<{width}}  {'epoch':>7} {self.metric:>8} {'best':>7} "
+                 f"{'img/s':>7} {'ETA':>8}  status"]
         room = max(3, height - len(lines) - 1)
         for row in rows[:room]:
             value = "" if row.value is None else f"{row.value:.4f}"
             best = "" if row.best is None else f"{row.best:.4f}"
             ips = "" if row.images_per_s is None else f"{row.images_per_s:,.0f}"
             eta = clock(self.row_eta(row)) if row.status in ("running", "retrying") else ""
-            lines.append(f"  {row.name:<{width}}  {self._status(row):<28} "
-                         f"{f'{row.epoch}/{row.epochs}':>7} {value:>8} {best:>7} {ips:>7} "
-                         f"{eta:>8}")
+            lines.append(f"  {row.name:<{width}}  {f'{row.epoch}/{row.epochs}':>7} {value:>8} "
+                         f"{best:>7} {ips:>7} {eta:>8}  {self._status(row)}")
         if len(rows) > room:
             rest = rows[room:]
             kinds = {}
@@ -335,7 +337,7 @@ def stop_text(stop: dict) -> str:
     words it in full for MLflow)."""
     cutoff = "n/a" if stop.get("cutoff") is None else f"{stop['cutoff']:.4f}"
     value = stop.get("trunk_value", stop.get("value"))
-    trunk = " (its trunk)" if "trunk" in stop else ""
+    trunk = " (trunk)" if "trunk" in stop else ""
     return f"rung {stop['rung']}{trunk}: {value:.4f} < {cutoff}"
 
 

@@ -134,7 +134,7 @@ def test_the_search_eta_counts_a_shared_trunk_once():
 
 def test_a_stop_on_a_trunk_says_so():
     assert stop_text({"rung": 4, "trunk": "batch size 64", "trunk_value": 0.81, "cutoff": 0.83,
-                      "value": 0.81}) == "rung 4 (its trunk): 0.8100 < 0.8300"
+                      "value": 0.81}) == "rung 4 (trunk): 0.8100 < 0.8300"
     assert stop_text({"rung": 2, "value": 0.5, "cutoff": None}) == "rung 2: 0.5000 < n/a"
 
 
@@ -153,8 +153,8 @@ def test_on_a_terminal_the_view_is_redrawn_in_place(monkeypatch):
         assert view.should_report([a, b])  # nothing drawn yet
         view.report([a, b], False)
         drawn = screen.getvalue().splitlines()
-        assert drawn[0] == "grid-cnn: 0 done, 0 running, 0 stopped, 0 failed, 2 pending; " \
-                           "search ETA after the first epoch"
+        assert drawn[0] == "grid-cnn: search ETA after the first epoch; 0 done, 0 running, " \
+                           "0 stopped, 0 failed, 2 pending"
         assert len(drawn) == 4 and NAME.search(drawn[2]) and "pending" in drawn[2]
         feed(view, lines, a, 1, 0.75)
         view.printed_at = 0.0  # a second later
@@ -164,7 +164,7 @@ def test_on_a_terminal_the_view_is_redrawn_in_place(monkeypatch):
         redraw = screen.getvalue()[len("\n".join(drawn)) + 1:]
         assert redraw.startswith("\x1b[4F\x1b[J")
         row = next(ln for ln in redraw.splitlines() if ln.startswith("  cnn-b64-e4-00000"))
-        assert re.search(r"running\s+1/4\s+0\.7500\s+0\.7500\s+1,234\s+0:06$", row), row
+        assert re.search(r"1/4\s+0\.7500\s+0\.7500\s+1,234\s+0:06  running$", row), row
         # a trial's end is printed above the view, which comes back at the next report
         a.status = "TERMINATED"
         lines.on_trial_complete(0, [], a)
@@ -278,7 +278,7 @@ def test_a_smoke_grid_ctrl_c_then_resumed_shows_only_its_own_lines(interrupted_g
                                                         "tags.kind = 'trial'")}
     printed = {m.group(0) for m in NAME.finditer(interrupted + resumed)}
     assert len(runs) == 4 and printed == runs, (printed, runs)
-    assert re.search(r"cnn-b256-e3-\w+: stopped by ASHA at epoch 2 \(rung 2 \(its trunk\): "
+    assert re.search(r"cnn-b256-e3-\w+: stopped by ASHA at epoch 2 \(rung 2 \(trunk\): "
                      r"0\.\d{4} < 0\.\d{4}\)", resumed), resumed
     assert re.search(r"^trial\s+batch_size\s+epochs\s+status", resumed, re.M)
 

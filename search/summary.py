@@ -3,7 +3,9 @@ run's summary tags; and reading a finished search's winner back from them."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 from search import offline
@@ -13,6 +15,18 @@ from trainables.cli import EXIT_NONE_FINISHED, EXIT_OK
 
 # the config keys that name a trial's setting in the best line and the parent's best.* tags
 BEST_KEYS = ("model", "model_kwargs", "batch_size", "epochs", "class_weights", "augment")
+_FOOTERS = [True]  # whether a search ends with where to look (where_to_look)
+
+
+@contextlib.contextmanager
+def without_footers() -> Iterator[None]:
+    """Searches that end without the lines of where to look: the pipeline prints them once, at
+    its end, not after each of its searches."""
+    _FOOTERS.append(False)
+    try:
+        yield
+    finally:
+        _FOOTERS.pop()
 
 
 def trial_rows(results, metric: str, columns) -> tuple[list, list, list]:
@@ -90,8 +104,9 @@ def summarise(results, client, parent_id: str, ws, dashboard: str | None, search
     offline.tracked(ws.tracking_uri, record)
     if search.resources:
         print(f"resources: each trial took {resource_text(search.resources)}")
-    print()
-    where_to_look(ws.tracking_uri, dashboard)
+    if _FOOTERS[-1]:
+        print()
+        where_to_look(ws.tracking_uri, dashboard)
     return EXIT_OK if finished else EXIT_NONE_FINISHED
 
 

@@ -18,7 +18,7 @@ from analysis.render import seed_table
 from search import grid, weights
 from search.cluster import dashboard_url
 from search.options import SearchOptions
-from search.summary import where_to_look, winner
+from search.summary import where_to_look, winner, without_footers
 from search.workspace import Workspace
 from trainables import failpoints
 from trainables.cli import EXIT_INTERRUPTED, EXIT_OFFLINE, EXIT_OK
@@ -86,7 +86,8 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
               f"{' ' + stage.model if stage.model else ''}){' - resuming' if resume else ''}",
               flush=True)
         t0 = time.time()
-        code = attempt(options, ws, client, store, state, stage, stages, profile, resume)
+        with without_footers():  # where to look: once, at the end (print_summary)
+            code = attempt(options, ws, client, store, state, stage, stages, profile, resume)
         if code == EXIT_OK and (ws.load_state(stage.name) or {}).get("mlflow_offline"):
             code = EXIT_OFFLINE
         dashboard = dashboard or dashboard_url()

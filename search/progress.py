@@ -72,6 +72,7 @@ class Row:
     computed_s: float = 0.0  # wall time of the epochs it computed itself
     computed: int = 0  # those epochs
     stop: str = ""  # why ASHA stopped it: "rung 4: 0.8213 < 0.8400"
+    trunk_cut: bool = False  # ASHA cut its trunk: none of that trunk's trials goes on
 
     def seconds_per_epoch(self) -> float | None:
         return self.computed_s / self.computed if self.computed else None
@@ -102,11 +103,6 @@ class ProgressView(CLIReporter):
 
     # --- fed by TrialLines ----------------------------------------------------------------
 
-    def setup(self, start_time: float | None = None, total_samples: int | None = None,
-              metric: str | None = None, mode: str | None = None, **kwargs) -> None:
-        super().setup(start_time, total_samples, metric, mode, **kwargs)
-        self.printed_at = time.monotonic()  # the first lines after EVERY_S, not at once
-
     def row(self, trial) -> Row:
         if trial.trial_id not in self.rows:
             cfg = trial.config or {}
@@ -136,12 +132,17 @@ class ProgressView(CLIReporter):
         row = self.row(trial)
         row.status = status
         if stop:
-            row.stop = stop_text(stop)
+            row.stop, row.trunk_cut = stop_text(stop), "trunk" in stop
         if trial.trial_id in self.queued:  # the line of its end says what its last epoch did
             self.queued.remove(trial.trial_id)
         self.changed = True
 
     # --- Tune's reporter API ---------------------------------------------------------------
+
+    def setup(self, start_time: float | None = None, total_samples: int | None = None,
+              metric: str | None = None, mode: str | None = None, **kwargs) -> None:
+        super().setup(start_time, total_samples, metric, mode, **kwargs)
+        self.printed_at = time.monotonic()  # the first lines after EVERY_S, not at once
 
     def should_report(self, trials, done: bool = False) -> bool:
         level = verbosity()
@@ -196,7 +197,8 @@ class ProgressView(CLIReporter):
         elif trial.status == "TERMINATED" and row.status in ("pending", "running"):
             stop = getattr(self.scheduler, "stops", {}).get(trial.trial_id)
             row.status = "stopped" if stop else "done"
-            row.stop = stop_text(stop) if stop else row.stop
+            if stop:
+                row.stop, row.trunk_cut = stop_text(stop), "trunk" in stop
         self.changed = self.changed or row.status != was
 
     def counts(self) -> dict[str, int]:
@@ -224,22 +226,31 @@ class ProgressView(CLIReporter):
         return None
 
     def epochs_left(self) -> int:
-        """The epochs the unfinished trials still compute, a shared trunk counted once."""
-        trunks: dict[str, tuple[int, int]] = {}  # trunk -> (epochs reached, latest branch)
+        """The epochs the unfinished trials still compute: a shared trunk once, from as far as
+        any of its trials took it to the latest branch still to come, then each trial's own;
+        nothing for the trials of a trunk ASHA cut (they stop at their next epoch)."""
+        trunks = {tid: plans.trunk_of(cfg) if "epochs" in cfg else None
+                  for tid, cfg in self.configs.items()}
+        reached: dict[str, int] = {}  # trunk -> the furthest epoch of it computed
+        cut = {trunks[tid] for tid, row in self.rows.items() if row.trunk_cut}
+        for tid, row in self.rows.items():
+            if trunks[tid] is not None:
+                branch = plans.branch(self.configs[tid])
+                reached[trunks[tid]] = max(reached.get(trunks[tid], 0), min(row.epoch, branch))
+        latest: dict[str, int] = {}  # trunk -> the latest branch of its unfinished trials
         left = 0
-        for trial_id, row in self.rows.items():
-            if row.status in ("done", "stopped", "failed"):
+        for tid, row in self.rows.items():
+            trunk = trunks[tid]
+            if row.status in ("done", "stopped", "failed") or (trunk is not None and
+                                                                trunk in cut):
                 continue
-            cfg = self.configs[trial_id]
-            trunk = plans.trunk_of(cfg) if "epochs" in cfg else None
             if trunk is None:
                 left += max(0, row.epochs - row.epoch)
                 continue
-            branch = plans.branch(cfg)
-            reached, latest = trunks.get(trunk, (0, 0))
-            trunks[trunk] = (max(reached, row.epoch), max(latest, branch))
+            branch = plans.branch(self.configs[tid])
+            latest[trunk] = max(latest.get(trunk, 0), branch)
             left += max(0, row.epochs - max(branch, row.epoch))
-        return left + sum(max(0, latest - reached) for reached, latest in trunks.values())
+        return left + sum(max(0, b - reached.get(t, 0)) for t, b in latest.items())
 
     def eta(self) -> float | None:
         per_epoch = self.seconds_per_epoch()

@@ -130,6 +130,17 @@ def test_the_search_eta_counts_a_shared_trunk_once():
     feed(view, lines, trials[0], 3, 0.7, seconds=1.0)
     assert view.epochs_left() == 11  # the trunk at 3 of 10, then 1 + 1 + 2
     assert view.eta() == pytest.approx(11 * 1.0 / 2)
+    feed(view, lines, trials[0], 4, 0.7, seconds=1.0)
+    trials[0].status = "TERMINATED"
+    lines.on_trial_complete(0, [], trials[0])
+    assert view.epochs_left() == 10  # the trunk still at 3 (of 10), then 1 + 2
+    # ASHA cuts the trunk: its other trials stop at their next epoch, nothing is left
+    lines.scheduler.stops["t_00001"] = {"epoch": 4, "rung": 4, "trunk": "batch size 64",
+                                        "trunk_value": 0.5, "value": 0.5, "cutoff": 0.6}
+    feed(view, lines, trials[1], 4, 0.5, seconds=1.0)
+    trials[1].status = "TERMINATED"
+    lines.on_trial_complete(0, [], trials[1])
+    assert view.epochs_left() == 0
 
 
 def test_a_stop_on_a_trunk_says_so():

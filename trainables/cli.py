@@ -87,7 +87,6 @@ def options_from(cls, args: argparse.Namespace):
     return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
 
-
 # --- verbosity ----------------------------------------------------------------------------------
 # QUIET: errors only. NORMAL: the command's own lines (a search's progress view), and of the
 # libraries it drives only their errors, one line each. VERBOSE: everything they say as well.

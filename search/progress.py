@@ -73,6 +73,8 @@ class Row:
     computed: int = 0  # those epochs
     stop: str = ""  # why ASHA stopped it: "rung 4: 0.8213 < 0.8400"
     trunk_cut: bool = False  # ASHA cut its trunk: none of that trunk's trials goes on
+    trunk: str | None = None  # the trunk it shares (search/plan.py trunk_of), None: none
+    branch: int = 0  # its epochs the trunk computes
 
     def seconds_per_epoch(self) -> float | None:
         return self.computed_s / self.computed if self.computed else None
@@ -90,7 +92,6 @@ class ProgressView(CLIReporter):
             sort_by_metric=True, max_progress_rows=40)
         self.name, self.metric, self.scheduler, self.plan = name, metric, scheduler, plan
         self.rows: dict[str, Row] = {}
-        self.configs: dict[str, dict] = {}  # trial_id -> config, for the epochs left
         self.queued: list[str] = []  # trial ids with an epoch line not printed yet
         self.changed = False  # a trial started or ended since the search's last line
         self.printed_at = 0.0  # time.monotonic() of the last batch of lines or drawing
@@ -106,9 +107,10 @@ class ProgressView(CLIReporter):
     def row(self, trial) -> Row:
         if trial.trial_id not in self.rows:
             cfg = trial.config or {}
-            self.rows[trial.trial_id] = Row(trial_run_name(trial.trial_id, cfg),
-                                            int(cfg.get("epochs") or 0))
-            self.configs[trial.trial_id] = cfg
+            trunk = plans.trunk_of(cfg) if "epochs" in cfg else None
+            self.rows[trial.trial_id] = Row(
+                trial_run_name(trial.trial_id, cfg), int(cfg.get("epochs") or 0),
+                trunk=trunk, branch=plans.branch(cfg) if trunk else 0)
         return self.rows[trial.trial_id]
 
     def result(self, trial, result: dict) -> None:
@@ -229,27 +231,21 @@ class ProgressView(CLIReporter):
         """The epochs the unfinished trials still compute: a shared trunk once, from as far as
         any of its trials took it to the latest branch still to come, then each trial's own;
         nothing for the trials of a trunk ASHA cut (they stop at their next epoch)."""
-        trunks = {tid: plans.trunk_of(cfg) if "epochs" in cfg else None
-                  for tid, cfg in self.configs.items()}
         reached: dict[str, int] = {}  # trunk -> the furthest epoch of it computed
-        cut = {trunks[tid] for tid, row in self.rows.items() if row.trunk_cut}
-        for tid, row in self.rows.items():
-            if trunks[tid] is not None:
-                branch = plans.branch(self.configs[tid])
-                reached[trunks[tid]] = max(reached.get(trunks[tid], 0), min(row.epoch, branch))
+        for row in self.rows.values():
+            if row.trunk is not None:
+                reached[row.trunk] = max(reached.get(row.trunk, 0), min(row.epoch, row.branch))
+        cut = {row.trunk for row in self.rows.values() if row.trunk_cut and row.trunk}
         latest: dict[str, int] = {}  # trunk -> the latest branch of its unfinished trials
         left = 0
-        for tid, row in self.rows.items():
-            trunk = trunks[tid]
-            if row.status in ("done", "stopped", "failed") or (trunk is not None and
-                                                                trunk in cut):
+        for row in self.rows.values():
+            if row.status in ("done", "stopped", "failed") or row.trunk in cut:
                 continue
-            if trunk is None:
+            if row.trunk is None:
                 left += max(0, row.epochs - row.epoch)
                 continue
-            branch = plans.branch(self.configs[tid])
-            latest[trunk] = max(latest.get(trunk, 0), branch)
-            left += max(0, row.epochs - max(branch, row.epoch))
+            latest[row.trunk] = max(latest.get(row.trunk, 0), row.branch)
+            left += max(0, row.epochs - max(row.branch, row.epoch))
         return left + sum(max(0, b - reached.get(t, 0)) for t, b in latest.items())
 
     def eta(self) -> float | None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from pathlib import Path
 
 from search import offline
+from search.backfill import trial_id
 from search.records import cell, flat_params, trial_run_name
 from search.workspace import redact
 from trainables.cli import EXIT_NONE_FINISHED, EXIT_OK
@@ -35,7 +35,7 @@ def trial_rows(results, metric: str, columns) -> tuple[list, list, list]:
     rows, finished, failed = [], [], []
     for r in results:
         cfg, m = r.config or {}, r.metrics or {}
-        name = trial_run_name(_trial_id(r), cfg)
+        name = trial_run_name(trial_id(r) or "", cfg)
         df = r.metrics_dataframe
         best = df[metric].max() if df is not None and metric in df else float("nan")
         epoch = int(m.get("epoch", 0))
@@ -50,16 +50,6 @@ def trial_rows(results, metric: str, columns) -> tuple[list, list, list]:
             finished.append((best, cfg, r))
         rows.append(([cfg.get(k) for k in columns], status, best, name))
     return rows, finished, failed
-
-
-def _trial_id(result) -> str:
-    """A Tune result's trial id; from its folder (TRAINABLE_ID_NUMBER_...) for a trial that
-    failed before it reported."""
-    found = (result.metrics or {}).get("trial_id")
-    if found:
-        return str(found)
-    parts = Path(result.path).name.split("_") if result.path else []
-    return "_".join(parts[1:3]) if len(parts) > 2 else ""
 
 
 def print_table(rows, failed, metric: str, columns) -> None:

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 DOCKERFILE = DOCKER / "Dockerfile"
+POSTGRES_FILE = DOCKER / "podman" / "postgres.Containerfile"  # make docker-test's PostgreSQL
 ENV_EXAMPLE = DOCKER / ".env.example"
 SECRETS = ("POSTGRES_PASSWORD", "RAY_AUTH_TOKEN")
 PROJECT_SERVICES = ("ray-head", "ray-gpu-worker", "mlflow")  # the services built from docker/
@@ -121,8 +122,9 @@ def test_env_example_leaves_the_secrets_empty_so_compose_refuses_it(tmp_path):
 
 # --- the image ------------------------------------------------------------------------------------
 
-def test_dockerfile_passes_hadolint():
-    out = run([venv_tool("hadolint"), "--no-color", str(DOCKERFILE)])
+@pytest.mark.parametrize("file", [DOCKERFILE, POSTGRES_FILE], ids=lambda f: f.name)
+def test_dockerfile_passes_hadolint(file):
+    out = run([venv_tool("hadolint"), "--no-color", str(file)])
     assert (out.returncode, out.stdout + out.stderr) == (0, "")
 
 
@@ -201,9 +203,19 @@ def test_build_context_holds_only_the_project_never_the_env_file():
     assert out.returncode == 0, out.stderr
     sent = out.stdout.split()
     assert {p.split("/")[0] for p in sent} == {
-        ".dockerignore", "README.md", "pyproject.toml", "search", "trainables", "analysis"}
+        ".dockerignore", "README.md", "pyproject.toml", "search", "trainables", "analysis",
+        "tunefuse", "docker"}
+    assert [p for p in sent if p.startswith("docker/")] == ["docker/podman/postgres-entrypoint.sh"]
     assert "trainables/data.py" in sent
     assert not [p for p in sent if "__pycache__" in p]
+    # Everything the two images COPY is sent (the Dockerfile copied tunefuse/, which
+    # .dockerignore kept out, and no check saw it before the image was first built).
+    for file in (DOCKERFILE, POSTGRES_FILE):
+        for line in re.findall(r"^COPY (.+)$", file.read_text(), flags=re.M):
+            for source in line.split()[:-1]:
+                source = source.rstrip("/")
+                assert source in sent or any(p.startswith(source + "/") for p in sent), (
+                    f"{file.name} copies {source}, which .dockerignore keeps out")
 
 
 # --- the cluster ----------------------------------------------------------------------------------

@@ -103,9 +103,10 @@ def _temperatures(temperatures, k: int) -> list[float]:
 
 
 def fused_probs(ckpts, weights, temperatures, images, models=None,
-                device: str = "auto") -> np.ndarray:
+                device: str = "auto", fused_temperature: float = 1.0) -> np.ndarray:
     """The ensemble's (N, C) probabilities on ``images``: each member's softmax, temperature
-    -scaled when its T != 1, fused with the normalised ``weights``.
+    -scaled when its T != 1, fused with the normalised ``weights``, then the fused output
+    scaled by ``fused_temperature`` (which never changes a label).
 
     ``ckpts``: checkpoint dicts or paths; ``temperatures``: a list, one number, or None (all 1);
     ``models``: the members' built models, to skip rebuilding them (the pyfunc keeps them)."""
@@ -121,7 +122,9 @@ def fused_probs(ckpts, weights, temperatures, images, models=None,
     for ckpt, model, t in zip(ckpts, models, ts, strict=True):
         p = predict_probs(ckpt, x, device=device, model=model)
         members.append(p if t == 1.0 else apply_temperature(p, t))
-    return fuse(members, w)
+    (t_fused,) = _temperatures([fused_temperature], 1)
+    fused = fuse(members, w)
+    return fused if t_fused == 1.0 else apply_temperature(fused, t_fused)
 
 
 def to_frame(probs: np.ndarray) -> pd.DataFrame:
@@ -149,14 +152,16 @@ class FusedEnsemble(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         probs = fused_probs(self.ckpts, self.fusion["weights"],
-                            self.fusion.get("temperatures"), model_input, models=self.models)
+                            self.fusion.get("temperatures"), model_input, models=self.models,
+                            fused_temperature=self.fusion.get("fused_temperature", 1.0))
         return to_frame(probs)
 
 
 def log_ensemble(run_id: str, checkpoint_paths, weights, temperatures, registered_name: str,
-                 tracking_uri: str) -> tuple[str, int]:
+                 tracking_uri: str, fused_temperature: float = 1.0) -> tuple[str, int]:
     """Log the fused model under the run ``run_id``, register it as ``registered_name``, and
-    return (``models:/NAME/VERSION``, version)."""
+    return (``models:/NAME/VERSION``, version). ``fused_temperature`` scales the fused output
+    (a model logged without it reads 1)."""
     paths = [Path(p) for p in checkpoint_paths]
     if not paths:
         raise ValueError("an ensemble needs at least one member checkpoint")
@@ -169,6 +174,7 @@ def log_ensemble(run_id: str, checkpoint_paths, weights, temperatures, registere
     fusion = {
         "weights": [float(v) for v in w],
         "temperatures": _temperatures(temperatures, len(paths)),
+        "fused_temperature": _temperatures([fused_temperature], 1)[0],
         "classes": list(CLASSES),
         "members": [{"source": str(p), "sha256": sha256_file(p), "model": c["model"],
                      "model_kwargs": c["model_kwargs"], "metrics": c.get("metrics", {})}

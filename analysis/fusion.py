@@ -14,6 +14,10 @@ averaged with weights, arg-max is the label).
               validation accuracy.
     calibrate each member temperature-scaled (one scalar T minimising validation NLL) first
 
+Whatever the method, the fused output then gets a temperature of its own, fitted the same way
+(analysis/summary.py): averaging softens, so a fusion of sharp members comes out
+under-confident; one scalar T restores its calibration and never changes a label.
+
 The scores: accuracy, NLL and the expected calibration error (ECE, equal-width confidence
 bins) here; the confusion matrix, per-class precision/recall/F1 and the reliability curve from
 scikit-learn, imported where they are computed: the served model (analysis/ensemble.py) fuses

@@ -43,7 +43,8 @@ def publish(out: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def log_to_mlflow(args, ws, client, summary, out: Path, members, weights, temps, paths):
+def log_to_mlflow(args, ws, client, summary, out: Path, members, weights, temps, paths,
+                  fused_temperature: float = 1.0):
     exp_id = ws.experiment_id(client, FUSION_EXPERIMENT)
     run = client.create_run(exp_id, run_name=summary["name"], tags={
         "kind": "fusion", "method": args.method,
@@ -56,11 +57,12 @@ def log_to_mlflow(args, ws, client, summary, out: Path, members, weights, temps,
                      "per_model_cap": args.per_model_cap,
                      "experiments": ",".join(summary["experiments"]),
                      "data_fingerprint": summary["data"]["fingerprint"],
-                     "weights": json.dumps([round(w, 6) for w in weights])}.items():
+                     "weights": json.dumps([round(w, 6) for w in weights]),
+                     "fused_temperature": round(fused_temperature, 6)}.items():
             client.log_param(run_id, k, str(v)[:500])
         for k, v in {"val_acc": f["val_acc"], "test_acc": f["test_acc"],
                      "val_nll": f["val"]["nll"], "test_nll": f["test"]["nll"],
-                     "test_ece": f["test"]["ece"],
+                     "test_ece": f["test"]["ece"], "val_ece": f["val"]["ece"],
                      "test_gain": f["test_gain"], "test_gain_low": f["test_gain_interval"][0],
                      "test_gain_high": f["test_gain_interval"][1]}.items():
             client.log_metric(run_id, k, float(v))
@@ -71,7 +73,8 @@ def log_to_mlflow(args, ws, client, summary, out: Path, members, weights, temps,
         if not args.no_register:
             model_uri, _ = log_ensemble(run_id, [str(paths[c.run_id]) for c in members],
                                         weights, [temps[c.run_id] for c in members],
-                                        args.registered_name, ws.tracking_uri)
+                                        args.registered_name, ws.tracking_uri,
+                                        fused_temperature)
     except BaseException:
         client.set_terminated(run_id, "FAILED")  # its report never came; not left RUNNING
         raise

@@ -50,28 +50,64 @@ def _extremes(values) -> str | None:
     return f"{sum(vals) / len(vals):.3f}; the lowest is {_class(low)} at {vals[low]:.3f}"
 
 
-def headline(summary: dict) -> str:
-    """One paragraph: the fusion against the best member (with the bootstrap interval) and
-    against the seed's own fusion, all on the test set."""
+def fusion_bought(summary: dict) -> dict:
+    """What the fusion bought, on the test set: its accuracy, its gain over the best member
+    (chosen on validation) with the bootstrap interval and what the interval says, its
+    margin over the seed's own fusion, and the two calibrations where the summary has them."""
     f = summary["fusion"]
     lo, hi = f["test_gain_interval"]
-    best_test = f["test_acc"] - f["test_gain"]  # the gain is fusion minus best, exactly
     seed_name, _, seed_test = next((r for r in SEED_RESULTS if "fusion" in r[0].lower()),
                                    SEED_RESULTS[-1])
     if lo > 0:
         verdict = "the interval lies above zero: the fusion is better than its best member"
+        short = "above zero: a gain"
     elif hi < 0:
         verdict = "the interval lies below zero: the fusion is worse than its best member"
+        short = "below zero: a loss"
     else:
         verdict = "the interval includes zero: no clear gain over the best member"
-    vs_seed = 100 * (f["test_acc"] - seed_test)
-    return (f"**Fusion ({f['method']}, {len(summary['members'])} models): "
-            f"{pct(f['test_acc'])} test accuracy** against {pct(best_test)} for "
-            f"{summary['best_member']}, the best member on validation: "
-            f"{100 * f['test_gain']:+.2f} points, 95% "
-            f"bootstrap interval [{100 * lo:+.2f}, {100 * hi:+.2f}] ({f['bootstrap']} "
-            f"resamples); {verdict}. The seed's {seed_name.lower()}: {pct(seed_test)} test "
-            f"accuracy ({vs_seed:+.2f} points for this fusion).")
+        short = "includes zero: no clear gain"
+    return {"name": f"Fusion ({f['method']}, {len(summary['members'])} models)",
+            "test": f["test_acc"], "best": summary["best_member"],
+            "best_test": f["test_acc"] - f["test_gain"],  # the gain is fusion minus best
+            "gain": 100 * f["test_gain"], "low": 100 * lo, "high": 100 * hi,
+            "verdict": verdict, "short": short,
+            "seed_name": seed_name.lower(), "seed_test": seed_test,
+            "vs_seed": 100 * (f["test_acc"] - seed_test),
+            "ece": f["test"]["ece"], "nll": f["test"]["nll"],
+            "best_calibration": f.get("best_member_test")}
+
+
+def headline(summary: dict) -> str:
+    """One paragraph: the fusion against the best member (with the bootstrap interval) and
+    against the seed's own fusion, all on the test set."""
+    b = fusion_bought(summary)
+    text = (f"**{b['name']}: {pct(b['test'])} test accuracy** against {pct(b['best_test'])} "
+            f"for {b['best']}, the best member on validation: {b['gain']:+.2f} points, 95% "
+            f"bootstrap interval [{b['low']:+.2f}, {b['high']:+.2f}] "
+            f"({summary['fusion']['bootstrap']} resamples); {b['verdict']}. The seed's "
+            f"{b['seed_name']}: {pct(b['seed_test'])} test accuracy ({b['vs_seed']:+.2f} "
+            "points for this fusion).")
+    if b["best_calibration"]:
+        c = b["best_calibration"]
+        text += (f" Calibration on test: ECE {b['ece']:.4f} and NLL {b['nll']:.4f} for the "
+                 f"fusion, {c['ece']:.4f} and {c['nll']:.4f} for its best member.")
+    return text
+
+
+def headline_lines(summary: dict) -> list[str]:
+    """The same, for a terminal: what the fusion bought, in two or three lines."""
+    b = fusion_bought(summary)
+    lines = [f"{b['name']}: {pct(b['test'])} on test",
+             f"  vs its best member {b['best']} ({pct(b['best_test'])}): {b['gain']:+.2f} "
+             f"points, 95% interval [{b['low']:+.2f}, {b['high']:+.2f}] ({b['short']})",
+             f"  vs the seed's {b['seed_name']} ({pct(b['seed_test'])}): "
+             f"{b['vs_seed']:+.2f} points"]
+    if b["best_calibration"]:
+        c = b["best_calibration"]
+        lines.append(f"  calibration on test: ECE {b['ece']:.4f}, NLL {b['nll']:.4f} "
+                     f"(best member {c['ece']:.4f}, {c['nll']:.4f})")
+    return lines
 
 
 TITLES = {
@@ -163,8 +199,13 @@ def markdown(summary: dict, figures: dict[str, Path]) -> str:
         lines.append(f"| {m['label']} | {pct(m['val_acc'])} | {pct(m['test_acc'])} | "
                      f"{m['test']['nll']:.4f} | {m['test']['ece']:.4f} | "
                      f"{m['temperature']:.3f} | `{m['run_id'][:8]}` |")
+    t_fused = f.get("temperature")
     lines.append(f"| **fusion** | {pct(f['val_acc'])} | {pct(f['test_acc'])} | "
-                 f"{f['test']['nll']:.4f} | {f['test']['ece']:.4f} | | |")
+                 f"{f['test']['nll']:.4f} | {f['test']['ece']:.4f} | "
+                 f"{'' if t_fused is None else f'{t_fused:.3f}'} | |")
+    if t_fused is not None:
+        lines += ["", "The fusion's temperature scales the fused output (fitted on validation "
+                  "after the fusion; it changes no label)."]
     lines += ["", "## Per-class test scores of the fusion", "",
               "| class | precision | recall | F1 |", "| --- | --- | --- | --- |"]
     for c, name in enumerate(CLASSES):

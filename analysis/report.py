@@ -30,7 +30,7 @@ from analysis import fusion
 from analysis.grids import cost_rows, grid_rows
 from analysis.inference import cached_probs
 from analysis.publish import FUSION_EXPERIMENT, fetch_checkpoint, log_to_mlflow, publish, staging
-from analysis.render import markdown, seed_table, to_html
+from analysis.render import headline_lines, markdown, seed_table, to_html
 from analysis.select import SelectionError, distinct, gather, same_data, top_k
 from analysis.summary import Fused, fuse_members, search_costs, summarise
 from search.workspace import Workspace, WorkspaceError, redact
@@ -221,7 +221,8 @@ def report(options: ReportOptions, name: str, sel: Selection) -> int:
     out.mkdir(parents=True)
     write(out, summary, fused, y_test, client)
     run_id, model_uri = log_to_mlflow(options, ws, client, summary, out, fused.members,
-                                      fused.weights, fused.temperatures, paths)
+                                      fused.weights, fused.temperatures, paths,
+                                      fused.fused_temperature)
     summary["mlflow"] = {"run_id": run_id, "model_uri": model_uri}
     try:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -269,16 +270,13 @@ def write(out: Path, summary: dict, fused: Fused, y_test, client) -> None:
 
 
 def print_result(summary: dict, final: Path, run_id: str, model_uri: str | None) -> None:
+    print("\n" + "\n".join(headline_lines(summary)))
     rows = seed_table(summary)
     width = max(len(r[0]) for r in rows)
     print(f"\n{'model':<{width}}  {'validation':>10}  {'test':>8}")
     for a, b, c in rows:
         print(f"{a:<{width}}  {b:>10}  {c:>8}")
-    f = summary["fusion"]
-    lo, hi = f["test_gain_interval"]
-    print(f"\nfusion - best member ({summary['best_member']}) on test: "
-          f"{100 * f['test_gain']:+.2f} points, 95% interval [{100 * lo:+.2f}, {100 * hi:+.2f}]")
-    print(f"report:   {final / 'report.html'}")
+    print(f"\nreport:   {final / 'report.html'}")
     print(f"MLflow:   run {run_id} in experiment {FUSION_EXPERIMENT!r}" +
           (f"; model {model_uri}" if model_uri else ""))
 

@@ -1,9 +1,10 @@
 """What a report says, computed: the members' fusion and every number of the summary.
 
 ``fuse_members`` applies the fusion method to the members' probabilities (temperature scaling,
-Caruana's greedy selection, weights); ``summarise`` is a pure function from the fused members to
-the summary (summary.json) that analysis/render.py writes out. Selection and fitting use the
-validation set only; the test set is only scored.
+Caruana's greedy selection, weights), then scales the fused output by a temperature of its
+own; ``summarise`` is a pure function from the fused members to the summary (summary.json)
+that analysis/render.py writes out. Selection and fitting use the validation set only; the
+test set is only scored.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class Fused:
     scaled: dict[str, tuple[np.ndarray, np.ndarray]]  # run id -> (val, test) probabilities
     val: np.ndarray
     test: np.ndarray
+    # The fused output's own temperature, fitted on validation after the fusion (averaging
+    # softens: a fusion of sharp members is under-confident); it never changes a label.
+    fused_temperature: float = 1.0
 
 
 def fuse_members(pool: list, members: list, weights: list[float] | None,
@@ -51,9 +55,11 @@ def fuse_members(pool: list, members: list, weights: list[float] | None,
         weights = [float(w_pool[i]) for i in chosen]
     elif method == "uniform":
         weights = [1 / len(members)] * len(members)
+    val = fusion.fuse([scaled[c.run_id][0] for c in members], weights)
+    test = fusion.fuse([scaled[c.run_id][1] for c in members], weights)
+    t = fusion.fit_temperature(val, y_val)
     return Fused(method, calibrate, members, weights, temps, scaled,
-                 fusion.fuse([scaled[c.run_id][0] for c in members], weights),
-                 fusion.fuse([scaled[c.run_id][1] for c in members], weights))
+                 fusion.apply_temperature(val, t), fusion.apply_temperature(test, t), t)
 
 
 def summarise(fused: Fused, best, y_val: np.ndarray, y_test: np.ndarray, bootstrap: int,
@@ -64,6 +70,7 @@ def summarise(fused: Fused, best, y_val: np.ndarray, y_test: np.ndarray, bootstr
     ``checkpoints`` maps run ids to the local checkpoint files."""
     test_best = fused.scaled[best.run_id][1]
     gain, lo, hi = fusion.bootstrap_difference(fused.test, test_best, y_test, n=bootstrap)
+    best_test = fusion.scores(test_best, y_test)
     rows = []
     for c, w in zip(fused.members, fused.weights, strict=True):
         val_p, test_p = fused.scaled[c.run_id]
@@ -82,7 +89,9 @@ def summarise(fused: Fused, best, y_val: np.ndarray, y_test: np.ndarray, bootstr
         "fusion": {"method": fused.method, "calibrated": fused.calibrated,
                    "weights": fused.weights, "val_acc": ev["acc"], "test_acc": et["acc"],
                    "val": ev, "test": et, "test_gain": gain, "test_gain_interval": [lo, hi],
-                   "bootstrap": bootstrap, "best_member_run_id": best.run_id},
+                   "bootstrap": bootstrap, "best_member_run_id": best.run_id,
+                   "temperature": fused.fused_temperature,
+                   "best_member_test": {k: best_test[k] for k in ("acc", "nll", "ece")}},
         "seed": [{"model": n, "val_acc": v, "test_acc": t} for n, v, t in SEED_RESULTS],
     }
 

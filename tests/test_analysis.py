@@ -172,6 +172,37 @@ def test_test_set_cannot_change_the_chosen_weights():
     assert fusion.fit_temperature(a_test, y_test) > 3 * t
 
 
+def test_the_fused_output_gets_its_own_temperature_fitted_on_validation():
+    """Four members, each calibrated on its own, that disagree: their average is right more
+    often than any of them and under-confident. The fused output's temperature, fitted on
+    validation, sharpens it (T < 1), changes no label, and brings its test ECE from far above
+    its members' to theirs and its test NLL below every member's."""
+    from analysis.summary import fuse_members
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    signal = rng.normal(size=(2 * n, 10)) * 3
+    y = np.array([rng.choice(10, p=p) for p in softmax(signal)])
+    y_val, y_test = y[:n], y[n:]
+    probs, pool = {}, []
+    for k in range(4):
+        p = softmax(signal + rng.normal(size=signal.shape) * 2.0)
+        p = fusion.apply_temperature(p, fusion.fit_temperature(p[:n], y_val))
+        probs[f"m{k}"] = (p[:n], p[n:])
+        pool.append(Candidate(f"m{k}", "grid-cnn", "grid", "cnn", 0.5, 1, "c.pt", "f", n, 0))
+    fused = fuse_members(pool, pool, None, probs, y_val, "uniform", calibrate=False)
+    plain = fusion.fuse([probs[c.run_id][1] for c in pool], [0.25] * 4)
+    assert fused.fused_temperature < 0.8
+    assert (fused.test.argmax(1) == plain.argmax(1)).all()
+    assert fused.fused_temperature == fusion.fit_temperature(
+        fusion.fuse([probs[c.run_id][0] for c in pool], [0.25] * 4), y_val)
+    members_ece = [fusion.expected_calibration_error(probs[k][1], y_test) for k in probs]
+    members_nll = [fusion.nll(probs[k][1], y_test) for k in probs]
+    assert fusion.expected_calibration_error(plain, y_test) > 4 * max(members_ece)
+    assert fusion.expected_calibration_error(fused.test, y_test) < 1.5 * max(members_ece)
+    assert fusion.nll(fused.test, y_test) < min(members_nll)
+
+
 # --- the report end to end --------------------------------------------------------------------
 
 @pytest.fixture
@@ -211,6 +242,13 @@ def test_report_end_to_end(greedy_report):
 
     searched, _, s, stdout = greedy_report
     assert "Model fusion (4 models)" in stdout and "90.33%" in stdout
+    # what the fusion bought comes first: against its best member, with the interval, and
+    # against the seed's fusion
+    said = [line for line in stdout.splitlines() if line.strip()]
+    assert said[0].startswith("Fusion (greedy, ") and said[0].endswith("on test"), said[:4]
+    assert said[1].startswith(f"  vs its best member {s['best_member']} (")
+    assert "95% interval [" in said[1]
+    assert said[2].startswith("  vs the seed's model fusion (4 models) (90.33%): ")
     rep = searched / "reports" / "g"
     for f in ("summary.json", "report.md", "report.html", "roc.png", "pr.png",
               "confusion.png", "reliability.png", "grid_heatmap.png", "asha_rungs.png"):
@@ -258,7 +296,7 @@ def test_report_end_to_end(greedy_report):
     assert client.get_model_version(name, version).run_id == run_.info.run_id
     model = mlflow.pyfunc.load_model(client.get_model_version_download_uri(name, version))
     pred = model.predict(split.x_test.numpy()[:200])
-    ours = fusion.fuse(tests, w)[:200]
+    ours = fusion.apply_temperature(fusion.fuse(tests, w), s["fusion"]["temperature"])[:200]
     assert np.allclose(pred[[f"p{c}" for c in range(10)]].to_numpy(), ours, atol=1e-5)
 
     # uniform over the top 2 of every search, one per architecture
@@ -311,7 +349,7 @@ def test_test_labels_change_nothing_the_report_chooses(greedy_report, monkeypatc
         return [(m["run_id"], m["weight"], m["temperature"], m["val_acc"]) for m in s["members"]]
 
     assert chosen(second) == chosen(first)
-    for key in ("weights", "val_acc", "best_member_run_id"):
+    for key in ("weights", "val_acc", "best_member_run_id", "temperature"):
         assert second["fusion"][key] == first["fusion"][key], key
     assert second["fusion"]["test_acc"] != first["fusion"]["test_acc"]
     assert [m["test_acc"] for m in second["members"]] != \

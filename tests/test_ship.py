@@ -43,6 +43,7 @@ VENV_BIN = Path(sys.executable).parent
 NAME = "tunefuse-ship-test"
 WEIGHTS = [0.7, 0.3]
 TEMPERATURES = [1.5, 1.0]  # the first member is softened, the second left as it is
+FUSED_T = 0.8  # the fused output's own temperature (sharpens)
 ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
 
@@ -77,7 +78,7 @@ def images(split):
 
 @pytest.fixture(scope="module")
 def expected(members, images):
-    return fused_probs(members, WEIGHTS, TEMPERATURES, images[0])
+    return fused_probs(members, WEIGHTS, TEMPERATURES, images[0], fused_temperature=FUSED_T)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def shipped(members, tmp_path_factory):
         with mlflow.start_run(experiment_id=experiment) as run:
             mlflow.log_param("members", len(members))
         model_uri, version = log_ensemble(run.info.run_id, members, WEIGHTS, TEMPERATURES,
-                                          NAME, uri)
+                                          NAME, uri, fused_temperature=FUSED_T)
         mlflow.set_tracking_uri(uri)  # log_ensemble restores the caller's URI
         yield {"uri": uri, "model_uri": model_uri, "version": version, "root": root,
                "run_id": run.info.run_id}
@@ -113,12 +114,16 @@ def test_registered_model_equals_in_process_fusion(shipped, members, images, exp
     np.testing.assert_allclose(probs, expected, atol=1e-6, rtol=0)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-9)
     assert (frame["label"].to_numpy() == expected.argmax(1)).all()
-    # the fusion is the documented one: member softmax, temperature, weighted mean
+    # the fusion is the documented one: member softmax, temperature, weighted mean, then the
+    # fused output's temperature
     ckpts = [checkpoint.load(p) for p in members]
     a, b = (predict_probs(c, images[0]) for c in ckpts)
     soft = np.exp(np.log(a) / 1.5)
     soft /= soft.sum(1, keepdims=True)
-    np.testing.assert_allclose(expected, 0.7 * soft + 0.3 * b, atol=1e-9)
+    mean = 0.7 * soft + 0.3 * b
+    sharp = np.exp(np.log(mean) / FUSED_T)
+    np.testing.assert_allclose(expected, sharp / sharp.sum(1, keepdims=True), atol=1e-9)
+    assert (expected.argmax(1) == mean.argmax(1)).all()
     # a DataFrame of 784 pixel columns and nested lists give the same answer
     inner = model.unwrap_python_model()
     flat = pd.DataFrame(images[0].reshape(-1, 784),

@@ -24,6 +24,9 @@ class Profile:
     weights_trials: int = 12
     weights_batch_size: int = 64
     weights_epochs: int = 10
+    # the pipeline's class-weight stage takes its grid winner's settings, its epochs at most
+    # this many (None: the winner's)
+    weights_epochs_cap: int | None = None
     # model -> (batch sizes, epochs) where a model's grid differs from the profile's
     grids: dict = field(default_factory=dict)
     augment: dict = field(default_factory=dict)  # model -> policy, where not the seed's
@@ -44,15 +47,19 @@ PROFILES = {
                      weights_trials=4, weights_batch_size=64, weights_epochs=3),
     # quick: the seed's data protocol (27,000 / 3,000) with short schedules and narrow models,
     # sized so that the whole pipeline (three grids, the class-weight search, the report) fits
-    # 30 minutes on 2 cores. Each grid is two trials side by side on the two cores; the CNN,
-    # the most accurate per second here, gets the longest schedule. Short schedules learn faster
-    # with flips only. The first ASHA rung (epoch 4) falls only inside the CNN's 8 epochs.
-    # ResNet18's width is a multiple of 16, which the bf16 kernels vectorise: at width 16 it
-    # trains 1.5x faster than at 12 in fp32 (bench/train_step.py), with more channels.
-    "quick": Profile("quick", 30_000, (64, 128), (3,), warmup_epochs=1, grace_period=4,
+    # 30 minutes on 2 cores, and so that its fusion beats its best member: three families of
+    # comparable strength (about 90-92% validation), each grid two trials side by side on the
+    # two cores. The CNN, the most accurate per second here, gets the longest schedule. Short
+    # schedules learn faster with flips only. No ASHA rung falls inside a grid: with two
+    # trials side by side, stopping one saves no wall time and loses a member. The class-weight
+    # search compares its weight vectors on 4-epoch runs of the ResNet18 winner's batch size:
+    # at the winner's 10 epochs it took 13 of the run's 32 minutes, and none of its trials
+    # added to the fusion. ResNet18's width is a multiple of 16, which the bf16 kernels
+    # vectorise: at width 16 it trains 1.5x faster than at 12 in fp32 (bench/train_step.py).
+    "quick": Profile("quick", 30_000, (64, 128), (10,), warmup_epochs=1, grace_period=20,
                      reduction_factor=2, widths={"resnet18": 16, "inception": 8},
-                     weights_trials=4, weights_batch_size=128, weights_epochs=3,
-                     grids={"cnn": ((64, 128), (8,))},
+                     weights_trials=4, weights_batch_size=128, weights_epochs=4,
+                     weights_epochs_cap=4, grids={"cnn": ((64, 128), (16,))},
                      augment={"cnn": "flip", "resnet18": "flip", "inception": "flip"},
                      fusion_top_k=4, fusion_method="greedy", fusion_calibrate=True),
     "seed": Profile("seed", 30_000, (32, 64, 128, 256, 512),

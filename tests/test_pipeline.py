@@ -141,6 +141,13 @@ def test_resume_skips_finished_stages_and_completes(smoke_pipeline):
 def test_pipeline_ends_with_the_seed_table_and_where_to_look(smoke_pipeline):
     out = smoke_pipeline.out
     tail = out[out.index("pipeline smoke: all 5 stages done"):]
+    # what the fusion bought first: against its best member (with the interval), the seed
+    bought = tail.splitlines()[2:6]
+    assert re.fullmatch(r"Fusion \(uniform, 4 models\): \d+\.\d\d% on test", bought[0]), bought
+    assert re.match(r"  vs its best member .+ \(\d+\.\d\d%\): [+-]\d+\.\d\d points, 95% "
+                    r"interval \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\] \(", bought[1]), bought
+    assert bought[2].startswith("  vs the seed's model fusion (4 models) (90.33%): "), bought
+    assert bought[3].startswith("  calibration on test: ECE "), bought
     for stage in STAGES:
         assert re.search(rf"^{re.escape(stage)}\s", tail, re.M), stage
     assert re.search(r"^Fusion \(uniform, 4 models\)\s+\d+\.\d\d%\s+\d+\.\d\d%$", tail, re.M)

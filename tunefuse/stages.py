@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 
 from analysis import report
 from analysis.publish import FUSION_EXPERIMENT
-from analysis.render import seed_table
+from analysis.render import headline_lines, seed_table
 from search import grid, weights
 from search.cluster import dashboard_url
 from search.options import SearchOptions
@@ -169,12 +169,16 @@ def run_stage(options, ws, client, state, stage: Stage, stages, profile, resume:
     if stage.kind == "weights":
         grid_stage = f"{state['name']}-grid-{stage.model}"
         win = winner(client.get_run((ws.load_state(grid_stage) or {})["parent_run_id"]))
+        epochs = win["epochs"] if profile.weights_epochs_cap is None \
+            else min(win["epochs"], profile.weights_epochs_cap)
+        capped = f" (the {profile.name} profile's cap; the winner ran {win['epochs']})" \
+            if epochs < win["epochs"] else ""
         print(f"class weights of {stage.model} with its grid's winner ({grid_stage}, val "
-              f"{win['val_acc']:.4f}): batch size {win['batch_size']}, {win['epochs']} "
-              f"epochs, width {win['width']}", flush=True)
+              f"{win['val_acc']:.4f}): batch size {win['batch_size']}, {epochs} epochs"
+              f"{capped}, width {win['width']}", flush=True)
         return weights.run(stage_options(
             weights.WeightsOptions, options, model=stage.model, name=stage.name, resume=resume,
-            batch_size=win["batch_size"], epochs=win["epochs"], width=win["width"]))
+            batch_size=win["batch_size"], epochs=epochs, width=win["width"]))
     return report.run(report.ReportOptions(
         workspace=options.workspace, tracking_uri=options.tracking_uri, name=stages[-1].name,
         experiments=",".join(s.name for s in stages if s.kind != "report"),
@@ -200,13 +204,14 @@ def print_summary(ws, client, state, stages, seconds: float, dashboard: str | No
     total = sum(s["seconds"] for s in state["stages"])
     print(f"\n{'=' * 72}\npipeline {state['name']}: all {len(stages)} stages done "
           f"(this run {fmt_time(seconds)}, all runs {fmt_time(total)})\n")
+    out = ws.root / "reports" / stages[-1].name
+    summary = json.loads((out / "summary.json").read_text())
+    print("\n".join(headline_lines(summary)) + "\n")
     print(f"{'stage':<32} {'trials':>6} {'best val_acc':>12} {'time':>9}")
     for s, rec in zip(stages, state["stages"], strict=True):
         trials, best = stage_best(ws, client, s) if s.kind != "report" else (None, None)
         print(f"{s.name:<32} {'' if trials is None else trials:>6} "
               f"{'' if best is None else f'{best:.4f}':>12} {fmt_time(rec['seconds']):>9}")
-    out = ws.root / "reports" / stages[-1].name
-    summary = json.loads((out / "summary.json").read_text())
     rows = seed_table(summary)
     width = max(len(r[0]) for r in rows)
     print(f"\n{'model':<{width}}  {'validation':>10}  {'test':>8}")

@@ -96,7 +96,7 @@ def headline(summary: dict) -> str:
 
 
 def headline_lines(summary: dict) -> list[str]:
-    """The same, for a terminal: what the fusion bought, in two or three lines."""
+    """The same, for a terminal: what the fusion bought, in three or four lines."""
     b = fusion_bought(summary)
     lines = [f"{b['name']}: {pct(b['test'])} on test",
              f"  vs its best member {b['best']} ({pct(b['best_test'])}): {b['gain']:+.2f} "

@@ -192,3 +192,30 @@ def bootstrap_difference(probs_a: np.ndarray, probs_b: np.ndarray, y: np.ndarray
     alpha = (1 - level) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
     return float(d.mean()), float(lo), float(hi)
+
+
+def bootstrap_ece_difference(probs_a: np.ndarray, probs_b: np.ndarray, y: np.ndarray,
+                             n: int = 2000, seed: int = 0, level: float = 0.95,
+                             bins: int = 15):
+    """Paired bootstrap of ECE(a) - ECE(b) over the same resampled examples: (observed
+    difference, lower, upper) of the percentile interval. Per resample, each bin's count,
+    confidence sum and correct count come from np.bincount: ECE = sum |correct - conf| / N."""
+    def parts(probs):
+        conf, correct, _, idx = _confidence_bins(probs, y, bins)
+        return conf, correct.astype(np.float64), idx
+
+    def ece(p, i):
+        conf, correct, idx = p
+        gap = np.bincount(idx[i], correct[i] - conf[i], minlength=bins)
+        return float(np.abs(gap).sum() / len(i))
+
+    a, b = parts(probs_a), parts(probs_b)
+    everything = np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n)
+    for k in range(n):
+        i = rng.integers(0, len(y), size=len(y))
+        diffs[k] = ece(a, i) - ece(b, i)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(diffs, [alpha, 1 - alpha])
+    return ece(a, everything) - ece(b, everything), float(lo), float(hi)

@@ -75,7 +75,8 @@ def fusion_bought(summary: dict) -> dict:
             "seed_name": seed_name.lower(), "seed_test": seed_test,
             "vs_seed": 100 * (f["test_acc"] - seed_test),
             "ece": f["test"]["ece"], "nll": f["test"]["nll"],
-            "best_calibration": f.get("best_member_test")}
+            "best_calibration": f.get("best_member_test"),
+            "ece_difference": f.get("test_ece_difference")}
 
 
 def headline(summary: dict) -> str:
@@ -91,7 +92,11 @@ def headline(summary: dict) -> str:
     if b["best_calibration"]:
         c = b["best_calibration"]
         text += (f" Calibration on test: ECE {b['ece']:.4f} and NLL {b['nll']:.4f} for the "
-                 f"fusion, {c['ece']:.4f} and {c['nll']:.4f} for its best member.")
+                 f"fusion, {c['ece']:.4f} and {c['nll']:.4f} for its best member")
+        if b["ece_difference"]:
+            d, lo, hi = b["ece_difference"]
+            text += f" (ECE difference {d:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}])"
+        text += "."
     return text
 
 
@@ -107,6 +112,9 @@ def headline_lines(summary: dict) -> list[str]:
         c = b["best_calibration"]
         lines.append(f"  calibration on test: ECE {b['ece']:.4f}, NLL {b['nll']:.4f} "
                      f"(best member {c['ece']:.4f}, {c['nll']:.4f})")
+        if b["ece_difference"]:
+            d, lo, hi = b["ece_difference"]
+            lines[-1] += f"; ECE difference {d:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}]"
     return lines
 
 

@@ -71,6 +71,7 @@ def summarise(fused: Fused, best, y_val: np.ndarray, y_test: np.ndarray, bootstr
     test_best = fused.scaled[best.run_id][1]
     gain, lo, hi = fusion.bootstrap_difference(fused.test, test_best, y_test, n=bootstrap)
     best_test = fusion.scores(test_best, y_test)
+    ece_gap = fusion.bootstrap_ece_difference(fused.test, test_best, y_test, n=bootstrap)
     rows = []
     for c, w in zip(fused.members, fused.weights, strict=True):
         val_p, test_p = fused.scaled[c.run_id]
@@ -91,7 +92,8 @@ def summarise(fused: Fused, best, y_val: np.ndarray, y_test: np.ndarray, bootstr
                    "val": ev, "test": et, "test_gain": gain, "test_gain_interval": [lo, hi],
                    "bootstrap": bootstrap, "best_member_run_id": best.run_id,
                    "temperature": fused.fused_temperature,
-                   "best_member_test": {k: best_test[k] for k in ("acc", "nll", "ece")}},
+                   "best_member_test": {k: best_test[k] for k in ("acc", "nll", "ece")},
+                   "test_ece_difference": list(ece_gap)},
         "seed": [{"model": n, "val_acc": v, "test_acc": t} for n, v, t in SEED_RESULTS],
     }
 

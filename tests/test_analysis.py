@@ -113,6 +113,15 @@ def test_bootstrap_interval(data):
     assert diff == pytest.approx(fusion.accuracy(a, y) - fusion.accuracy(b, y))
     assert lo < diff < hi and lo > 0
     assert fusion.bootstrap_difference(a, a, y, n=200) == (0.0, 0.0, 0.0)
+    # the same for the two calibrations: ECE(a) - ECE(b); a calibrated member, and a sharpened
+    # copy of it, far worse
+    a = fusion.apply_temperature(a, fusion.fit_temperature(a, y))
+    sharp = fusion.apply_temperature(a, 0.4)
+    diff, lo, hi = fusion.bootstrap_ece_difference(sharp, a, y, n=500)
+    assert diff == pytest.approx(fusion.expected_calibration_error(sharp, y) -
+                                 fusion.expected_calibration_error(a, y))
+    assert 0 < lo < diff < hi
+    assert fusion.bootstrap_ece_difference(a, a, y, n=200) == (0.0, 0.0, 0.0)
 
 
 # --- the test set never chooses ---------------------------------------------------------------
@@ -282,6 +291,9 @@ def test_report_end_to_end(greedy_report):
     assert s["fusion"]["val_acc"] >= max(m["val_acc"] for m in s["members"])
     lo, hi = s["fusion"]["test_gain_interval"]
     assert lo <= s["fusion"]["test_gain"] <= hi
+    d, lo, hi = s["fusion"]["test_ece_difference"]
+    assert lo <= d <= hi and d == pytest.approx(
+        s["fusion"]["test"]["ece"] - s["fusion"]["best_member_test"]["ece"])
     # the MLflow fusion run links its members, holds the report and the registered model
     uri = f"sqlite:///{searched / 'mlflow.db'}"
     client = MlflowClient(uri)

@@ -148,6 +148,7 @@ def test_pipeline_ends_with_the_seed_table_and_where_to_look(smoke_pipeline):
                     r"interval \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\] \(", bought[1]), bought
     assert bought[2].startswith("  vs the seed's model fusion (4 models) (90.33%): "), bought
     assert bought[3].startswith("  calibration on test: ECE "), bought
+    assert re.search(r"; ECE difference [+-]\d\.\d{4}, 95% interval \[", bought[3]), bought
     for stage in STAGES:
         assert re.search(rf"^{re.escape(stage)}\s", tail, re.M), stage
     assert re.search(r"^Fusion \(uniform, 4 models\)\s+\d+\.\d\d%\s+\d+\.\d\d%$", tail, re.M)

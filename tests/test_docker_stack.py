@@ -27,7 +27,7 @@ import secrets
 import shutil
 import socket
 import subprocess
-import time
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -43,6 +43,9 @@ IMAGE = os.environ.get("TUNEFUSE_IMAGE", "localhost/tunefuse:podman")
 POSTGRES_IMAGE = os.environ.get("POSTGRES_IMAGE", "localhost/tunefuse-postgres:15")
 BASE_IMAGE = os.environ.get("BASE_IMAGE", "localhost/tunefuse-base:bookworm")
 ORDER = ("postgres", "mlflow", "ray-head", "ray-gpu-worker")  # compose's depends_on chain
+READY = {"postgres": "database system is ready to accept connections",  # what each logs once up
+         "mlflow": "Application startup complete", "ray-head": "Ray runtime started",
+         "ray-gpu-worker": "Ray runtime started"}
 ENV = {**os.environ,
        "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF",
                                          str(ROOT / "docker" / "podman" / "containers.conf"))}
@@ -120,39 +123,39 @@ class Stack:
         for service in ORDER:  # each once the one it depends on is healthy
             self.compose("up", "-d", "--no-build", service)
             self.wait_healthy(service)
-        self.wait_resolves("ray-head", "mlflow")
-
-    def wait_resolves(self, service: str, name: str, timeout: float = 60) -> None:
-        """Until `name` resolves in `service`: podman's DNS (aardvark-dns) may answer for a
-        container a moment after it passed its health check (seen after a `down` and `up`)."""
-        deadline = time.monotonic() + timeout
-        ask = f"import socket; socket.getaddrinfo({name!r}, None)"
-        while self.exec(service, "python", "-c", ask, check=False).returncode != 0:
-            assert time.monotonic() < deadline, f"{name} does not resolve in {service}"
-            time.sleep(1)
 
     def down(self, *, volumes: bool) -> None:
         """`down`, and the network with it, as `docker compose down` does (podman-compose 1.0.3
-        leaves the network)."""
+        leaves the network; containers started again on the old one could not resolve each
+        other's names for a moment, on a new one they always could)."""
         self.compose("down", *(["-v"] if volumes else []))
         for network in self.leftovers()["networks"]:
             sh(["podman", "network", "rm", network])
 
     def wait_healthy(self, service: str, timeout: float = 300) -> None:
-        """Run the service's own health check until it passes (podman without systemd has no
-        timer that runs it)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            check = sh(["podman", "healthcheck", "run", self.name(service)], check=False)
-            if check.returncode == 0:
-                return
-            state = sh(["podman", "inspect", "--format", "{{.State.Status}}",
-                        self.name(service)], check=False).stdout.strip() or "missing"
-            if time.monotonic() > deadline or state not in ("running", "created"):
-                logs = sh(["podman", "logs", "--tail", "40", self.name(service)], check=False)
-                raise AssertionError(f"{service} is not healthy ({state}): {check.stdout}"
-                                     f"{check.stderr}\n{logs.stdout}{logs.stderr}")
-            time.sleep(2)  # the health check's own interval, shortened
+        """Until the service logs that it is ready (READY), then its own health check must pass
+        (podman without systemd has no timer that runs it)."""
+        name = self.name(service)
+        logs = subprocess.Popen(["podman", "logs", "--follow", name], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=ENV)
+        timer = threading.Timer(timeout, logs.kill)
+        timer.start()
+        seen = []
+        try:
+            for line in logs.stdout:
+                seen.append(line)
+                if READY[service] in line:
+                    break
+            else:  # the container stopped, or the time ran out
+                raise AssertionError(f"{service} never logged {READY[service]!r}:\n"
+                                     + "".join(seen[-40:]))
+        finally:
+            timer.cancel()
+            logs.kill()
+            logs.wait()
+        check = sh(["podman", "healthcheck", "run", name], check=False)
+        assert check.returncode == 0, f"{service} is ready but its health check fails: " \
+            f"{check.stdout}{check.stderr}"
 
     def exec(self, service: str, *cmd: str, check: bool = True,
              timeout: float = 900) -> subprocess.CompletedProcess:
@@ -163,19 +166,14 @@ class Stack:
                    "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
                    self.name(service)]).stdout.strip()
 
-    def ray_nodes(self, timeout: float = 120) -> list[dict]:
-        """The Ray cluster's live nodes, once the worker has joined the head."""
+    def ray_nodes(self) -> list[dict]:
+        """The Ray cluster's live nodes (the worker's "Ray runtime started" comes after its
+        raylet registered with the head)."""
         ask = ("import json, ray; ray.init(address='auto', logging_level='ERROR'); "
                "print(json.dumps([{'ip': n['NodeManagerAddress'], "
                "'cpus': n['Resources'].get('CPU', 0)} for n in ray.nodes() if n['Alive']]))")
-        deadline = time.monotonic() + timeout
-        while True:
-            out = self.exec("ray-head", "python", "-c", ask).stdout
-            nodes = json.loads(out.strip().splitlines()[-1])
-            if len(nodes) == 2 or time.monotonic() > deadline:
-                assert len(nodes) == 2, f"the worker did not join the head: {nodes}"
-                return nodes
-            time.sleep(2)
+        out = self.exec("ray-head", "python", "-c", ask).stdout
+        return json.loads(out.strip().splitlines()[-1])
 
     def sql(self, query: str) -> list[list[str]]:
         out = self.exec("postgres", "psql", "-U", "mlflow", "-d", "mlflow", "-At", "-F", "\t",
@@ -260,6 +258,7 @@ def test_the_compose_cluster_runs_a_smoke_grid_resumes_it_after_a_restart_and_re
     stack.up()
     head_ip, worker_ips = stack.ip("ray-head"), {stack.ip("ray-gpu-worker")}
     nodes = stack.ray_nodes()
+    assert len(nodes) == 2, f"the worker did not join the head: {nodes}"
     assert [n["cpus"] for n in nodes if n["ip"] == head_ip] == [0], nodes  # no trial on the head
 
     # The dashboard and MLflow answer on the host's loopback, and on no other address of it.

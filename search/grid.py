@@ -1,8 +1,9 @@
 """The seed's batch_size x epochs grid as a Ray Tune experiment, with ASHA early stopping.
 
-    python -m search.grid --model resnet [--profile smoke|quick|seed] [--scheduler asha|none]
-        [--batch-sizes 32,64] [--epochs 20,40] [--train-size N] [--width W] [--seed S]
-        [--workspace outputs] [--name grid-resnet18] [--resume] [--address auto] ...
+    python -m search.grid --model resnet [--profile smoke|quick|standard|seed]
+        [--scheduler asha|none] [--batch-sizes 32,64] [--epochs 20,40] [--train-size N]
+        [--width W] [--seed S] [--workspace outputs] [--name grid-resnet18] [--resume]
+        [--address auto] ...
 
 Every trial is recorded in MLflow (search/lineage.py); ``mlflow ui --backend-store-uri
 sqlite:///outputs/mlflow.db`` shows the parent run with its trials nested.

@@ -1,7 +1,8 @@
 """Search the per-class loss weights with Optuna's TPE inside Ray Tune.
 
     python -m search.weights --model resnet [--space full|hard-pairs] [--objective val_acc|hard_acc]
-        [--num-samples N] [--batch-size B] [--epochs E] [--profile smoke|quick|seed] [--resume]
+        [--num-samples N] [--batch-size B] [--epochs E] [--profile smoke|quick|standard|seed]
+        [--resume]
 
 The seed hand-tuned the weights of its "strong" ResNet (docs/seed.md, "Tuning"); here TPE searches
 them, starting from what is known: the seed's vector and the uniform vector are the first two

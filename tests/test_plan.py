@@ -10,6 +10,7 @@ from conftest import environ_kept, write_idx_set
 from ray import tune
 
 from search import grid, plan
+from search.profiles import PROFILES
 from search.throughput import Throughput
 from search.weights import Settings, WeightsOptions, make_search
 from search.workspace import Workspace
@@ -43,6 +44,24 @@ def test_wsd_shares_everything_but_each_decay():
         assert plan.epochs_exhaustive(group) == 4 + 6 + 8 + 12 == 30
         assert plan.group_epochs(group) == 10 + (1 + 1 + 1 + 2) == 15
     assert plan.epochs_exhaustive(configs) == 60 and plan.epochs_at_most(configs) == 30
+
+
+@pytest.mark.parametrize("model", ["cnn", "resnet18", "inception"])
+def test_the_standard_profile_is_an_asha_grid_on_shared_trunks(model):
+    """Each family's grid in `standard`: one trunk per batch size that the short trial branches
+    off, so a lane costs its longest trial plus the short one's decay; ASHA's first rung lies in
+    the shared constant-rate phase (it compares the trunks), the second inside the long trial."""
+    profile = PROFILES["standard"]
+    space = grid.space(grid.GridOptions(model=model, profile="standard"), model, "/tmp/trunks")
+    configs = plan.trial_configs(space)
+    (short, long), groups = profile.grid(model)[1], plan.trunks(configs)
+    assert len(configs) == 4 and sorted(len(g) for g in groups) == [2, 2]
+    assert {c["augment"] for c in configs} == {"online"}
+    for group in groups:
+        assert plan.group_epochs(group) == long + (short - plan.branch(
+            next(c for c in group if c["epochs"] == short)))
+    assert profile.grace_period < min(plan.branch(c) for c in configs)
+    assert profile.grace_period * profile.reduction_factor < long
 
 
 def test_other_schedules_share_the_warmup_only():

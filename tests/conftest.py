@@ -421,13 +421,23 @@ def browser(tmp_path):
 
 
 def wait_text(driver, text: str, timeout: float = 60) -> str:
-    """Wait until the page's visible text contains ``text``; returns the text."""
+    """Wait until the page's visible text contains ``text``; returns the text. A body made
+    stale by a page that replaced its document (the Ray dashboard reloads itself once it has
+    its token) is looked up again on the next poll."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, timeout, poll_frequency=0.5).until(
-        lambda d: text in d.find_element(By.TAG_NAME, "body").text)
-    return driver.find_element(By.TAG_NAME, "body").text
+    found = WebDriverWait(driver, timeout, poll_frequency=0.5,
+                          ignored_exceptions=_stale()).until(
+        lambda d: t if text in (t := d.find_element(By.TAG_NAME, "body").text) else False)
+    return found
+
+
+def _stale() -> tuple:
+    """What a wait for a page's state looks up again: an element of a replaced document."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    return (NoSuchElementException, StaleElementReferenceException)
 
 
 class Pipeline:
@@ -508,6 +518,19 @@ def _values(obj, key: str):
             yield from _values(v, key)
 
 
+def submit_token(driver, token: str) -> bool:
+    """Paste the token into the Ray dashboard's dialog and submit it, as a user does (a dialog
+    re-rendered meanwhile is found again by the caller's wait)."""
+    from selenium.webdriver.common.by import By
+
+    field = driver.find_element(By.XPATH, "//div[@role='dialog']//input")
+    field.clear()
+    field.send_keys(token)
+    driver.find_element(By.XPATH, "//div[@role='dialog']//button[translate(normalize-space("
+                        "), 'SUBMIT', 'submit') = 'submit']").click()
+    return True
+
+
 def check_ray_dashboard(url: str, shots: Path) -> dict:
     """Open the Ray dashboard of a live cluster in Chromium: the token prompt, then (with the
     token set as the dashboard's cookie) the cluster page listing the node."""
@@ -530,13 +553,12 @@ def check_ray_dashboard(url: str, shots: Path) -> dict:
         found["prompt"] = prompt in wait_text(driver, prompt, timeout=90)
         driver.save_screenshot(str(shots / "ray_dashboard_token_prompt.png"))
         # as a user does: paste the token into the dashboard's dialog and submit it
-        driver.find_element(By.XPATH, "//div[@role='dialog']//input").send_keys(token)
-        driver.find_element(By.XPATH, "//div[@role='dialog']//button[translate(normalize-space("
-                            "), 'SUBMIT', 'submit') = 'submit']").click()
+        WebDriverWait(driver, 60, 0.5, ignored_exceptions=_stale()).until(
+            lambda d: submit_token(d, token))
         found["text"] = wait_text(driver, "ALIVE", timeout=90)
-        WebDriverWait(driver, 60, 0.5).until(
+        WebDriverWait(driver, 60, 0.5, ignored_exceptions=_stale()).until(
             lambda d: prompt not in d.find_element(By.TAG_NAME, "body").text)
-        found["text"] = driver.find_element(By.TAG_NAME, "body").text
+        found["text"] = wait_text(driver, "ALIVE", timeout=90)
         driver.save_screenshot(str(shots / "ray_dashboard_cluster.png"))
         found["title"] = driver.title
         found["rows"] = len(driver.find_elements(By.CSS_SELECTOR, "tbody tr"))

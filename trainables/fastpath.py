@@ -71,12 +71,17 @@ def _cpu_flags() -> frozenset[str]:
 
 
 def fast_path(precision: str, memory_format: str, device: torch.device) -> FastPath:
-    """Resolve "auto": bf16 where the device has it natively, channels_last everywhere
-    (measured by bench/train_step.py: on a 2-core AVX512-BF16 CPU, 1.7-2.0x fp32 NCHW for the
-    three models; on CUDA the engine has run bf16 channels_last from the start)."""
+    """Resolve "auto": bf16 where the device has it natively; channels_last on CUDA and with
+    bf16 (measured by bench/train_step.py: on a 2-core AVX512-BF16 CPU, 1.7-2.0x fp32 NCHW for
+    the three models; on CUDA the engine has run bf16 channels_last from the start), contiguous
+    NCHW for fp32 on a CPU: there PyTorch 2.14.1's channels_last backward crashed (SIGSEGV) on
+    an AVX2-only CPU for ResNet18 at width 4, whose channel counts are not multiples of 8."""
     if precision == "auto":
         precision = "bf16" if native_bf16(device) else "fp32"
-    channels_last = memory_format in ("auto", "channels_last")
+    if memory_format == "auto":
+        channels_last = device.type == "cuda" or precision == "bf16"
+    else:
+        channels_last = memory_format == "channels_last"
     return FastPath(precision, channels_last)
 
 

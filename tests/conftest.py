@@ -427,10 +427,8 @@ def wait_text(driver, text: str, timeout: float = 60) -> str:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    found = WebDriverWait(driver, timeout, poll_frequency=0.5,
-                          ignored_exceptions=_stale()).until(
+    return WebDriverWait(driver, timeout, poll_frequency=0.5, ignored_exceptions=_stale()).until(
         lambda d: t if text in (t := d.find_element(By.TAG_NAME, "body").text) else False)
-    return found
 
 
 def _stale() -> tuple:
@@ -555,7 +553,7 @@ def check_ray_dashboard(url: str, shots: Path) -> dict:
         # as a user does: paste the token into the dashboard's dialog and submit it
         WebDriverWait(driver, 60, 0.5, ignored_exceptions=_stale()).until(
             lambda d: submit_token(d, token))
-        found["text"] = wait_text(driver, "ALIVE", timeout=90)
+        wait_text(driver, "ALIVE", timeout=90)
         WebDriverWait(driver, 60, 0.5, ignored_exceptions=_stale()).until(
             lambda d: prompt not in d.find_element(By.TAG_NAME, "body").text)
         found["text"] = wait_text(driver, "ALIVE", timeout=90)

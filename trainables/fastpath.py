@@ -75,7 +75,7 @@ def fast_path(precision: str, memory_format: str, device: torch.device) -> FastP
     bf16 (measured by bench/train_step.py: on a 2-core AVX512-BF16 CPU, 1.7-2.0x fp32 NCHW for
     the three models; on CUDA the engine has run bf16 channels_last from the start), contiguous
     NCHW for fp32 on a CPU: there PyTorch 2.14.1's channels_last backward crashed (SIGSEGV) on
-    an AVX2-only CPU for ResNet18 at width 4, whose channel counts are not multiples of 8."""
+    an AVX2-only CPU for ResNet18 at width 4 (at width 16 it did not; the cause is not known)."""
     if precision == "auto":
         precision = "bf16" if native_bf16(device) else "fp32"
     if memory_format == "auto":

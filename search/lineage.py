@@ -150,8 +150,7 @@ class MLflowLineage(tune.Callback):
             self.client.set_tag(run_id, "checkpoint_fault", str(result["checkpoint_fault"])[:5000])
         logged = self.__dict__.setdefault("fast_logged", set())  # (a callback pickled earlier)
         if result.get("fast_path") and trial.trial_id not in logged:
-            # what "auto" chose on the trial's device, beside the config's params
-            self.client.log_param(run_id, "fast_path", str(result["fast_path"]))
+            self._log_fast_path(run_id, str(result["fast_path"]))
             logged.add(trial.trial_id)
         value = result.get(self.metric)
         if value is not None and value > self.best.get(trial.trial_id, (-1.0, 0))[0]:
@@ -167,6 +166,17 @@ class MLflowLineage(tune.Callback):
         self.logged_step[trial.trial_id] = epoch
         # MLflow holds the epoch; Tune's saved state and checkpoints do not yet
         failpoints.reach("result-logged", trial=trial.trial_id, epoch=epoch)
+
+    def _log_fast_path(self, run_id: str, fast: str) -> None:
+        """What "auto" chose on the trial's device, beside the config's params. A param cannot
+        change: a trial continued on another fast path (resumed on another machine, or by a
+        version whose "auto" chooses differently) keeps its first as the param and says the
+        one it went on with in the tag ``fast_path_resumed``."""
+        before = self.client.get_run(run_id).data.params.get("fast_path")
+        if before is None:
+            self.client.log_param(run_id, "fast_path", fast)
+        elif before != fast:
+            self.client.set_tag(run_id, "fast_path_resumed", fast)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         result = self.last_result.get(trial.trial_id, {})

@@ -288,6 +288,46 @@ def test_a_trial_tune_made_again_takes_over_the_run_created_for_it(tmp_path):
     assert len(kids) == 3
 
 
+def test_a_trial_resumed_on_another_fast_path_keeps_recording(tmp_path):
+    """A trial's run holds the fast path it started on as a param; continued on another one
+    (another machine, a version whose "auto" chooses differently), the param stays, the new
+    path goes to a tag, and the epochs after the resume are still recorded: the store does
+    not go offline for a param MLflow will not change."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from search import offline
+    from search.lineage import MLflowLineage
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("grid-resnet18")
+    parent = client.create_run(exp).info.run_id
+    trial = SimpleNamespace(trial_id="a_00001", config={"model": "resnet18", "epochs": 4})
+
+    def epoch(lineage, n, fast):
+        lineage.on_trial_result(0, [trial], trial, {"epoch": n, "val_acc": 0.5 + n / 100,
+                                                    "fast_path": fast})
+
+    first = MLflowLineage(uri, exp, parent)
+    for n in (1, 2):
+        epoch(first, n, "cpu, fp32, channels_last")
+    again = MLflowLineage(uri, exp, parent)  # the search resumed with --resume
+    for n in (2, 3, 4):
+        epoch(again, n, "cpu, fp32, contiguous")
+    assert not offline.is_offline(uri), offline.reason(uri)
+    run = client.get_run(first.runs[trial.trial_id])
+    assert run.data.params["fast_path"] == "cpu, fp32, channels_last"
+    assert run.data.tags["fast_path_resumed"] == "cpu, fp32, contiguous"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == \
+        [1, 2, 3, 4]
+    again = MLflowLineage(uri, exp, parent)  # the same path once more: nothing to say
+    epoch(again, 4, "cpu, fp32, channels_last")
+    assert client.get_run(run.info.run_id).data.tags["fast_path_resumed"] == \
+        "cpu, fp32, contiguous"
+
+
 def test_a_store_killed_while_mlflow_creates_its_tables_is_made_again(tmp_path):
     """MLflow creates a sqlite store's tables in many steps; a kill among them used to leave a
     mlflow.db every later command refused ("table secrets already exists"). The store is now

@@ -36,6 +36,13 @@ def split():
     return data.load_split(need_real_data(), train_size=2_000, seed=0)
 
 
+@pytest.fixture(scope="module")
+def small_split():
+    """500 real images (450 / 50): for what needs a run, not learning. bf16 on a CPU without
+    native bf16 (AVX2 only) is emulated, several times slower than fp32."""
+    return data.load_split(need_real_data(), train_size=500, seed=0)
+
+
 def weights(model):
     return torch.cat([p.detach().flatten() for p in model.state_dict().values()
                       if p.dtype.is_floating_point])
@@ -262,10 +269,11 @@ def test_the_fast_path_auto_and_explicit(monkeypatch):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_the_path_is_recorded_and_inference_runs_it_as_training_did(precision, split,
+def test_the_path_is_recorded_and_inference_runs_it_as_training_did(precision, small_split,
                                                                      tmp_path):
     from analysis.inference import predict_probs
 
+    split = small_split
     cfg = TrainConfig(**FAST, epochs=2, warmup_epochs=1, precision=precision,
                       memory_format="channels_last")
     state = fit(cfg, split)

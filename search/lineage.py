@@ -171,11 +171,12 @@ class MLflowLineage(tune.Callback):
         """What "auto" chose on the trial's device, beside the config's params. A param cannot
         change: a trial continued on another fast path (resumed on another machine, or by a
         version whose "auto" chooses differently) keeps its first as the param and says the
-        one it went on with in the tag ``fast_path_resumed``."""
-        before = self.client.get_run(run_id).data.params.get("fast_path")
+        one it went on with (the latest, once there is one) in the tag ``fast_path_resumed``."""
+        data = self.client.get_run(run_id).data
+        before = data.params.get("fast_path")
         if before is None:
             self.client.log_param(run_id, "fast_path", fast)
-        elif before != fast:
+        elif before != fast or "fast_path_resumed" in data.tags:
             self.client.set_tag(run_id, "fast_path_resumed", fast)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):

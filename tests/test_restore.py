@@ -322,10 +322,11 @@ def test_a_trial_resumed_on_another_fast_path_keeps_recording(tmp_path):
     assert run.data.tags["fast_path_resumed"] == "cpu, fp32, contiguous"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == \
         [1, 2, 3, 4]
-    again = MLflowLineage(uri, exp, parent)  # the same path once more: nothing to say
+    again = MLflowLineage(uri, exp, parent)  # back on the first path: the tag says the latest
     epoch(again, 4, "cpu, fp32, channels_last")
-    assert client.get_run(run.info.run_id).data.tags["fast_path_resumed"] == \
-        "cpu, fp32, contiguous"
+    run = client.get_run(run.info.run_id)
+    assert run.data.params["fast_path"] == run.data.tags["fast_path_resumed"] == \
+        "cpu, fp32, channels_last"
 
 
 def test_a_store_killed_while_mlflow_creates_its_tables_is_made_again(tmp_path):

@@ -43,9 +43,13 @@ class Profile:
 
 
 PROFILES = {
+    # smoke: flips, as quick and standard (the seed's offline expansion triples the CNN's
+    # epochs, its online augmentation costs a share of each; tests/test_augment.py and
+    # tests/test_engine.py check both)
     "smoke": Profile("smoke", 1_000, (64, 128), (3, 4), warmup_epochs=1, grace_period=2,
                      reduction_factor=2, widths={"resnet18": 4, "inception": 4},
-                     weights_trials=4, weights_batch_size=64, weights_epochs=3),
+                     weights_trials=4, weights_batch_size=64, weights_epochs=3,
+                     augment={"cnn": "flip", "resnet18": "flip", "inception": "flip"}),
     # quick: the seed's data protocol (27,000 / 3,000) with short schedules and narrow models,
     # sized so that the whole pipeline (three grids, the class-weight search, the report) fits
     # 30 minutes on 2 cores, and so that its fusion beats its best member: three families of

@@ -48,13 +48,13 @@ Row = tuple[str, str, str]  # (check, result, detail)
 
 def sizes(dry: bool) -> dict:
     if dry:
-        return dict(device="cpu", train_size=1_000, models={"cnn": {}}, width=4, epochs=2,
-                    seed_model=("cnn", {}), seed_train=1_000, seed_epochs=1, pack=(1, 2),
-                    pack_seconds=1.0, pack_model=("cnn", {}), pack_batch=64)
+        return dict(device="cpu", train_size=500, models={"cnn": {}}, width=4, epochs=2,
+                    seed_model=("cnn", {}), seed_train=500, seed_epochs=1, seed_test=1_000,
+                    pack=(1, 2), pack_seconds=0.5, pack_model=("cnn", {}), pack_batch=64)
     return dict(device="cuda", train_size=30_000,
                 models={"cnn": {}, "resnet18": {"width": 64}, "inception": {"width": 64}},
                 width=64, epochs=2, seed_model=("resnet18", {"width": 64}), seed_train=30_000,
-                seed_epochs=8, pack=(1, 2, 4, 8), pack_seconds=8.0,
+                seed_epochs=8, seed_test=None, pack=(1, 2, 4, 8), pack_seconds=8.0,
                 pack_model=("resnet18", {"width": 64}), pack_batch=128)
 
 
@@ -210,11 +210,13 @@ def seed_run(s: dict, data_dir: str | None) -> Row:
     seconds = time.perf_counter() - began
     ckpt = checkpoint.load(checkpoint.save(state, Path(os.environ.get("TMPDIR", "/tmp")) /
                                            "gpu-check-seed.pt"))
-    probs = predict_probs(ckpt, split.x_test, s["device"])
-    test = float((torch.as_tensor(probs).argmax(1) == split.y_test).double().mean())
+    x_test, y_test = split.x_test[:s["seed_test"]], split.y_test[:s["seed_test"]]
+    probs = predict_probs(ckpt, x_test, s["device"])
+    test = float((torch.as_tensor(probs).argmax(1) == y_test).double().mean())
     last = state.history[-1]
+    tested = "" if len(y_test) == len(split.y_test) else f" (first {len(y_test):,} images)"
     return (f"seed protocol: {model} {kw or ''} {cfg.epochs} epochs, {len(split.y_train)} "
-            "train", f"val {100 * last['val_acc']:.2f}%, test {100 * test:.2f}%",
+            "train", f"val {100 * last['val_acc']:.2f}%, test {100 * test:.2f}%{tested}",
             f"{seconds:.0f} s ({last['images_per_s']:,.0f} img/s in its last epoch)")
 
 

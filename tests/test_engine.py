@@ -66,10 +66,10 @@ def test_lr_schedule_values():
     assert lr_at(no_warmup, 0) == pytest.approx(0.2)
 
 
-def test_warmup_switches_to_sgd_after_exactly_the_warmup(split):
+def test_warmup_switches_to_sgd_after_exactly_the_warmup(small_split):
     seen = []
     cfg = TrainConfig(**FAST, epochs=3, warmup_epochs=2)
-    state = fit(cfg, split, on_epoch=lambda s, m: seen.append((type(s.optimizer).__name__,
+    state = fit(cfg, small_split, on_epoch=lambda s, m: seen.append((type(s.optimizer).__name__,
                                                                m["phase"], m["lr"])))
     assert seen == [("Adam", "warmup", 1e-3), ("Adam", "warmup", 1e-3),
                     ("SGD", "sgd", pytest.approx(cfg.lr))]
@@ -77,9 +77,9 @@ def test_warmup_switches_to_sgd_after_exactly_the_warmup(split):
 
 
 def test_short_run_learns_and_repeats(split):
-    cfg = TrainConfig(**FAST, epochs=3, warmup_epochs=2, seed=1)
+    cfg = TrainConfig(**FAST, epochs=2, warmup_epochs=1, seed=1)
     a, b = fit(cfg, split), fit(cfg, split)
-    assert a.history[-1]["val_acc"] > 0.6  # chance is 0.1
+    assert a.history[-1]["val_acc"] > 0.6  # chance is 0.1 (0.73 here)
     drop = ("images_per_s", "train_seconds", "augment_share")
     strip = [{k: v for k, v in h.items() if k not in drop} for h in a.history]
     assert strip == [{k: v for k, v in h.items() if k not in drop} for h in b.history]
@@ -94,7 +94,8 @@ def test_class_weights_weight_the_loss(split):
     # the plain path, as the expected loss below is computed
     state = build(TrainConfig(**FAST, dropout=0.0, precision="fp32", memory_format="contiguous"),
                   split)
-    x, y = state.x_train, state.y_train
+    x, y = state.x_train[:300], state.y_train[:300]  # every class, several times
+    assert set(y.tolist()) == set(range(10))
     model = state.model.train()
     with torch.no_grad():
         logp = F.log_softmax(model(((x.unsqueeze(1).float() / 255) - state.mean) / state.std), 1)
@@ -151,7 +152,8 @@ def test_config_round_trips_through_a_flat_dict():
 
 # --- checkpoints --------------------------------------------------------------------------------
 
-def test_checkpoint_round_trip_and_exact_resume(split, tmp_path):
+def test_checkpoint_round_trip_and_exact_resume(small_split, tmp_path):
+    split = small_split
     cfg = TrainConfig(**FAST, epochs=3, warmup_epochs=1, seed=4)
     whole = fit(cfg, split)
     part = build(cfg, split)
@@ -217,7 +219,7 @@ def train_cli(*args):
 
 def test_cli_run_writes_metrics_and_checkpoint(split, tmp_path):
     out = train_cli("--model", "cnn", "--epochs", "2", "--warmup-epochs", "1", "--augment",
-                    "none", "--train-size", "1000", "--class-weights", "seed", "--out",
+                    "none", "--train-size", "500", "--class-weights", "seed", "--out",
                     str(tmp_path / "run"))
     assert out.returncode == 0, out.stderr
     assert "test_acc" in out.stdout and "epoch   2/2 sgd" in out.stdout
@@ -226,7 +228,7 @@ def test_cli_run_writes_metrics_and_checkpoint(split, tmp_path):
     ckpt = checkpoint.load(tmp_path / "run" / "checkpoint.pt")
     assert ckpt["data_fingerprint"] == metrics["data_fingerprint"]
     # the checkpoint reproduces the val accuracy it recorded
-    val = data.load_split(train_size=1000, seed=0)
+    val = data.load_split(train_size=500, seed=0)
     mean, std = ckpt["normalize"]
     result = evaluate(checkpoint.model_from(ckpt), val.x_val, val.y_val, batch_size=256,
                       mean=mean, std=std, fast=checkpoint.fast_path_of(ckpt))

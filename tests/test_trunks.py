@@ -21,9 +21,12 @@ from trainables.trunk import Trunk, branch_points, trunk_group
 pytestmark = pytest.mark.usefixtures("torch_threads_kept")  # trials set torch's threads
 
 
+SIZE = 300  # 270 training images, five batches an epoch: what equality of numbers needs
+
+
 @pytest.fixture(scope="module")
 def split():
-    return data.load_split(need_real_data(), train_size=600, seed=0)
+    return data.load_split(need_real_data(), train_size=SIZE, seed=0)
 
 
 # --- the schedule ------------------------------------------------------------------------------
@@ -125,7 +128,7 @@ def test_a_damaged_trunk_checkpoint_is_computed_again(split, tmp_path):
 
 def _trial_in_a_process(epochs: int, cache: dict, queue) -> None:
     """A trial in a process of its own, as Ray runs it (torch's random state is per process)."""
-    split = data.load_split(need_real_data(), train_size=600, seed=0)
+    split = data.load_split(need_real_data(), train_size=SIZE, seed=0)
     queue.put((epochs, run_trial(split, {**base(epochs=epochs), **cache})[1]))
 
 

@@ -24,8 +24,12 @@ ENV = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": 
 
 
 def ray_start(log: Path, *args) -> subprocess.Popen:
+    """A node; its workers wait at a trial's start until both trials have started (they inherit
+    the node's environment, not the driver's), so that neither trial ends before the other has
+    an actor of its own: Tune would give it the ended one's (reuse_actors), on the same node."""
+    env = {**ENV, "TUNEFUSE_RENDEZVOUS": f"{log.parent / 'rendezvous'}:2"}
     return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, env=ENV,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
 
 

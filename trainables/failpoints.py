@@ -9,6 +9,10 @@ on running while it waits.
 
 Ray's workers inherit the driver's environment, so a failpoint in a Trainable works as one in
 the driver does. The points are listed in docs/crash-windows.md.
+
+``TUNEFUSE_RENDEZVOUS=FOLDER:N`` is the other test hook: every trial waits at its start until N
+trials have started, so that a test which needs trials running at the same time (one on each
+node of a cluster) does not depend on the first one still running when the next one starts.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 from trainables.files import write_json
 
 ENV, FILE_ENV = "TUNEFUSE_FAILPOINT", "TUNEFUSE_FAILPOINT_FILE"
+RENDEZVOUS_ENV = "TUNEFUSE_RENDEZVOUS"
 _hits: dict[str, int] = {}
 _lock = threading.Lock()
 
@@ -46,3 +51,18 @@ def reach(name: str, **context) -> None:
                    default=str)
     while True:  # until the test kills this process
         time.sleep(3600)
+
+
+def rendezvous() -> None:
+    """Wait here until N callers have arrived, if ``TUNEFUSE_RENDEZVOUS`` says ``FOLDER:N``: each
+    arrival is a file of its own in FOLDER (on the machine's disk, so processes of every node
+    of a one-machine cluster see it); the wait watches the folder fill."""
+    spec = os.environ.get(RENDEZVOUS_ENV)
+    if not spec:
+        return
+    folder, n = spec.rsplit(":", 1)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{os.getpid()}-{time.monotonic_ns()}"), "w"):
+        pass
+    while len(os.listdir(folder)) < int(n):
+        time.sleep(0.05)

@@ -68,6 +68,7 @@ class ClassifierTrainable(tune.Trainable):
         self._start(config)
 
     def _start(self, config: dict):
+        failpoints.rendezvous()  # a test's: trials that must run side by side wait for each other
         self.cfg = on_this_worker(TrainConfig.from_dict(config))
         self.state = build(self.cfg, self.split)
         self.reported = 0  # epochs reported to Tune, one result an epoch

@@ -451,9 +451,12 @@ def test_readme_opens_with_the_pipeline_and_the_tests_and_ci_runs_them():
                           capture_output=True, text=True, timeout=60).stdout
     assert "-m search.pipeline --profile quick --workspace outputs" in make
     assert '-m pytest -m "not slow"' in make
-    ci = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+    ci = [ln.split("#")[0].strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()
           if ln.strip() and not ln.startswith("#")]
-    assert test_cmd in ci and ci.index(test_cmd) < ci.index("make test-slow")
+    assert test_cmd + " || status=$?" in ci  # its failure is CI's, once the slow tests end
+    assert any(ln.startswith("make test-slow ") and ln.endswith("&") for ln in ci)
+    assert ci.index("make setup") < ci.index(test_cmd + " || status=$?")
+    assert 'wait "$slow" || status=$?' in ci and ci[-1] == 'exit "$status"'
 
 
 def test_readme_commands_name_real_flags():
@@ -461,11 +464,11 @@ def test_readme_commands_name_real_flags():
     readme = (ROOT / "README.md").read_text()
     commands = re.findall(r"python -m ([\w.]+)((?:[^\n`]|\\\n)*)", readme)
     assert len(commands) >= 8
-    helps: dict[str, str] = {}
+    asked = {module: subprocess.Popen([sys.executable, "-m", module, "--help"], cwd=ROOT,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for module in dict.fromkeys(m for m, _ in commands)}  # side by side
+    helps = {module: proc.communicate(timeout=120)[0] for module, proc in asked.items()}
     for module, rest in commands:
-        if module not in helps:
-            helps[module] = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
-                                           capture_output=True, text=True, timeout=120).stdout
         for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", rest):
             assert flag in helps[module], f"README: python -m {module} ... {flag}"
 

@@ -1,6 +1,6 @@
 # Set-up and the everyday commands. Every target is idempotent: it does only what is missing.
 #   make run     set up, then run the whole pipeline (PROFILE=quick, WORKSPACE=outputs, ARGS=...)
-#   make test    set up, then run the test suite (all but the slow tests; under 10 minutes)
+#   make test    set up, then run the test suite (all but the slow tests; about 11 minutes)
 #   make test-slow   the slow tests that fit CI (CI runs both)
 #   make test-soak   the slow tests CI has no room for (they repeat what others cover)
 #   make lint    ruff and the import-layer contracts (CI runs it first)

@@ -33,7 +33,7 @@ from mlflow.types.schema import ColSpec, Schema, TensorSpec
 from mlflow.utils import logging_utils
 
 from analysis.fusion import apply_temperature, fuse, normalise
-from analysis.inference import predict_probs
+from analysis.inference import TTA, predict_probs
 from trainables import checkpoint
 from trainables.cli import VERBOSE, verbosity
 from trainables.data import CLASSES, IMAGE_SHAPE, NUM_CLASSES
@@ -103,13 +103,15 @@ def _temperatures(temperatures, k: int) -> list[float]:
 
 
 def fused_probs(ckpts, weights, temperatures, images, models=None,
-                device: str = "auto", fused_temperature: float = 1.0) -> np.ndarray:
+                device: str = "auto", fused_temperature: float = 1.0,
+                tta: str = "none") -> np.ndarray:
     """The ensemble's (N, C) probabilities on ``images``: each member's softmax, temperature
     -scaled when its T != 1, fused with the normalised ``weights``, then the fused output
     scaled by ``fused_temperature`` (which never changes a label).
 
     ``ckpts``: checkpoint dicts or paths; ``temperatures``: a list, one number, or None (all 1);
-    ``models``: the members' built models, to skip rebuilding them (the pyfunc keeps them)."""
+    ``models``: the members' built models, to skip rebuilding them (the pyfunc keeps them);
+    ``tta``: each member's test-time augmentation (analysis.inference.predict_probs)."""
     ckpts = [c if isinstance(c, dict) else checkpoint.load(c) for c in ckpts]
     k = len(ckpts)
     ts = _temperatures(temperatures, k)
@@ -120,7 +122,7 @@ def fused_probs(ckpts, weights, temperatures, images, models=None,
     models = models or [None] * k
     members = []
     for ckpt, model, t in zip(ckpts, models, ts, strict=True):
-        p = predict_probs(ckpt, x, device=device, model=model)
+        p = predict_probs(ckpt, x, device=device, model=model, tta=tta)
         members.append(p if t == 1.0 else apply_temperature(p, t))
     (t_fused,) = _temperatures([fused_temperature], 1)
     fused = fuse(members, w)
@@ -153,15 +155,20 @@ class FusedEnsemble(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         probs = fused_probs(self.ckpts, self.fusion["weights"],
                             self.fusion.get("temperatures"), model_input, models=self.models,
-                            fused_temperature=self.fusion.get("fused_temperature", 1.0))
+                            fused_temperature=self.fusion.get("fused_temperature", 1.0),
+                            tta=self.fusion.get("tta", "none"))
         return to_frame(probs)
 
 
 def log_ensemble(run_id: str, checkpoint_paths, weights, temperatures, registered_name: str,
-                 tracking_uri: str, fused_temperature: float = 1.0) -> tuple[str, int]:
+                 tracking_uri: str, fused_temperature: float = 1.0,
+                 tta: str = "none") -> tuple[str, int]:
     """Log the fused model under the run ``run_id``, register it as ``registered_name``, and
     return (``models:/NAME/VERSION``, version). ``fused_temperature`` scales the fused output
-    (a model logged without it reads 1)."""
+    (a model logged without it reads 1); ``tta`` is the members' test-time augmentation, as
+    the report scored them (a model logged without it reads none)."""
+    if tta not in TTA:
+        raise ValueError(f"unknown test-time augmentation {tta!r}: use one of {', '.join(TTA)}")
     paths = [Path(p) for p in checkpoint_paths]
     if not paths:
         raise ValueError("an ensemble needs at least one member checkpoint")
@@ -175,6 +182,7 @@ def log_ensemble(run_id: str, checkpoint_paths, weights, temperatures, registere
         "weights": [float(v) for v in w],
         "temperatures": _temperatures(temperatures, len(paths)),
         "fused_temperature": _temperatures([fused_temperature], 1)[0],
+        "tta": tta,
         "classes": list(CLASSES),
         "members": [{"source": str(p), "sha256": sha256_file(p), "model": c["model"],
                      "model_kwargs": c["model_kwargs"], "metrics": c.get("metrics", {})}

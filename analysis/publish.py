@@ -54,6 +54,7 @@ def log_to_mlflow(args, ws, client, summary, out: Path, members, weights, temps,
     try:
         f = summary["fusion"]
         for k, v in {"method": args.method, "top_k": args.top_k, "calibrate": args.calibrate,
+                     "tta": args.tta,
                      "per_model_cap": args.per_model_cap,
                      "experiments": ",".join(summary["experiments"]),
                      "data_fingerprint": summary["data"]["fingerprint"],
@@ -74,7 +75,7 @@ def log_to_mlflow(args, ws, client, summary, out: Path, members, weights, temps,
             model_uri, _ = log_ensemble(run_id, [str(paths[c.run_id]) for c in members],
                                         weights, [temps[c.run_id] for c in members],
                                         args.registered_name, ws.tracking_uri,
-                                        fused_temperature)
+                                        fused_temperature, args.tta)
     except BaseException:
         client.set_terminated(run_id, "FAILED")  # its report never came; not left RUNNING
         raise

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from analysis import figures as fig
 from analysis import fusion
 from analysis.grids import cost_rows, grid_rows
-from analysis.inference import cached_probs
+from analysis.inference import TTA, cached_probs
 from analysis.publish import FUSION_EXPERIMENT, fetch_checkpoint, log_to_mlflow, publish, staging
 from analysis.render import headline_lines, markdown, seed_table, to_html
 from analysis.select import SelectionError, distinct, gather, same_data, top_k
@@ -59,6 +59,7 @@ class ReportOptions:
     method: str = "uniform"
     weights: str | None = None
     calibrate: bool = False
+    tta: str = "none"
     name: str | None = None
     registered_name: str = "tunefuse-ensemble"
     no_register: bool = False
@@ -87,6 +88,9 @@ def parser() -> ArgParser:
                                      "(--method weighted)")
     p.add_argument("--calibrate", action="store_true",
                    help="temperature-scale each member on validation first")
+    p.add_argument("--tta", choices=TTA, default="none",
+                   help="test-time augmentation of every member: flip scores each image as "
+                        "the mean with its left-right mirror (default none)")
     p.add_argument("--name", help="report name (default fusion-DATE-TIME)")
     p.add_argument("--registered-name", default="tunefuse-ensemble",
                    help="model registry name of the fused model")
@@ -181,14 +185,15 @@ def run(options: ReportOptions) -> int:
         shutil.rmtree(staging(sel.ws.root / "reports" / name), ignore_errors=True)
 
 
-def member_probs(sel: Selection, pool: list, device: str) -> tuple[dict, dict]:
+def member_probs(sel: Selection, pool: list, device: str, tta: str = "none"
+                 ) -> tuple[dict, dict]:
     """Each candidate's (val, test) probabilities and its local checkpoint, by run id."""
     probs, paths = {}, {}
     for cand in tqdm(pool, desc="member inference", unit="model", file=sys.stdout,
                      disable=None):
         paths[cand.run_id] = fetch_checkpoint(sel.client, sel.ws, cand)
         probs[cand.run_id] = cached_probs(sel.ws.root / "cache" / "probs", paths[cand.run_id],
-                                          sel.split, device)
+                                          sel.split, device, tta)
     return probs, paths
 
 
@@ -199,7 +204,7 @@ def report(options: ReportOptions, name: str, sel: Selection) -> int:
               "--train-size or --seed) are left out: fusion needs one validation set")
     pool = sel.group if options.method == "greedy" else sel.members
     y_val, y_test = split.y_val.numpy(), split.y_test.numpy()
-    probs, paths = member_probs(sel, pool, options.device)
+    probs, paths = member_probs(sel, pool, options.device, options.tta)
     fused = fuse_members(pool, sel.members, sel.weights, probs, y_val, options.method,
                          options.calibrate)
     best = sel.group[0]  # the best single candidate on validation
@@ -212,7 +217,8 @@ def report(options: ReportOptions, name: str, sel: Selection) -> int:
                  "seed": split.seed},
         "selection": {"top_k": options.top_k, "per_model_cap": options.per_model_cap,
                       "candidates": len(sel.group), "left_out_other_data": len(sel.others),
-                      "ranked_by": "validation accuracy of each trial's best checkpoint"}}
+                      "ranked_by": "validation accuracy of each trial's best checkpoint"},
+        "tta": options.tta}
     summary = summarise(fused, best, y_val, y_test, options.bootstrap, context,
                         {rid: str(p) for rid, p in paths.items()})
     final = ws.root / "reports" / name

@@ -36,6 +36,7 @@ class Profile:
     fusion_method: str = "uniform"
     fusion_per_model_cap: int | None = None
     fusion_calibrate: bool = False
+    fusion_tta: str = "none"  # the members' test-time augmentation (analysis/inference.py)
 
     def grid(self, model: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(batch sizes, epochs) of ``model``'s grid."""
@@ -84,7 +85,8 @@ PROFILES = {
                         weights_trials=4, weights_batch_size=64, weights_epochs=8,
                         weights_epochs_cap=8, grids={"cnn": ((64, 128), (20, 40))},
                         augment={"cnn": "flip", "resnet18": "flip", "inception": "flip"},
-                        fusion_top_k=4, fusion_method="greedy", fusion_calibrate=True),
+                        fusion_top_k=4, fusion_method="greedy", fusion_calibrate=True,
+                        fusion_tta="flip"),
     "seed": Profile("seed", 30_000, (32, 64, 128, 256, 512),
                     (20, 30, 40, 50, 60, 70, 80, 90, 100, 200), warmup_epochs=5,
                     grace_period=10, reduction_factor=3,

@@ -421,6 +421,23 @@ def test_the_train_size_reaches_every_stage(given, expected):
         assert train_size(stage, PROFILES["quick"]) == expected
 
 
+@pytest.mark.parametrize("profile, given, expected", [
+    ("standard", None, "flip"), ("standard", "none", "none"), ("quick", None, "none"),
+    ("quick", "flip", "flip")])
+def test_the_report_stage_takes_the_profiles_tta_unless_given(profile, given, expected):
+    from search.profiles import PROFILES
+    from trainables.cli import options_from
+    from tunefuse import pipeline
+    from tunefuse.stages import plan, report_options
+
+    args = pipeline.parser().parse_args(
+        ["--profile", profile, *(["--tta", given] if given else [])])
+    options = options_from(pipeline.PipelineOptions, args)
+    stages = plan(profile, ["cnn"], False)
+    got = report_options(options, stages, PROFILES[profile])
+    assert got.tta == expected and got.calibrate is PROFILES[profile].fusion_calibrate
+
+
 def test_a_second_pipeline_of_the_same_name_is_refused(smoke_pipeline, capsys):
     from tunefuse import pipeline
 

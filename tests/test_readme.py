@@ -112,10 +112,11 @@ def check_row(row: dict[str, str], where: str) -> set[str]:
             else:
                 assert p.augment == {m: cell for m in MODELS}, what
         elif column == "fusion":
-            m = re.fullmatch(r"(\w+), top (\d+)(, temperature-scaled)?", cell)
+            m = re.fullmatch(r"(\w+), top (\d+)(, temperature-scaled)?(, flip TTA)?", cell)
             assert m, what
             assert (m[1], int(m[2]), bool(m[3])) == (p.fusion_method, p.fusion_top_k,
                                                      p.fusion_calibrate), what
+            assert ("flip" if m[4] else "none") == p.fusion_tta, what
             assert p.fusion_per_model_cap is None, what
         else:
             continue

@@ -164,6 +164,44 @@ def test_fused_probs_basics(members, images):
         fused_probs(members, [1, 1], None, x.astype(np.int64) + 300)
 
 
+def test_flip_tta_is_the_mean_over_the_mirrors_and_the_shipped_model_applies_it(
+        shipped, members, images):
+    """--tta flip: each member's softmax averaged over the images and their left-right
+    mirrors; a model logged with it answers as the report scored its members."""
+    x = images[0]
+    ckpt = checkpoint.load(members[1])
+    mirrored = np.ascontiguousarray(x[:, :, ::-1])
+    np.testing.assert_allclose(predict_probs(ckpt, x, tta="flip"),
+                               (predict_probs(ckpt, x) + predict_probs(ckpt, mirrored)) / 2,
+                               atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="unknown test-time augmentation 'rotate'"):
+        predict_probs(ckpt, x, tta="rotate")
+    want = fused_probs(members, WEIGHTS, TEMPERATURES, x, fused_temperature=FUSED_T, tta="flip")
+    assert not np.allclose(want, fused_probs(members, WEIGHTS, TEMPERATURES, x,
+                                             fused_temperature=FUSED_T))
+    client = mlflow.MlflowClient(shipped["uri"])
+    run_id = client.create_run(client.get_experiment_by_name("ship").experiment_id).info.run_id
+    uri, _ = log_ensemble(run_id, members, WEIGHTS, TEMPERATURES, f"{NAME}-tta", shipped["uri"],
+                          fused_temperature=FUSED_T, tta="flip")
+    got = mlflow.pyfunc.load_model(uri).predict(x)[PROB_COLUMNS].to_numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        log_ensemble(run_id, members, WEIGHTS, None, f"{NAME}-tta", shipped["uri"], tta="x")
+
+
+def test_flip_tta_probabilities_are_cached_apart(members, split, tmp_path):
+    from analysis.inference import cached_probs
+
+    plain = cached_probs(tmp_path, members[1], split)
+    flip = cached_probs(tmp_path, members[1], split, tta="flip")
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+    assert not np.array_equal(plain[1], flip[1])
+    np.testing.assert_array_equal(
+        flip[0], predict_probs(checkpoint.load(members[1]), split.x_val, tta="flip"))
+    np.testing.assert_array_equal(cached_probs(tmp_path, members[1], split, tta="flip")[1],
+                                  flip[1])  # read back from the cache
+
+
 def test_log_ensemble_refuses_bad_members(shipped, members, tmp_path):
     with pytest.raises(ValueError, match="1 weights for 2 members"):
         log_ensemble(shipped["run_id"], members, [1.0], None, NAME, shipped["uri"])

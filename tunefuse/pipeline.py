@@ -52,6 +52,7 @@ class PipelineOptions(SearchOptions):
     per_model_cap: int | None = None
     method: str | None = None
     calibrate: bool | None = None
+    tta: str | None = None
     no_register: bool = False
 
 
@@ -70,6 +71,8 @@ def parser() -> ArgParser:
                    help="fusion (default: the profile's)")
     g.add_argument("--calibrate", action="store_true", default=None,
                    help="temperature-scale each member on validation first")
+    g.add_argument("--tta", choices=("none", "flip"),
+                   help="members' test-time augmentation (default: the profile's)")
     g.add_argument("--no-register", action="store_true",
                    help="do not register the fused model in MLflow")
     add_search_args(p, "the profile's name")

@@ -179,7 +179,12 @@ def run_stage(options, ws, client, state, stage: Stage, stages, profile, resume:
         return weights.run(stage_options(
             weights.WeightsOptions, options, model=stage.model, name=stage.name, resume=resume,
             batch_size=win["batch_size"], epochs=epochs, width=win["width"]))
-    return report.run(report.ReportOptions(
+    return report.run(report_options(options, stages, profile))
+
+
+def report_options(options, stages, profile) -> report.ReportOptions:
+    """The report stage's options: the pipeline's flags where given, else the profile's."""
+    return report.ReportOptions(
         workspace=options.workspace, tracking_uri=options.tracking_uri, name=stages[-1].name,
         experiments=",".join(s.name for s in stages if s.kind != "report"),
         top_k=options.top_k or profile.fusion_top_k,
@@ -187,7 +192,8 @@ def run_stage(options, ws, client, state, stage: Stage, stages, profile, resume:
         per_model_cap=options.per_model_cap or profile.fusion_per_model_cap,
         calibrate=bool(options.calibrate if options.calibrate is not None
                        else profile.fusion_calibrate),
-        no_register=options.no_register, data_dir=options.data_dir))
+        tta=options.tta or profile.fusion_tta,
+        no_register=options.no_register, data_dir=options.data_dir)
 
 
 def stage_best(ws: Workspace, client, stage: Stage) -> tuple[int | None, float | None]:

@@ -111,7 +111,7 @@ def test_a_cached_array_that_holds_objects_is_recomputed_not_unpickled(tmp_path,
     monkeypatch.setattr(inference.checkpoint, "load", lambda p: computed.append(p) or {})
     monkeypatch.setattr(inference.checkpoint, "model_from", lambda c, where: None)
     monkeypatch.setattr(inference, "predict_probs",
-                        lambda c, x, device, model: np.full((len(x), 10), 0.1))
+                        lambda c, x, device, model, tta: np.full((len(x), 10), 0.1))
     val, _ = inference.cached_probs(tmp_path / "cache", ckpt, Split)
     assert computed == [ckpt] and val.shape == (2, 10)  # recomputed from the checkpoint
     assert not Payload.ran

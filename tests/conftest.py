@@ -424,11 +424,28 @@ def wait_text(driver, text: str, timeout: float = 60) -> str:
     """Wait until the page's visible text contains ``text``; returns the text. A body made
     stale by a page that replaced its document (the Ray dashboard reloads itself once it has
     its token) is looked up again on the next poll."""
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, timeout, poll_frequency=0.5, ignored_exceptions=_stale()).until(
-        lambda d: t if text in (t := d.find_element(By.TAG_NAME, "body").text) else False)
+        lambda d: t if text in (t := body_text(d)) else False)
+
+
+def body_text(driver) -> str:
+    """The page's visible text; empty while the page replaces its document."""
+    from selenium.webdriver.common.by import By
+
+    try:
+        return driver.find_element(By.TAG_NAME, "body").text
+    except Exception as e:
+        if _replaced(e):
+            return ""
+        raise
+
+
+def _replaced(e: Exception) -> bool:
+    """Chromium's word for an element of a document the page has just replaced, when it comes
+    as a plain WebDriverException rather than a StaleElementReferenceException."""
+    return "does not belong to the document" in str(e)
 
 
 def _stale() -> tuple:
@@ -521,11 +538,16 @@ def submit_token(driver, token: str) -> bool:
     re-rendered meanwhile is found again by the caller's wait)."""
     from selenium.webdriver.common.by import By
 
-    field = driver.find_element(By.XPATH, "//div[@role='dialog']//input")
-    field.clear()
-    field.send_keys(token)
-    driver.find_element(By.XPATH, "//div[@role='dialog']//button[translate(normalize-space("
-                        "), 'SUBMIT', 'submit') = 'submit']").click()
+    try:
+        field = driver.find_element(By.XPATH, "//div[@role='dialog']//input")
+        field.clear()
+        field.send_keys(token)
+        driver.find_element(By.XPATH, "//div[@role='dialog']//button[translate(normalize-"
+                            "space(), 'SUBMIT', 'submit') = 'submit']").click()
+    except Exception as e:
+        if _replaced(e):
+            return False  # the dialog was re-rendered under us: the caller's wait tries again
+        raise
     return True
 
 
@@ -555,7 +577,7 @@ def check_ray_dashboard(url: str, shots: Path) -> dict:
             lambda d: submit_token(d, token))
         wait_text(driver, "ALIVE", timeout=90)
         WebDriverWait(driver, 60, 0.5, ignored_exceptions=_stale()).until(
-            lambda d: prompt not in d.find_element(By.TAG_NAME, "body").text)
+            lambda d: (t := body_text(d)) and prompt not in t)
         found["text"] = wait_text(driver, "ALIVE", timeout=90)
         driver.save_screenshot(str(shots / "ray_dashboard_cluster.png"))
         found["title"] = driver.title

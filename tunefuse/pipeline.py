@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from analysis.inference import TTA
 from search.options import (
     ALIASES,
     REFUSED,
@@ -71,7 +72,7 @@ def parser() -> ArgParser:
                    help="fusion (default: the profile's)")
     g.add_argument("--calibrate", action="store_true", default=None,
                    help="temperature-scale each member on validation first")
-    g.add_argument("--tta", choices=("none", "flip"),
+    g.add_argument("--tta", choices=TTA,
                    help="members' test-time augmentation (default: the profile's)")
     g.add_argument("--no-register", action="store_true",
                    help="do not register the fused model in MLflow")

@@ -18,7 +18,7 @@ from search.profiles import PROFILES, Profile
 from search.workspace import WorkspaceError
 from trainables.cli import NORMAL, ArgParser
 from trainables.data import DataError, add_data_args, load_split
-from trainables.engine import ConfigError, TrainConfig, check_batch
+from trainables.engine import ConfigError, TrainConfig, check_batch, check_compiler
 from trainables.fastpath import add_fast_path_args
 from trainables.schedule import add_schedule_args
 
@@ -57,6 +57,7 @@ class SearchOptions:
     dashboard_port: int = 8265
     precision: str = "auto"
     memory_format: str = "auto"
+    compile: str = "auto"
     schedule: str = DEFAULT_SCHEDULE
     decay_fraction: float = TrainConfig.decay_fraction
     decay_shape: str = TrainConfig.decay_shape
@@ -122,7 +123,10 @@ def load_data(options):
 def check_resources(options) -> None:
     """Resource and cluster flags no trial could ever run with, refused before anything starts
     or is recorded: Tune itself waits for ever for resources the cluster lacks (it only warns
-    every 60 s), and Ray waits minutes for an address that does not answer."""
+    every 60 s), and Ray waits minutes for an address that does not answer. --compile on
+    without a C++ compiler too: every trial would fail at its start."""
+    if getattr(options, "compile", "off") == "on":
+        check_compiler()
     cpus = 1.0 if options.cpus_per_trial == AUTO else options.cpus_per_trial
     gpus = 0.0 if options.gpus_per_trial == AUTO else options.gpus_per_trial
     if not (math.isfinite(cpus) and cpus > 0):
@@ -219,5 +223,5 @@ def base_config(options: SearchOptions, model: str, width: int | None, warmup: i
         num_threads=None if cpus == AUTO else max(1, int(cpus)),
         device="auto" if gpus == AUTO else "cuda" if gpus > 0 else "cpu",
         precision=options.precision, memory_format=options.memory_format,
-        schedule=options.schedule, decay_fraction=options.decay_fraction,
+        compile=options.compile, schedule=options.schedule, decay_fraction=options.decay_fraction,
         decay_shape=options.decay_shape, **fields)

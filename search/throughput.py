@@ -57,15 +57,18 @@ def model_of(config: dict) -> tuple[str, str]:
     return str(config.get("model", TrainConfig.model)), json.dumps(kwargs, sort_keys=True)
 
 
-def expected_fast_path(config: dict, gpus: float) -> tuple[str, str | None]:
+def expected_fast_path(config: dict, gpus: float,
+                       train_images: int = 0) -> tuple[str, str | None]:
     """(device type, the fast_path a trial will report: "cpu, bf16, channels_last"); None for
-    the second when this process cannot tell (a GPU it does not see)."""
+    the second when this process cannot tell (a GPU it does not see). ``train_images``: the
+    search's training set, which decides whether "auto" compiles."""
     device = config.get("device", "auto")
     kind = ("cuda" if gpus > 0 else "cpu") if device == "auto" else str(device).split(":")[0]
     if kind == "cuda" and not torch.cuda.is_available():
         return kind, None
     fast = fast_path(config.get("precision", "auto"), config.get("memory_format", "auto"),
-                     torch.device(kind))
+                     torch.device(kind), config.get("compile", "auto"), config.get("model"),
+                     train_images)
     return kind, f"{kind}, {fast}"
 
 
@@ -97,7 +100,8 @@ def _matches(run, model: str, kwargs: str, kind: str, fast: str | None, config: 
         return p.get("fast_path") == fast
     return str(p.get("fast_path", "")).startswith(f"{kind}, ") and \
         p.get("precision") == str(config.get("precision", "auto")) and \
-        p.get("memory_format") == str(config.get("memory_format", "auto"))
+        p.get("memory_format") == str(config.get("memory_format", "auto")) and \
+        p.get("compile", "auto") == str(config.get("compile", "auto"))
 
 
 def _val_images(parent) -> int | None:
@@ -137,7 +141,7 @@ def earlier_throughput(client, hardware_tag: str, config: dict, gpus: float,
     if not ids:
         return None
     model, kwargs = model_of(config)
-    kind, fast = expected_fast_path(config, gpus)
+    kind, fast = expected_fast_path(config, gpus, train_images)
     parents = client.search_runs(
         ids, f"tags.hardware = '{hardware_tag}' and tags.model = '{model}'",
         order_by=["attributes.start_time DESC"], max_results=1000)

@@ -129,6 +129,24 @@ def test_the_estimate_counts_every_image_an_epoch_trains_on():
     assert two.seconds == pytest.approx(3 * 2700 / 300)
 
 
+def test_the_estimate_looks_for_trials_on_the_path_a_trial_will_take(monkeypatch):
+    """Earlier trials count for an estimate only on the fast path this one will report: it
+    ends in ", compiled" where "auto" compiles (the search's training set decides, with the
+    model and the device), and not where it does not."""
+    from search.throughput import expected_fast_path
+    from trainables import fastpath
+
+    monkeypatch.setattr(fastpath, "native_bf16", lambda device: False)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(fastpath.shutil, "which", lambda name: f"/usr/bin/{name}")
+    cfg = TrainConfig(model="resnet18", epochs=25, batch_size=64).to_dict()
+    assert expected_fast_path(cfg, 0, 27_000) == ("cpu", "cpu, fp32, contiguous, compiled")
+    eager = ("cpu", "cpu, fp32, contiguous")
+    assert expected_fast_path(cfg, 0, 900) == eager
+    assert expected_fast_path({**cfg, "compile": "off"}, 0, 27_000) == eager
+    assert expected_fast_path({**cfg, "model": "cnn"}, 0, 27_000) == eager
+
+
 def test_trials_at_a_time():
     assert plan.at_a_time(8, (1.0, 0.0), {"CPU": 2.0}) == 2
     assert plan.at_a_time(8, (1.0, 0.0), {"CPU": 16.0}, max_concurrent=3) == 3

@@ -100,6 +100,25 @@ def test_branched_trials_give_an_independent_runs_numbers(split, tmp_path):
     assert len(list(trunk.glob("*.pt"))) == 3  # nothing more was stored
 
 
+def test_the_trunk_key_tells_a_compiled_trunk_from_an_eager_one():
+    """A compiled trunk's numbers differ from an eager one's by rounding: another key. The
+    --compile setting itself is not in the key, the path it resolved to is (an eager trunk's
+    key is the one it had before the engine could compile); the trials' lengths are not."""
+    from dataclasses import replace
+
+    from trainables.fastpath import FP32, FastPath
+    from trainables.trunk import trunk_key
+
+    cfg = TrainConfig.from_dict(base())
+    eager = trunk_key(cfg, "data", FP32)
+    assert trunk_key(replace(cfg, compile="off"), "data", FP32) == eager
+    assert trunk_key(replace(cfg, epochs=4), "data", FP32) == eager
+    compiled = trunk_key(cfg, "data", FastPath("fp32", False, True))
+    assert compiled != eager
+    assert trunk_key(replace(cfg, compile="on", epochs=4), "data",
+                     FastPath("fp32", False, True)) == compiled
+
+
 def test_a_longer_trial_extends_the_trunk_from_its_last_branch_point(split, tmp_path):
     cache = {"trunk_cache": str(tmp_path / "trunks"), "trunk_lengths": [4, 8]}
     _, short = run_trial(split, {**base(epochs=4), **cache})

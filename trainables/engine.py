@@ -25,7 +25,16 @@ import torch.nn.functional as F
 
 from trainables import augment
 from trainables.data import NUM_CLASSES, DataSplit
-from trainables.fastpath import FP32, MEMORY_FORMATS, PRECISIONS, AugmentClock, FastPath, fast_path
+from trainables.fastpath import (
+    COMPILES,
+    FP32,
+    MEMORY_FORMATS,
+    PRECISIONS,
+    AugmentClock,
+    FastPath,
+    compiler,
+    fast_path,
+)
 from trainables.models import get_model, list_models
 from trainables.schedule import (
     DECAY_FRACTION,
@@ -91,6 +100,7 @@ class TrainConfig:
     # fastest at equal accuracy; the loss, softmax and metrics are fp32 whatever these say
     precision: str = "auto"  # fp32 | bf16 (autocast) | auto
     memory_format: str = "auto"  # contiguous | channels_last | auto
+    compile: str = "auto"  # on | off | auto: torch.compile the training steps where it pays
 
     def __post_init__(self):
         def fail(msg):
@@ -138,6 +148,8 @@ class TrainConfig:
         if self.memory_format not in MEMORY_FORMATS:
             fail(f"unknown memory format {self.memory_format!r}; choose one of "
                  f"{', '.join(MEMORY_FORMATS)}")
+        if self.compile not in COMPILES:
+            fail(f"unknown compile setting {self.compile!r}; choose one of {', '.join(COMPILES)}")
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
             fail(f"unknown device {self.device!r}; use auto, cpu, cuda or cuda:N")
 
@@ -164,6 +176,14 @@ class TrainConfig:
 
     def model_args(self) -> dict:
         return {**self.model_kwargs, "dropout": self.dropout}
+
+
+def check_compiler() -> None:
+    """torch.compile's CPU code needs a C++ compiler: a ConfigError naming the fix if none."""
+    if compiler() is None:
+        raise ConfigError("--compile on needs a C++ compiler for torch.compile (g++ or "
+                          "clang++, or $CXX); install one (apt-get install g++) or pass "
+                          "--compile off")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -194,10 +214,12 @@ def _inputs(xb: torch.Tensor, channels_last: bool) -> torch.Tensor:
 def train_one_epoch(model, optimizer, x, y, *, batch_size: int, mean: float, std: float,
                     policy: str, class_weights: torch.Tensor | None,
                     generator: torch.Generator, on_batch=None, fast: FastPath = FP32,
-                    lr_of=None) -> dict:
+                    lr_of=None, compiled=None) -> dict:
     """One pass over (x, y) in a seeded random order; returns loss, images/s, augment share.
     Nothing in the batch loop waits for the device: one synchronisation per epoch.
-    ``lr_of(fraction)``, when given, sets the rate of each batch (wsd's decay)."""
+    ``lr_of(fraction)``, when given, sets the rate of each batch (wsd's decay). ``compiled``,
+    when given, is ``model`` under torch.compile: it runs every full batch; the last, shorter
+    one runs eager (the same weights), rather than compiling a second graph for its shape."""
     device = x.device
     model.train()
     order = torch.randperm(len(x), generator=generator, device=device)
@@ -213,8 +235,9 @@ def train_one_epoch(model, optimizer, x, y, *, batch_size: int, mean: float, std
         xb = augment.augment_batch(_inputs(x[idx], fast.channels_last), policy, generator)
         xb = (xb - mean) / std
         clock.stop(began)
+        net = compiled if compiled is not None and len(idx) == batch_size else model
         with fast.autocast(device):
-            logits = model(xb)
+            logits = net(xb)
         loss = F.cross_entropy(logits.float(), y[idx], weight=class_weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -272,9 +295,10 @@ class TrainState:
     std: float
     class_weights: torch.Tensor | None
     fingerprint: str
-    fast: FastPath = FP32  # the resolved precision and memory format
+    fast: FastPath = FP32  # the resolved precision, memory format and compilation
     epoch: int = 0  # epochs completed
     history: list = field(default_factory=list)
+    compiled: torch.nn.Module | None = None  # ``model`` under torch.compile, when fast says so
 
 
 def build(cfg: TrainConfig, split: DataSplit) -> TrainState:
@@ -282,9 +306,6 @@ def build(cfg: TrainConfig, split: DataSplit) -> TrainState:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
-    fast = fast_path(cfg.precision, cfg.memory_format, device)
-    torch.manual_seed(cfg.seed)
-    model = fast.prepare(get_model(cfg.model, **cfg.model_args()).to(device))
     # Normalisation statistics of this run's training images, before any expansion.
     pixels = split.x_train.float().div_(255)
     mean, std = pixels.mean().item(), pixels.std().item()
@@ -292,13 +313,19 @@ def build(cfg: TrainConfig, split: DataSplit) -> TrainState:
     if cfg.augment == "offline":  # docs/seed.md, "Tuning": the CNN's training set tripled, once
         g = torch.Generator(device).manual_seed(epoch_seed(cfg.seed, -1))
         x, y = augment.expand_offline(x, y, g)
+    fast = fast_path(cfg.precision, cfg.memory_format, device, cfg.compile, cfg.model, len(x))
+    if fast.compiled:
+        check_compiler()
+    torch.manual_seed(cfg.seed)
+    model = fast.prepare(get_model(cfg.model, **cfg.model_args()).to(device))
     weights = None
     if cfg.class_weights is not None:
         weights = torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
     phase = "warmup" if cfg.warmup_epochs > 0 else "sgd"
     return TrainState(cfg, model, make_optimizer(model, cfg, phase), phase, device, x, y,
                       split.x_val.to(device), split.y_val.to(device), mean, std, weights,
-                      split.fingerprint, fast)
+                      split.fingerprint, fast,
+                      compiled=torch.compile(model) if fast.compiled else None)
 
 
 def run_epoch(state: TrainState, on_batch=None) -> dict:
@@ -319,7 +346,7 @@ def run_epoch(state: TrainState, on_batch=None) -> dict:
                             batch_size=cfg.batch_size, mean=state.mean, std=state.std,
                             policy=cfg.augment, class_weights=state.class_weights,
                             generator=generator, on_batch=on_batch, fast=state.fast,
-                            lr_of=lr_of)
+                            lr_of=lr_of, compiled=state.compiled)
     val = evaluate(state.model, state.x_val, state.y_val, batch_size=cfg.eval_batch_size,
                    mean=state.mean, std=state.std, fast=state.fast)
     state.epoch += 1

@@ -1,7 +1,8 @@
 """The path a model's forward and backward run on, and timing without stalling a GPU.
 
-``FastPath``: bf16 autocast or fp32, channels_last or contiguous tensors; ``fast_path``
-resolves TrainConfig's "auto" per device (measured by bench/train_step.py). ``AugmentClock``:
+``FastPath``: bf16 autocast or fp32, channels_last or contiguous tensors, eager or compiled
+(torch.compile, the training steps only); ``fast_path`` resolves TrainConfig's "auto" per device
+and model (measured by bench/train_step.py). ``AugmentClock``:
 the augmentation's share of an epoch, timed with CUDA events on a GPU (no host synchronisation
 inside the batch loop).
 """
@@ -9,6 +10,8 @@ inside the batch loop).
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,17 @@ import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+COMPILES = ("auto", "on", "off")
+# "auto" compiles these models' training steps in fp32 on a CPU, where bench/train_step.py
+# measured torch.compile faster (2-core AVX2-only CPU, one thread, batch 64 and 128, flips:
+# ResNet18 width 16 1.20-1.21x, Inception width 8 1.32-1.43x; the CNN 0.93x, so not it) ...
+COMPILE_PAYS = ("resnet18", "inception")
+# ... on training sets of at least this many images, whose epochs repay the compilation:
+# 40 s (ResNet18) to 160 s (Inception) once per process and batch size on a cold cache,
+# about a second on a warm one (torch keeps compiled graphs on disk), where an epoch of the
+# seed's 27,000 images takes 80-100 s. The training set, not the run's length, decides, so
+# that the trials of a grid, whatever their epochs, run alike and share their trunks.
+COMPILE_MIN_IMAGES = 10_000
 
 
 @dataclass(frozen=True)
@@ -27,9 +41,11 @@ class FastPath:
 
     precision: str = "fp32"
     channels_last: bool = False
+    compiled: bool = False  # the training steps under torch.compile (evaluation stays eager)
 
     def __str__(self) -> str:
-        return f"{self.precision}, {'channels_last' if self.channels_last else 'contiguous'}"
+        return (f"{self.precision}, {'channels_last' if self.channels_last else 'contiguous'}"
+                + (", compiled" if self.compiled else ""))
 
     def autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=torch.bfloat16,
@@ -39,16 +55,20 @@ class FastPath:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
 
-FP32 = FastPath()  # the plain path: fp32, contiguous (NCHW)
+FP32 = FastPath()  # the plain path: fp32, contiguous (NCHW), eager
 
 
 def add_fast_path_args(parser) -> None:
-    """--precision and --memory-format, for every command that trains."""
+    """--precision, --memory-format and --compile, for every command that trains."""
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="bf16 autocast or fp32; auto: bf16 where the device has it "
                              "natively (default auto)")
     parser.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
                         help="auto: channels_last (default auto)")
+    parser.add_argument("--compile", choices=COMPILES, default="auto",
+                        help="torch.compile the training steps; auto: where measured faster "
+                             "(ResNet18 and Inception in fp32 on a CPU, training sets of "
+                             "10,000 images or more; default auto)")
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -70,19 +90,36 @@ def _cpu_flags() -> frozenset[str]:
         return frozenset()
 
 
-def fast_path(precision: str, memory_format: str, device: torch.device) -> FastPath:
+def compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU code needs ($CXX, else g++ or clang++), or None."""
+    for name in (os.environ.get("CXX"), "g++", "clang++"):
+        if name and (path := shutil.which(name)):
+            return path
+    return None
+
+
+def fast_path(precision: str, memory_format: str, device: torch.device, compile_: str = "off",
+              model: str | None = None, train_images: int = 0) -> FastPath:
     """Resolve "auto": bf16 where the device has it natively; channels_last on CUDA and with
     bf16 (measured by bench/train_step.py: on a 2-core AVX512-BF16 CPU, 1.7-2.0x fp32 NCHW for
     the three models; on CUDA the engine has run bf16 channels_last from the start), contiguous
     NCHW for fp32 on a CPU: there PyTorch 2.14.1's channels_last backward crashed (SIGSEGV) on
-    an AVX2-only CPU for ResNet18 at width 4 (at width 16 it did not; the cause is not known)."""
+    an AVX2-only CPU for ResNet18 at width 4 (at width 16 it did not; the cause is not known).
+    torch.compile where it pays (COMPILE_PAYS, COMPILE_MIN_IMAGES: ``train_images`` is the
+    run's training set, an epoch's images) and a C++ compiler is there; not measured with
+    bf16 or on CUDA, where "auto" stays eager (bench/gpu_check.sh measures the GPU's)."""
     if precision == "auto":
         precision = "bf16" if native_bf16(device) else "fp32"
     if memory_format == "auto":
         channels_last = device.type == "cuda" or precision == "bf16"
     else:
         channels_last = memory_format == "channels_last"
-    return FastPath(precision, channels_last)
+    if compile_ == "auto":
+        compiled = (device.type == "cpu" and precision == "fp32" and model in COMPILE_PAYS
+                    and train_images >= COMPILE_MIN_IMAGES and compiler() is not None)
+    else:
+        compiled = compile_ == "on"
+    return FastPath(precision, channels_last, compiled)
 
 
 class AugmentClock:

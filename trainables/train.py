@@ -100,6 +100,7 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
         decay_shape=args.decay_shape, dropout=args.dropout, class_weights=args.class_weights,
         augment=args.augment or "auto", seed=args.seed, device=args.device,
         num_threads=args.threads, precision=args.precision, memory_format=args.memory_format,
+        compile=args.compile,
     )
 
 

@@ -44,10 +44,14 @@ def _shared_part(config: dict) -> dict:
 
 def trunk_key(cfg: TrainConfig, fingerprint: str, fast: FastPath) -> str:
     """Trials with the same key compute the same trunk: everything but what only the part
-    after the branch reads, the resources, and the path it runs on resolved."""
+    after the branch reads, the resources, and the path it runs on resolved (a compiled
+    trunk's key has ``compile``; an eager one's is the key it had before the engine compiled)."""
     fixed = _shared_part(cfg.to_dict())
+    fixed.pop("compile", None)
     fixed.update(RESOURCES, data=fingerprint, precision=fast.precision,
                  memory_format=fast.channels_last)
+    if fast.compiled:
+        fixed["compile"] = True
     return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:20]
 
 

@@ -8,7 +8,8 @@ with --full-width, at width 64, it runs real training epochs of the engine
 (trainables.engine.train_one_epoch, the profile's augmentation) on a slice of the real training
 images sized to take about --seconds, once on the plain path (fp32, contiguous NCHW, eager, torch's
 Dropout: what the engine ran before it had a fast path) and once on the default path (``auto``: bf16
-autocast where the device has it natively, channels_last), alternating the two --rounds times and
+autocast where the device has it natively, channels_last; torch.compile where trainables/fastpath.py
+says it pays: ResNet18 and Inception in fp32 on a CPU), alternating the two --rounds times and
 keeping each one's best, and prints images/s, their ratio and the augmentation's share of the step
 time. It ends with one line: ``speed-up vs fp32 eager: cnn X.XXx, resnet18 X.XXx, inception X.XXx``
 (the first width of each model). --compile adds a third path, the default under
@@ -44,12 +45,12 @@ def measure(cfg: TrainConfig, split, seconds: float, compile_: bool = False,
     state = build(cfg, split)
     if plain:
         torch_dropout(state.model)
-    model, fast = state.model, state.fast
+    model, fast, compiled = state.model, state.fast, state.compiled
     if compile_:
-        model = torch.compile(model, mode="max-autotune")
+        compiled = torch.compile(model, mode="max-autotune")
     g = torch.Generator(state.device).manual_seed(0)
     args = dict(batch_size=cfg.batch_size, mean=state.mean, std=state.std, policy=cfg.augment,
-                class_weights=None, generator=g, fast=fast)
+                class_weights=None, generator=g, fast=fast, compiled=compiled)
     # warm up (kernels chosen, compiled), calibrate, then time one epoch over a slice sized
     # to take ``seconds``
     probe = 4 * cfg.batch_size
@@ -59,8 +60,8 @@ def measure(cfg: TrainConfig, split, seconds: float, compile_: bool = False,
                             state.y_train[:probe], **args)
     n = int(min(len(state.x_train), max(probe, first["images_per_s"] * seconds)))
     n = max(cfg.batch_size, n // cfg.batch_size * cfg.batch_size)
-    return train_one_epoch(model, state.optimizer, state.x_train[:n], state.y_train[:n],
-                           **args)
+    return {**train_one_epoch(model, state.optimizer, state.x_train[:n], state.y_train[:n],
+                              **args), "path": str(fast)}
 
 
 def cases(full_width: bool, batch_sizes: list[int] | None, models: list[str],
@@ -108,7 +109,7 @@ def main() -> None:
         cfg = TrainConfig(model=model, model_kwargs=kwargs, batch_size=batch, seed=0,
                           augment=PROFILE.augment.get(model, "auto"), device=args.device)
         cfg_plain = TrainConfig(**{**cfg.to_dict(), "precision": FP32.precision,
-                                   "memory_format": "contiguous"})
+                                   "memory_format": "contiguous", "compile": "off"})
         t0 = time.perf_counter()
         plain, fast = [], []
         for _ in range(args.rounds):  # alternating: a drift in the machine hits both
@@ -123,7 +124,8 @@ def main() -> None:
         if args.compile:
             c = measure(cfg, split, args.seconds, compile_=True)["images_per_s"]
             line += f" {c:>9,.0f}"
-        print(f"{line}   ({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(f"{line}   ({time.perf_counter() - t0:.0f} s; default: {best['path']})",
+              flush=True)
         first.setdefault(model, b / a)
     print("speed-up vs fp32 eager: " +
           ", ".join(f"{m} {r:.2f}x" for m, r in first.items()))

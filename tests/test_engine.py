@@ -349,8 +349,8 @@ def test_compile_on_without_a_compiler_is_refused(small_split, tmp_path, monkeyp
 def test_a_compiled_run_trains_as_the_eager_one_and_resumes_exactly(small_split, tmp_path):
     """--compile on: every full batch through torch.compile (the last, shorter one eager), the
     eager model's function, the first epoch's loss the eager run's to rounding (no dropout:
-    compiled dropout draws its own numbers), the path recorded; its checkpoints hold the plain module's weights, and a compiled run
-    resumed from one is the uninterrupted run exactly."""
+    compiled dropout draws its own numbers), the path recorded; its checkpoints hold the plain
+    module's weights, and a compiled run resumed from one is the uninterrupted run exactly."""
     from torch._dynamo.utils import counters
 
     split = small_split  # 450 training images: 7 batches of 64 and one of 2

@@ -69,7 +69,8 @@ PROFILES = {
                      augment={"cnn": "flip", "resnet18": "flip", "inception": "flip"},
                      fusion_top_k=4, fusion_method="greedy", fusion_calibrate=True),
     # standard: the seed's protocol on one 2-core bf16 machine in about 100 minutes (the
-    # 2-hour budget with room; in fp32 on an AVX2-only CPU its grids took 4 hours): each
+    # 2-hour budget with room; in fp32 on an AVX2-only CPU its grids took 4 hours eager, and
+    # compiling ResNet18 and Inception, --compile auto, saves about a fifth of that): each
     # family a 2 x 2 grid under wsd, one trunk per batch size, the short trial costing only
     # its decay, so a stage lasts its longest trial plus that decay
     # (per epoch, two trials side by side at 27,000 images: CNN 22 s, ResNet18 width 16 38 s,

@@ -21,10 +21,10 @@ ARGS ?=
 APT = $(shell if [ "$$(id -u)" = 0 ]; then echo apt-get; elif sudo -n true 2>/dev/null; then \
 	echo "sudo -n apt-get"; fi)
 
-.PHONY: setup data browser compose postgres venv run test test-slow test-soak lint clean \
+.PHONY: setup data compiler browser compose postgres venv run test test-slow test-soak lint clean \
 	podman docker-test docker-clean
 
-setup: data browser compose postgres venv
+setup: data compiler browser compose postgres venv
 
 # Debian's dataset-fashion-mnist, when the files are not there yet and apt can be used; the
 # files in the cache (what --download fetched) or $TUNEFUSE_DATA do as well. Without any of
@@ -50,6 +50,20 @@ data:
 	  "TUNEFUSE_DATA to a folder holding the four IDX files, or fetch them into the cache" \
 	  "(make venv, then .venv/bin/python -m trainables.data --summary --download)" >&2; \
 	  exit 1; fi
+
+# Debian's g++, the C++ compiler torch.compile needs on a CPU: with it `--compile auto` trains
+# ResNet18 and Inception compiled in fp32 (1.2x and 1.3-1.4x, docs/benchmarks.md); without it
+# they train eager, and the compiled-training test is skipped.
+compiler:
+	@if command -v "$${CXX:-g++}" >/dev/null; then echo "compiler: $${CXX:-g++} found"; \
+	elif command -v apt-get >/dev/null && [ -n "$(APT)" ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(APT) install -y -q --no-install-recommends g++ \
+	    || { $(APT) update -q && $(APT) install -y -q --no-install-recommends g++; }; \
+	  command -v "$${CXX:-g++}" >/dev/null || echo "compiler: still no $${CXX:-g++} after" \
+	    "apt-get install g++; ResNet18 and Inception train eager (install g++ or set CXX)"; \
+	else echo "compiler: no $${CXX:-g++}, and apt-get cannot be used here; ResNet18 and" \
+	  "Inception train eager and the compiled-training test is skipped (install g++)"; fi
 
 # Debian's Chromium and ChromeDriver, for the browser tests of the MLflow UI, the Ray dashboard
 # and the report.
@@ -92,7 +106,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
-run: data venv
+run: data compiler venv
 	$(PY) -m search.pipeline --profile $(PROFILE) --workspace $(WORKSPACE) $(ARGS)
 
 test: setup

@@ -126,6 +126,14 @@ def need_browser() -> None:
         missing_prerequisite(f"{' and '.join(missing)} missing", "make browser")
 
 
+def need_compiler() -> None:
+    """A C++ compiler, which torch.compile needs on a CPU (make compiler: Debian's g++)."""
+    from trainables.fastpath import compiler
+
+    if compiler() is None:
+        missing_prerequisite("no C++ compiler (g++, clang++ or $CXX)", "make compiler")
+
+
 @pytest.fixture
 def real_dir() -> Path:
     """The Debian files; the set-up installs them, so in CI their absence is a failure."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import need_real_data
+from conftest import need_compiler, need_real_data
 
 from trainables import checkpoint, data, fastpath
 from trainables.engine import (
@@ -353,6 +353,7 @@ def test_a_compiled_run_trains_as_the_eager_one_and_resumes_exactly(small_split,
     module's weights, and a compiled run resumed from one is the uninterrupted run exactly."""
     from torch._dynamo.utils import counters
 
+    need_compiler()
     split = small_split  # 450 training images: 7 batches of 64 and one of 2
     cfg = TrainConfig(**FAST, epochs=3, warmup_epochs=1, dropout=0.0, seed=4, compile="on")
     eager = fit(replace(cfg, compile="off"), split)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, in_ci, need_browser, need_real_data, write_idx_set
+from conftest import ROOT, in_ci, need_browser, need_compiler, need_real_data, write_idx_set
 
 from trainables import data
 
@@ -77,6 +77,29 @@ def test_make_data_succeeds_with_the_files_tunefuse_data_or_the_cache(tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == sorted(FILES)
 
 
+def make_compiler(tmp_path: Path, *variables: str, **env) -> str:
+    environ = {**os.environ, **env}
+    fake = tmp_path / "bin" / "apt-get"
+    environ["PATH"] = f"{fake.parent if fake.exists() else fake_apt_get(tmp_path)}:" \
+        f"{environ['PATH']}"
+    out = subprocess.run(["make", "--no-print-directory", "compiler", *variables], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, env=environ)
+    assert out.returncode == 0 and not out.stderr, out.stdout + out.stderr  # optional: no failure
+    return out.stdout.strip()
+
+
+def test_make_compiler_finds_installs_or_says_what_is_missing(tmp_path):
+    """g++ for torch.compile: found; else apt-get asked for it (here a fake that installs
+    nothing: said so); else, without apt, one line saying what training does without it."""
+    assert make_compiler(tmp_path, "APT=true", CXX="sh") == "compiler: sh found"
+    assert make_compiler(tmp_path, "APT=true", CXX="no-such-cxx") == (
+        "compiler: still no no-such-cxx after apt-get install g++; ResNet18 and Inception "
+        "train eager (install g++ or set CXX)")
+    line = make_compiler(tmp_path, "APT=", CXX="no-such-cxx")
+    assert line.startswith("compiler: no no-such-cxx, and apt-get cannot be used here") and \
+        "train eager" in line and "(install g++)" in line
+
+
 # --- missing prerequisites: skipped here, failed in CI -------------------------------------------
 
 @pytest.mark.parametrize("ci, outcome", [
@@ -108,6 +131,21 @@ def test_missing_browser_fails_in_ci_and_is_skipped_elsewhere(ci, outcome, tmp_p
         monkeypatch.setenv("CI", ci)
     with pytest.raises(outcome, match=r"chromium missing.*make browser"):
         need_browser()
+
+
+@pytest.mark.parametrize("ci, outcome", [
+    ("true", pytest.fail.Exception), (None, pytest.skip.Exception)], ids=["CI=true", "no CI"])
+def test_missing_compiler_fails_in_ci_and_is_skipped_elsewhere(ci, outcome, monkeypatch):
+    from trainables import fastpath
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(fastpath.shutil, "which", lambda name: None)
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match=r"no C\+\+ compiler.*make compiler"):
+        need_compiler()
 
 
 def test_tests_that_need_the_data_ask_conftest():

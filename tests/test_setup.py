@@ -77,11 +77,10 @@ def test_make_data_succeeds_with_the_files_tunefuse_data_or_the_cache(tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == sorted(FILES)
 
 
-def make_compiler(tmp_path: Path, *variables: str, **env) -> str:
+def make_compiler(path: str, *variables: str, **env) -> str:
+    """`make compiler VARIABLE=...` with ``path`` first on $PATH; its one line of output."""
     environ = {**os.environ, **env}
-    fake = tmp_path / "bin" / "apt-get"
-    environ["PATH"] = f"{fake.parent if fake.exists() else fake_apt_get(tmp_path)}:" \
-        f"{environ['PATH']}"
+    environ["PATH"] = f"{path}:{environ['PATH']}"
     out = subprocess.run(["make", "--no-print-directory", "compiler", *variables], cwd=ROOT,
                          capture_output=True, text=True, timeout=60, env=environ)
     assert out.returncode == 0 and not out.stderr, out.stdout + out.stderr  # optional: no failure
@@ -91,11 +90,12 @@ def make_compiler(tmp_path: Path, *variables: str, **env) -> str:
 def test_make_compiler_finds_installs_or_says_what_is_missing(tmp_path):
     """g++ for torch.compile: found; else apt-get asked for it (here a fake that installs
     nothing: said so); else, without apt, one line saying what training does without it."""
-    assert make_compiler(tmp_path, "APT=true", CXX="sh") == "compiler: sh found"
-    assert make_compiler(tmp_path, "APT=true", CXX="no-such-cxx") == (
+    apt = fake_apt_get(tmp_path)
+    assert make_compiler(apt, "APT=true", CXX="sh") == "compiler: sh found"
+    assert make_compiler(apt, "APT=true", CXX="no-such-cxx") == (
         "compiler: still no no-such-cxx after apt-get install g++; ResNet18 and Inception "
         "train eager (install g++ or set CXX)")
-    line = make_compiler(tmp_path, "APT=", CXX="no-such-cxx")
+    line = make_compiler(apt, "APT=", CXX="no-such-cxx")
     assert line.startswith("compiler: no no-such-cxx, and apt-get cannot be used here") and \
         "train eager" in line and "(install g++)" in line
 

@@ -102,15 +102,20 @@ def test_make_compiler_finds_installs_or_says_what_is_missing(tmp_path):
 
 # --- missing prerequisites: skipped here, failed in CI -------------------------------------------
 
+def ci_env(monkeypatch, ci: str | None) -> None:
+    """$CI as given (None: unset)."""
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+
+
 @pytest.mark.parametrize("ci, outcome", [
     ("true", pytest.fail.Exception), (None, pytest.skip.Exception),
     ("false", pytest.skip.Exception)], ids=["CI=true", "no CI", "CI=false"])
 def test_missing_data_fails_in_ci_and_is_skipped_elsewhere(ci, outcome, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path / "empty")
-    if ci is None:
-        monkeypatch.delenv("CI", raising=False)
-    else:
-        monkeypatch.setenv("CI", ci)
+    ci_env(monkeypatch, ci)
     assert in_ci() is (ci == "true")
     with pytest.raises(outcome, match=re.escape(f"{tmp_path / 'empty'} lacks train-images")):
         need_real_data()
@@ -125,10 +130,7 @@ def test_missing_browser_fails_in_ci_and_is_skipped_elsewhere(ci, outcome, tmp_p
     import conftest
 
     monkeypatch.setattr(conftest, "BROWSER", (str(tmp_path / "chromium"),))
-    if ci is None:
-        monkeypatch.delenv("CI", raising=False)
-    else:
-        monkeypatch.setenv("CI", ci)
+    ci_env(monkeypatch, ci)
     with pytest.raises(outcome, match=r"chromium missing.*make browser"):
         need_browser()
 
@@ -140,10 +142,7 @@ def test_missing_compiler_fails_in_ci_and_is_skipped_elsewhere(ci, outcome, monk
 
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(fastpath.shutil, "which", lambda name: None)
-    if ci is None:
-        monkeypatch.delenv("CI", raising=False)
-    else:
-        monkeypatch.setenv("CI", ci)
+    ci_env(monkeypatch, ci)
     with pytest.raises(outcome, match=r"no C\+\+ compiler.*make compiler"):
         need_compiler()
 

@@ -125,7 +125,7 @@ def check_resources(options) -> None:
     or is recorded: Tune itself waits for ever for resources the cluster lacks (it only warns
     every 60 s), and Ray waits minutes for an address that does not answer. --compile on
     without a C++ compiler too: every trial would fail at its start."""
-    if getattr(options, "compile", "off") == "on":
+    if options.compile == "on":
         check_compiler()
     cpus = 1.0 if options.cpus_per_trial == AUTO else options.cpus_per_trial
     gpus = 0.0 if options.gpus_per_trial == AUTO else options.gpus_per_trial

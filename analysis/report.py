@@ -1,7 +1,7 @@
 """Pick the top checkpoints of the workspace's searches, fuse them, report, ship the ensemble.
 
     python -m analysis.report [--workspace outputs] [--top-k 4] [--per-model-cap N]
-        [--method uniform|weighted|greedy] [--weights 0.4,0.3,...] [--calibrate]
+        [--method uniform|weighted|greedy|nll] [--weights 0.4,0.3,...] [--calibrate]
         [--experiments grid-cnn,weights-resnet18] [--name NAME]
 
 Writes WORKSPACE/reports/NAME/: summary.json, report.md, a self-contained report.html and the
@@ -83,7 +83,8 @@ def parser() -> ArgParser:
     p.add_argument("--per-model-cap", type=int, help="at most N members per architecture")
     p.add_argument("--method", choices=fusion.METHODS, default="uniform",
                    help="uniform: the seed's average; weighted: --weights; greedy: Caruana "
-                        "selection over every candidate, fitted on validation")
+                        "selection over every candidate; nll: the weights over every candidate "
+                        "that minimise the fused validation log-loss")
     p.add_argument("--weights", help="comma-separated fusion weights, one per member "
                                      "(--method weighted)")
     p.add_argument("--calibrate", action="store_true",
@@ -202,7 +203,7 @@ def report(options: ReportOptions, name: str, sel: Selection) -> int:
     if sel.others:
         print(f"note: {len(sel.others)} candidate(s) trained on other data (another "
               "--train-size or --seed) are left out: fusion needs one validation set")
-    pool = sel.group if options.method == "greedy" else sel.members
+    pool = sel.group if options.method in fusion.POOLED else sel.members
     y_val, y_test = split.y_val.numpy(), split.y_test.numpy()
     probs, paths = member_probs(sel, pool, options.device, options.tta)
     fused = fuse_members(pool, sel.members, sel.weights, probs, y_val, options.method,

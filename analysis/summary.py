@@ -1,10 +1,10 @@
 """What a report says, computed: the members' fusion and every number of the summary.
 
 ``fuse_members`` applies the fusion method to the members' probabilities (temperature scaling,
-Caruana's greedy selection, weights), then scales the fused output by a temperature of its
-own; ``summarise`` is a pure function from the fused members to the summary (summary.json)
-that analysis/render.py writes out. Selection and fitting use the validation set only; the
-test set is only scored.
+Caruana's greedy selection, NLL-fitted or given weights), then scales the fused output by a
+temperature of its own; ``summarise`` is a pure function from the fused members to the summary
+(summary.json) that analysis/render.py writes out. Selection and fitting use the validation set
+only; the test set is only scored.
 """
 
 from __future__ import annotations
@@ -41,14 +41,15 @@ class Fused:
 def fuse_members(pool: list, members: list, weights: list[float] | None,
                  probs: dict[str, tuple[np.ndarray, np.ndarray]], y_val: np.ndarray,
                  method: str, calibrate: bool) -> Fused:
-    """Fuse ``members`` (or, for greedy, the members Caruana's selection picks from ``pool``)
+    """Fuse ``members`` (or, for greedy and nll, the members their fit weighs in ``pool``)
     by ``method``; ``weights`` only for "weighted". Fitted on validation only."""
     temps = {c.run_id: fusion.fit_temperature(probs[c.run_id][0], y_val) if calibrate
              else 1.0 for c in pool}
     scaled = {rid: tuple(fusion.apply_temperature(p, temps[rid]) for p in pair)
               if calibrate else pair for rid, pair in probs.items()}
-    if method == "greedy":
-        w_pool = fusion.greedy_weights([scaled[c.run_id][0] for c in pool], y_val)
+    if method in fusion.POOLED:
+        fit = fusion.greedy_weights if method == "greedy" else fusion.nll_weights
+        w_pool = fit([scaled[c.run_id][0] for c in pool], y_val)
         chosen = sorted((i for i in range(len(pool)) if w_pool[i] > 0),
                         key=lambda i: (-w_pool[i], i))
         members = [pool[i] for i in chosen]

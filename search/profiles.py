@@ -51,23 +51,27 @@ PROFILES = {
                      reduction_factor=2, widths={"resnet18": 4, "inception": 4},
                      weights_trials=4, weights_batch_size=64, weights_epochs=3,
                      augment={"cnn": "flip", "resnet18": "flip", "inception": "flip"}),
-    # quick: the seed's data protocol (27,000 / 3,000) with short schedules and narrow models,
-    # sized so that the whole pipeline (three grids, the class-weight search, the report) fits
-    # 30 minutes on 2 cores, and so that its fusion beats its best member: three families of
-    # comparable strength (about 90-92% validation), each grid two trials side by side on the
-    # two cores. The CNN, the most accurate per second here, gets the longest schedule. Short
-    # schedules learn faster with flips only. No ASHA rung falls inside a grid: with two
-    # trials side by side, stopping one saves no wall time and loses a member. The class-weight
-    # search compares its weight vectors on 4-epoch runs of the ResNet18 winner's batch size:
-    # at the winner's 10 epochs it took 13 of the run's 32 minutes, and none of its trials
-    # added to the fusion. ResNet18's width is a multiple of 16, which the bf16 kernels
-    # vectorise: at width 16 it trains 1.5x faster than at 12 in fp32 (bench/train_step.py).
+    # quick: the seed's data protocol (27,000 / 3,000) with short schedules and narrow models, sized
+    # so that the whole pipeline (three grids, the class-weight search, the report) fits 30 minutes
+    # on 2 cores, and so that its fusion beats its best member: three families of comparable
+    # strength (about 90-92% validation), each grid two trials side by side on the two cores. The
+    # CNN, the most accurate per second here, gets the longest schedule. Short schedules learn
+    # faster with flips only. No ASHA rung falls inside a grid: with two trials side by side,
+    # stopping one saves no wall time and loses a member. The class-weight search compares its
+    # weight vectors on 4-epoch runs of the ResNet18 winner's batch size: at the winner's 10 epochs
+    # it took 13 of the run's 32 minutes, and none of its trials added to the fusion. The fusion
+    # weighs every candidate by the fused validation NLL (nll), members scored with their mirror
+    # images (flip TTA, seconds per member): greedy's accuracy-first choice followed the noise of
+    # 3,000 validation images (docs/profiles.md). ResNet18's width is a multiple of 16, which the
+    # bf16 kernels vectorise: at width 16 it trains 1.5x faster than at 12 in fp32
+    # (bench/train_step.py).
     "quick": Profile("quick", 30_000, (64, 128), (10,), warmup_epochs=1, grace_period=20,
                      reduction_factor=2, widths={"resnet18": 16, "inception": 8},
                      weights_trials=4, weights_batch_size=128, weights_epochs=4,
                      weights_epochs_cap=4, grids={"cnn": ((64, 128), (16,))},
                      augment={"cnn": "flip", "resnet18": "flip", "inception": "flip"},
-                     fusion_top_k=4, fusion_method="greedy", fusion_calibrate=True),
+                     fusion_top_k=4, fusion_method="nll", fusion_calibrate=True,
+                     fusion_tta="flip"),
     # standard: the seed's protocol on one 2-core bf16 machine in about 100 minutes (the
     # 2-hour budget with room; in fp32 on an AVX2-only CPU its grids took 4 hours eager, and
     # compiling ResNet18 and Inception, --compile auto, saves about a fifth of that): each
@@ -86,7 +90,7 @@ PROFILES = {
                         weights_trials=4, weights_batch_size=64, weights_epochs=8,
                         weights_epochs_cap=8, grids={"cnn": ((64, 128), (20, 40))},
                         augment={"cnn": "flip", "resnet18": "flip", "inception": "flip"},
-                        fusion_top_k=4, fusion_method="greedy", fusion_calibrate=True,
+                        fusion_top_k=4, fusion_method="nll", fusion_calibrate=True,
                         fusion_tta="flip"),
     "seed": Profile("seed", 30_000, (32, 64, 128, 256, 512),
                     (20, 30, 40, 50, 60, 70, 80, 90, 100, 200), warmup_epochs=5,

@@ -74,6 +74,45 @@ def test_greedy_never_worse_on_validation_than_the_best_member(seed):
     assert fusion.accuracy(fusion.fuse(ps, w), y) >= best
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_nll_weights_minimise_the_fused_validation_nll(seed):
+    """The EM weights are the optimum of the fused validation log-loss: lower than uniform,
+    than every member alone, than greedy's; at the optimum every kept member's gradient
+    (the mean of its label probability over the mixture's) is 1; members that add nothing
+    (a copy's weight is split, a useless one dropped) weigh nothing, the rest at least
+    MIN_WEIGHT."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, 1500)
+    ps = [member(rng, y, s) for s in rng.uniform(0.5, 3.0, 5)]
+    useless = softmax(rng.normal(size=(len(y), 10)) * 4)  # confident and wrong at chance
+    pool = [*ps, useless]
+    w = fusion.nll_weights(pool, y)
+    assert w.sum() == pytest.approx(1.0) and w[-1] == 0
+    kept = w > 0
+    assert (w[kept] >= fusion.MIN_WEIGHT).all()
+    fused_nll = fusion.nll(fusion.fuse(pool, w), y)
+    assert fused_nll < fusion.nll(fusion.fuse(pool, np.ones(len(pool))), y)
+    assert fused_nll < min(fusion.nll(p, y) for p in pool)
+    assert fused_nll <= fusion.nll(fusion.fuse(pool, fusion.greedy_weights(pool, y)), y)
+    right = np.stack([p[np.arange(len(y)), y] for p in pool])
+    gradient = (right / (w @ right)).mean(1)
+    assert np.allclose(gradient[kept], 1.0, atol=1e-3)
+    assert gradient[-1] < 1.0  # the useless member: any weight on it raises the NLL
+    # moving any weight off the optimum, within the simplex, costs NLL
+    for i, j in ((0, 1), (2, 4), (1, 3)):
+        if kept[i] and kept[j]:
+            for eps in (0.005, -0.005):
+                v = w.copy()
+                v[i] += eps
+                v[j] -= eps
+                assert fusion.nll(fusion.fuse(pool, v), y) >= fused_nll - 1e-12
+    # a member twice: the two copies together weigh what the one did
+    twice = fusion.nll_weights([*ps, ps[0]], y)
+    once = fusion.nll_weights(ps, y)
+    assert twice[0] + twice[-1] == pytest.approx(once[0], abs=2e-3)
+    assert np.allclose(twice[1:-1], once[1:], atol=2e-3)
+
+
 def test_temperature_fit_recovers_a_known_temperature():
     rng = np.random.default_rng(1)
     z = rng.normal(size=(20_000, 10)) * 2
@@ -161,16 +200,17 @@ def test_a_shared_warmup_checkpoint_is_fused_once():
     assert [c.run_id for c in top_k(distinct(cs), 2)] == ["e3", "late3"]
 
 
-def test_test_set_cannot_change_the_chosen_weights():
-    """Member A is better on validation, B on test: greedy, fitted on validation, picks A;
-    had the test set been used, the answer would be B."""
+@pytest.mark.parametrize("fit", [fusion.greedy_weights, fusion.nll_weights])
+def test_test_set_cannot_change_the_chosen_weights(fit):
+    """Member A is better on validation, B on test: greedy and nll, fitted on validation,
+    weigh A most; had the test set been used, the answer would be B."""
     rng = np.random.default_rng(3)
     y_val, y_test = rng.integers(0, 10, 800), rng.integers(0, 10, 800)
     a_val, b_val = member(rng, y_val, 3.0), member(rng, y_val, 0.3)
     a_test, b_test = member(rng, y_test, 0.3), member(rng, y_test, 3.0)
-    w = fusion.greedy_weights([a_val, b_val], y_val)
+    w = fit([a_val, b_val], y_val)
     assert w[0] > w[1]
-    assert fusion.greedy_weights([a_test, b_test], y_test)[1] > 0.5  # what test would pick
+    assert fit([a_test, b_test], y_test)[1] > 0.5  # what test would pick
     # the temperature, too, is the one minimising validation NLL (against a fine grid over
     # fit_temperature's range), far from the one the test set would pick
     t = fusion.fit_temperature(a_val, y_val)
@@ -319,9 +359,10 @@ def test_report_end_to_end(greedy_report):
     assert len(set(models)) == 2 and s["fusion"]["weights"] == [0.5, 0.5]
 
 
-def test_test_labels_change_nothing_the_report_chooses(greedy_report, monkeypatch):
-    """The greedy report again, same workspace, candidates and validation set, with the test
-    labels a candidate greedy left out (or weighed least) predicts: that one is right on every
+@pytest.mark.parametrize("method", ["greedy", "nll"])
+def test_test_labels_change_nothing_the_report_chooses(greedy_report, monkeypatch, method):
+    """The greedy (or nll) report again, same workspace, candidates and validation set, with
+    the test labels a candidate it left out (or weighed least) predicts: that one is right on every
     test image, so had the test set chosen anything, it would have chosen it. The same members,
     weights and temperatures; only the test scores move.
 
@@ -336,6 +377,13 @@ def test_test_labels_change_nothing_the_report_chooses(greedy_report, monkeypatc
     from analysis.select import distinct, gather, same_data
 
     ws, args, first, _ = greedy_report
+    if method != "greedy":
+        args = [*args]
+        args[args.index("--method") + 1] = method
+        assert exit_code(report.main, *args, "--name", method, "--no-register",
+                         "--bootstrap", "100") == 0
+        first = json.loads((ws / "reports" / method / "summary.json").read_text())
+        assert first["fusion"]["method"] == method
     weight = {m["run_id"]: m["weight"] for m in first["members"]}
     searches = args[args.index("--experiments") + 1].split(",")
     pool, _ = same_data(gather(MlflowClient(f"sqlite:///{ws / 'mlflow.db'}"), searches))
@@ -351,11 +399,11 @@ def test_test_labels_change_nothing_the_report_chooses(greedy_report, monkeypatc
         return replace(split, y_test=torch.from_numpy(y_new))
 
     monkeypatch.setattr(report, "load_split", load_relabelled)
-    assert exit_code(report.main, *args, "--name", "g-relabelled", "--no-register",
+    assert exit_code(report.main, *args, "--name", f"{method}-relabelled", "--no-register",
                      "--bootstrap", "100") == 0
     [(y_real, y_new)] = loaded
     assert (y_real != y_new).mean() > 0.05
-    second = json.loads((ws / "reports" / "g-relabelled" / "summary.json").read_text())
+    second = json.loads((ws / "reports" / f"{method}-relabelled" / "summary.json").read_text())
 
     def chosen(s):
         return [(m["run_id"], m["weight"], m["temperature"], m["val_acc"]) for m in s["members"]]

@@ -1,7 +1,7 @@
 """The seed's whole study in one command: three architectures, class weights, fusion, a report.
 
     python -m search.pipeline [--profile quick|seed|smoke] [--models cnn,resnet18,inception]
-        [--workspace outputs] [--name NAME] [--resume] [--no-weights] [--method greedy] ...
+        [--workspace outputs] [--name NAME] [--resume] [--no-weights] [--method nll] ...
 
 (``python -m tunefuse.pipeline`` is the same command.) Stages, in order, each an ordinary
 experiment of the workspace (the same commands a user runs one by one, with the same MLflow
@@ -68,7 +68,7 @@ def parser() -> ArgParser:
     g.add_argument("--no-weights", action="store_true", help="skip the class-weight search")
     g.add_argument("--top-k", type=int, help="members to fuse (default: the profile's)")
     g.add_argument("--per-model-cap", type=at_least(1), help="at most N members per architecture")
-    g.add_argument("--method", choices=("uniform", "greedy"),
+    g.add_argument("--method", choices=("uniform", "greedy", "nll"),
                    help="fusion (default: the profile's)")
     g.add_argument("--calibrate", action="store_true", default=None,
                    help="temperature-scale each member on validation first")

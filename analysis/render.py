@@ -180,6 +180,10 @@ def figure_reading(key: str, summary: dict) -> str:
     return f"The {figure_title(key).lower()} figure."
 
 
+METHOD_WORDS = {"greedy": " (Caruana's selection by validation accuracy)",
+                "nll": " (the weights that minimise the fused validation log-loss)"}
+
+
 def markdown(summary: dict, figures: dict[str, Path]) -> str:
     f = summary["fusion"]
     lines = [f"# tunefuse report {summary['name']}", "",
@@ -192,8 +196,12 @@ def markdown(summary: dict, figures: dict[str, Path]) -> str:
     lines += [f"| {a} | {b} | {c} |" for a, b, c in seed_table(summary)]
     scaled = " with temperature scaling" if f["calibrated"] else ""
     rounded = [round(w, 4) for w in f["weights"]]
-    lines += ["", f"Fusion: **{f['method']}**{scaled}, weights {rounded} "
-              "(fitted on validation only); the best member is chosen on validation too.", ""]
+    tta = (" Every member scored each image as the mean of its softmaxes on the image and its "
+           "left-right mirror (flip TTA), on validation and test alike."
+           if summary.get("tta") == "flip" else "")
+    lines += ["", f"Fusion: **{f['method']}**{METHOD_WORDS.get(f['method'], '')}{scaled}, "
+              f"weights {rounded} (fitted on validation only); the best member is chosen on "
+              f"validation too.{tta}", ""]
     if figures:
         lines += ["## Figures", ""]
     for key, path in figures.items():

@@ -137,3 +137,15 @@ def test_report_page_lays_out_figures_on_a_laptop_screen(smoke_pipeline, browser
     browser.set_window_size(1366, max(768, browser.execute_script(
         "return document.body.scrollHeight")))
     browser.save_screenshot(str(out_dir / "report_full.png"))
+
+
+def test_report_says_how_the_fusion_was_fitted_and_scored():
+    summary = hand_made_summary()
+    md = markdown(summary, {})
+    assert "Fusion: **uniform** with temperature scaling, weights [0.5, 0.5]" in md
+    assert "TTA" not in md  # a report before --tta, or without it, says nothing of it
+    summary["fusion"]["method"], summary["tta"] = "nll", "flip"
+    md = markdown(summary, {})
+    assert ("Fusion: **nll** (the weights that minimise the fused validation log-loss) with "
+            "temperature scaling") in md
+    assert "left-right mirror (flip TTA), on validation and test alike" in md

@@ -79,7 +79,9 @@ def parser() -> ArgParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite in workspace)")
     p.add_argument("--experiments", help="comma-separated experiment names (default: every "
                                          "grid and weights experiment)")
-    p.add_argument("--top-k", type=int, default=4, help="members to fuse (default 4)")
+    p.add_argument("--top-k", type=int, default=4,
+                   help="members to fuse with uniform and weighted (default 4); greedy and nll "
+                        "weigh every candidate")
     p.add_argument("--per-model-cap", type=int, help="at most N members per architecture")
     p.add_argument("--method", choices=fusion.METHODS, default="uniform",
                    help="uniform: the seed's average; weighted: --weights; greedy: Caruana "

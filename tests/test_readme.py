@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from analysis.fusion import POOLED
 from search.profiles import PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,10 +113,12 @@ def check_row(row: dict[str, str], where: str) -> set[str]:
             else:
                 assert p.augment == {m: cell for m in MODELS}, what
         elif column == "fusion":
-            m = re.fullmatch(r"(\w+), top (\d+)(, temperature-scaled)?(, flip TTA)?", cell)
+            m = re.fullmatch(r"(\w+)(?:, top (\d+))?(, temperature-scaled)?(, flip TTA)?", cell)
             assert m, what
-            assert (m[1], int(m[2]), bool(m[3])) == (p.fusion_method, p.fusion_top_k,
-                                                     p.fusion_calibrate), what
+            assert (m[1], bool(m[3])) == (p.fusion_method, p.fusion_calibrate), what
+            # greedy and nll weigh every candidate: no top k to state
+            assert (int(m[2]) if m[2] else None) == \
+                (None if p.fusion_method in POOLED else p.fusion_top_k), what
             assert ("flip" if m[4] else "none") == p.fusion_tta, what
             assert p.fusion_per_model_cap is None, what
         else:

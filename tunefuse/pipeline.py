@@ -66,7 +66,9 @@ def parser() -> ArgParser:
                    help="comma-separated models to grid-search (default "
                         f"{','.join(DEFAULT_MODELS)})")
     g.add_argument("--no-weights", action="store_true", help="skip the class-weight search")
-    g.add_argument("--top-k", type=int, help="members to fuse (default: the profile's)")
+    g.add_argument("--top-k", type=int,
+                   help="members to fuse with uniform (default: the profile's); greedy and nll "
+                        "weigh every candidate")
     g.add_argument("--per-model-cap", type=at_least(1), help="at most N members per architecture")
     g.add_argument("--method", choices=("uniform", "greedy", "nll"),
                    help="fusion (default: the profile's)")

@@ -38,7 +38,6 @@ import numpy as np
 
 EPS = 1e-12
 METHODS = ("uniform", "weighted", "greedy", "nll")
-POOLED = ("greedy", "nll")  # the methods that choose their members from every candidate
 MIN_WEIGHT = 0.01  # nll: lighter members change almost no prediction and still cost inference
 
 
@@ -166,6 +165,10 @@ def _em_weights(right: np.ndarray, tol: float, max_iter: int) -> np.ndarray:
             break
         last = ll
     return w
+
+
+# the methods that weigh every candidate, and their fits (validation probabilities, labels)
+POOLED = {"greedy": greedy_weights, "nll": nll_weights}
 
 
 def _confidence_bins(probs: np.ndarray, y: np.ndarray, bins: int):

@@ -48,8 +48,7 @@ def fuse_members(pool: list, members: list, weights: list[float] | None,
     scaled = {rid: tuple(fusion.apply_temperature(p, temps[rid]) for p in pair)
               if calibrate else pair for rid, pair in probs.items()}
     if method in fusion.POOLED:
-        fit = fusion.greedy_weights if method == "greedy" else fusion.nll_weights
-        w_pool = fit([scaled[c.run_id][0] for c in pool], y_val)
+        w_pool = fusion.POOLED[method]([scaled[c.run_id][0] for c in pool], y_val)
         chosen = sorted((i for i in range(len(pool)) if w_pool[i] > 0),
                         key=lambda i: (-w_pool[i], i))
         members = [pool[i] for i in chosen]

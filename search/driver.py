@@ -21,13 +21,14 @@ from mlflow.entities import Param
 from ray import tune
 from ray.tune import ExperimentAnalysis
 
-from search import offline, plan, throughput
+from search import offline, plan, throughput, tunestate
 from search.backfill import catch_up
 from search.cluster import check_cluster, resources, start_ray
 from search.lineage import MLflowLineage
 from search.options import AUTO, UsageError, check_resume
 from search.progress import ProgressView, TrialLines
 from search.records import log_datasets, split_datasets
+from search.spare import spare_cores
 from search.summary import resource_text, summarise
 from search.workspace import Workspace, WorkspaceError, git_commit, redact
 from trainables import failpoints
@@ -252,6 +253,9 @@ def interrupted(path: str) -> bool:
     """Whether the Tune run saved at ``path`` was stopped (Ctrl-C) with trials still open.
     Nothing saved yet means it never got going (stopped at once); a saved state that cannot
     be read is a StateError, not an interruption."""
+    if put := tunestate.repair(path):  # a kill in the middle of Tune's copy of its state
+        print(f"{Path(path).name}: Tune's saved state was cut short by the kill "
+              f"({', '.join(put)}); resuming from its last complete copy", file=sys.stderr)
     if not list(Path(path).glob("experiment_state*.json")):
         return True
     try:
@@ -293,16 +297,25 @@ def _tuner(search: Search, trainable, lineage, ws: Workspace, options, name: str
     searcher = search.make_searcher(ws, first) if search.make_searcher else None
     # one row per trial under its MLflow run's name, with ETAs (search/progress.py)
     view = ProgressView(name, search.metric, search.columns, search.scheduler, found)
+    # the cores of trials that ended go to the trials left (search/spare.py); a part of an
+    # extended experiment plans its own trials
+    scheduler = search.scheduler
+    if search.resources is not None:
+        scheduler = spare_cores(scheduler, search.resources, options.cpus_per_trial == AUTO,
+                                len(plan.trial_configs(search.param_space, num_samples)),
+                                ray.cluster_resources().get("CPU", 0))
     tuner = tune.Tuner(
         trainable, param_space=search.param_space,
         tune_config=tune.TuneConfig(
-            metric=search.metric, mode=MODE, scheduler=search.scheduler,
+            metric=search.metric, mode=MODE, scheduler=scheduler,
             search_alg=searcher, num_samples=num_samples,
-            max_concurrent_trials=options.max_concurrent or None, reuse_actors=True),
+            max_concurrent_trials=options.max_concurrent or None,
+            reuse_actors=scheduler is search.scheduler),  # a grown trial needs a new worker
         run_config=tune.RunConfig(
             name=name, storage_path=ws.storage_path, verbose=1, progress_reporter=view,
             callbacks=[lineage, TrialLines(name, search.metric, search.columns,
-                                           search.scheduler, view)],
+                                           search.scheduler, view),
+                       tunestate.StateCopies(os.path.join(ws.storage_path, name))],
             # each result says whether to checkpoint (should_checkpoint): every epoch whose
             # weights the trial holds, not the epochs it replays (trainables/trainable.py).
             # Not at the end as well (Tune's default for a class trainable): a trial that ASHA

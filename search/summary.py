@@ -93,11 +93,24 @@ def summarise(results, client, parent_id: str, ws, dashboard: str | None, search
 
     offline.tracked(ws.tracking_uri, record)
     if search.resources:
-        print(f"resources: each trial took {resource_text(search.resources)}")
+        print(f"resources: each trial took {resource_text(search.resources)}"
+              + grown_text(results, search.resources[0]))
     if _FOOTERS[-1]:
         print()
         where_to_look(ws.tracking_uri, dashboard)
     return EXIT_OK if finished else EXIT_NONE_FINISHED
+
+
+def grown_text(results, cpus: float) -> str:
+    """How many trials went on with the cores of trials that had ended (search/spare.py), by
+    the threads of their last result."""
+    grown = [int((r.metrics or {}).get("threads", 0)) for r in results
+             if (r.metrics or {}).get("threads", 0) > cpus]
+    if not grown:
+        return ""
+    most = max(grown)
+    return (f"; {len(grown)} trial{'s' if len(grown) > 1 else ''} went on with up to {most} "
+            "CPUs once the others had ended (spare cores)")
 
 
 def resource_text(resources: tuple[float, float]) -> str:

@@ -132,6 +132,23 @@ def _beyond_training(client, run) -> tuple[list[float], float | None]:
     return extra, start
 
 
+def _images_per_s(client, run, parent) -> float:
+    """A trial's training images/s on the CPUs it was given: its latest, unless it trained on
+    more threads later (search/spare.py), then the median of its epochs on the fewest."""
+    latest = run.data.metrics["images_per_s"]
+    try:
+        given = float(parent.data.params["cpus_per_trial"])
+    except (KeyError, ValueError):
+        return latest
+    if run.data.metrics.get("threads", given) <= given:
+        return latest
+    threads = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "threads")}
+    fewest = min(threads.values())
+    rates = [m.value for m in client.get_metric_history(run.info.run_id, "images_per_s")
+             if threads.get(m.step) == fewest]
+    return statistics.median(rates) if rates else latest
+
+
 def earlier_throughput(client, hardware_tag: str, config: dict, gpus: float,
                        train_images: int) -> Throughput | None:
     """The throughput of earlier trials of ``config``'s model on the fast path it will take,
@@ -163,9 +180,9 @@ def earlier_throughput(client, hardware_tag: str, config: dict, gpus: float,
     if not runs:
         return None
     by_batch: dict = {}
-    for r, _ in runs:
+    for r, parent in runs:
         by_batch.setdefault(int(r.data.params["batch_size"]), []).append(
-            r.data.metrics["images_per_s"])
+            _images_per_s(client, r, parent))
     extra, starts = [], []
     for r, parent in runs:
         seconds, start = _beyond_training(client, r)

@@ -208,12 +208,14 @@ def test_the_pipeline_state_behind_its_stages(tmp_path):
 
 
 def test_unreadable_tune_state_is_its_own_error_not_an_interruption(tmp_path, grid_reference):
-    """A Tune state file that is there but damaged: one line, exit 4 (not 130 and a resume
-    hint), and MLflow's records as they were."""
+    """A Tune state file that is there but damaged, with no complete copy to put back (the
+    copies of search/tunestate.py gone too): one line, exit 4 (not 130 and a resume hint),
+    and MLflow's records as they were."""
     import shutil
 
     ws = tmp_path / "ws"
     shutil.copytree(grid_reference, ws)
+    shutil.rmtree(ws / "ray_results" / "grid-cnn" / ".last-complete")
     for f in (ws / "ray_results" / "grid-cnn").glob("experiment_state*.json"):
         f.write_text(f.read_text()[:100])
     before = chaos.mlflow_runs(ws, "grid-cnn")
@@ -224,6 +226,53 @@ def test_unreadable_tune_state_is_its_own_error_not_an_interruption(tmp_path, gr
     assert len(errors) == 1 and "cannot restore" in errors[0] and "--name" in errors[0]
     assert "--resume" not in errors[0] and "Traceback" not in out.stderr
     assert chaos.mlflow_runs(ws, "grid-cnn") == before
+
+
+def test_a_state_cut_short_by_a_kill_during_tunes_copy(tmp_path, grid_reference):
+    """Tune was copying its saved state to the storage path when everything was killed: the
+    experiment state there is cut short (what a kill in the middle of the copy leaves; the
+    smoke pipeline's test, killed as a trial ended, found it empty). The resume puts back the
+    last complete copy (search/tunestate.py), says so, and ends as the uninterrupted run."""
+    ws = tmp_path / "ws"
+    folder = ws / "ray_results" / "grid-cnn"
+
+    def a_complete_copy_kept(_info):  # Tune goes on saving while the trial waits
+        return any((folder / ".last-complete").glob("experiment_state-*.json"))
+
+    chaos.stop_at(grid(ws), tmp_path / "run.log", "checkpoint-written@2", a_complete_copy_kept)
+    (state,) = folder.glob("experiment_state-*.json")
+    state.write_bytes(state.read_bytes()[:state.stat().st_size // 2])
+    out = resume_and_compare(grid(ws, True), ws, grid_reference, "grid")
+    assert f"grid-cnn: Tune's saved state was cut short by the kill ({state.name}); " \
+           "resuming from its last complete copy" in out
+
+
+def test_tune_state_copies_are_kept_only_whole_and_put_back_only_where_cut(tmp_path):
+    import pickle
+
+    from search import tunestate
+
+    state, searcher = tmp_path / "experiment_state-1.json", tmp_path / "searcher-state-1.pkl"
+    state.write_text(json.dumps({"trial_data": [1, 2, 3]}))
+    searcher.write_bytes(pickle.dumps({"queue": list(range(100))}))
+    assert tunestate.whole(state) and tunestate.whole(searcher)
+    assert tunestate.keep_copy(tmp_path)
+    copies = tmp_path / tunestate.COPIES
+    assert sorted(p.name for p in copies.iterdir()) == [state.name, searcher.name]
+    # being copied (cut short): the complete copies stay as they were
+    state.write_text(json.dumps({"trial_data": [1, 2, 3, 4]})[:20])
+    assert not tunestate.whole(state) and not tunestate.keep_copy(tmp_path)
+    assert json.loads((copies / state.name).read_text()) == {"trial_data": [1, 2, 3]}
+    searcher.write_bytes(searcher.read_bytes()[:-1])  # a pickle short of its STOP
+    assert not tunestate.whole(searcher)
+    assert tunestate.repair(tmp_path) == [state.name, searcher.name]
+    assert json.loads(state.read_text()) == {"trial_data": [1, 2, 3]}
+    assert pickle.loads(searcher.read_bytes()) == {"queue": list(range(100))}
+    assert tunestate.repair(tmp_path) == []  # whole now: nothing put back
+    state.unlink()  # emptied and never written: as missing
+    assert tunestate.repair(tmp_path) == [state.name] and tunestate.whole(state)
+    assert tunestate.repair(tmp_path / "nothing-saved") == []
+    assert not list(tmp_path.glob(".*.tmp-*")) and not list(copies.glob(".*.tmp-*"))
 
 
 def test_interrupted_tells_an_unreadable_state_from_an_interruption(tmp_path):

@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 import ray
+import torch
 from ray import tune
 from ray.train._internal.session import _TrainingResult  # what Tune passes to restore()
 from ray.tune.result import SHOULD_CHECKPOINT, TRAINING_ITERATION
@@ -158,6 +159,7 @@ class ClassifierTrainable(tune.Trainable):
         result["epochs_computed"] = computed  # trained in this step (more when catching up)
         result["done"] = epoch >= self.cfg.epochs
         result[SHOULD_CHECKPOINT] = holds  # the weights are this epoch's
+        result["threads"] = torch.get_num_threads()  # CPU threads it trained on (search/spare.py)
         result["node_id"] = _node_id()
         result["reported_at"] = time.time()  # the order a resumed ASHA replays results in
         if self.fault:

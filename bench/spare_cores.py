@@ -80,7 +80,7 @@ def main() -> None:
         def cell(v):
             return "-" if v is None else f"{v:,.0f}"
         print(f"{name:28s} {r['wall']:8.1f} {cell(r['one']):>15s} {cell(r['more']):>12s} "
-              f"{str(r['grown_at'] or '-'):>8s} {r['best']:9.4f}")
+              f"{r['grown_at'] or '-'!s:>8s} {r['best']:9.4f}")
     print(f"wall time (b)/(a): {spare['wall'] / fixed['wall']:.2f}")
 
 

@@ -23,8 +23,9 @@ and GPU trials (a share of a GPU each) are left as they are. Ray cannot reuse a 
 trial of another size, so a search that spares cores does not reuse actors.
 
 The thread count changes the order of some floating-point sums, so a trial that grew is not
-bit-for-bit the run it would have been on one thread; every result says the threads it trained
-on (``threads``, an MLflow metric per epoch).
+bit-for-bit the run it would have been on one thread, and when it grows depends on when the
+others ended: a run is reproducible to the bit only with ``--cpus-per-trial 1``. Every result
+says the threads it trained on (``threads``, an MLflow metric per epoch).
 """
 
 from __future__ import annotations

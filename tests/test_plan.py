@@ -229,3 +229,26 @@ def test_a_grid_prints_its_plan_and_the_next_one_an_estimate(small_set, tmp_path
     again = [line for line in resumed.splitlines() if line.startswith("plan: ")]
     assert len(again) == 1 and "from 4 earlier cnn trials on this machine)" in again[0]
     assert parent_of(ws, "again").data.params == recorded
+
+
+def test_a_trial_that_grew_is_read_at_the_speed_of_the_cpus_it_was_given(tmp_path):
+    """The estimate's images/s of a trial that went on with freed cores (search/spare.py): its
+    epochs on the CPUs it was given, not its faster last epochs."""
+    from mlflow.tracking import MlflowClient
+
+    from search.throughput import _images_per_s
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("grid-cnn")
+    parent = client.create_run(exp)
+    client.log_param(parent.info.run_id, "cpus_per_trial", "1.0")
+    grew, stayed = client.create_run(exp), client.create_run(exp)
+    for step, (threads, rate) in enumerate([(1, 500), (1, 520), (1, 510), (2, 780), (2, 790)],
+                                           start=1):
+        client.log_metric(grew.info.run_id, "threads", threads, step=step)
+        client.log_metric(grew.info.run_id, "images_per_s", rate, step=step)
+        client.log_metric(stayed.info.run_id, "threads", 1, step=step)
+        client.log_metric(stayed.info.run_id, "images_per_s", rate - 10, step=step)
+    parent = client.get_run(parent.info.run_id)
+    assert _images_per_s(client, client.get_run(grew.info.run_id), parent) == 510
+    assert _images_per_s(client, client.get_run(stayed.info.run_id), parent) == 780  # latest

@@ -78,14 +78,13 @@ class ShareOfCores:
 
 
 class SpareCores(ResourceChangingScheduler):
-    """The search's scheduler (``base``: ASHA, or None for none) with ShareOfCores. Every trial
-    starts with the same bundle; a resumed search brings back trials that had grown, which
-    Ray's version refuses (its base is the first trial added), so the base is set here."""
+    """The search's scheduler (``base``: ASHA, or None for none) with ShareOfCores. Ray's
+    version refuses a trial whose bundle is not the first added trial's; a resumed search
+    brings back trials that had grown, so every trial is taken (ShareOfCores needs no base)."""
 
     def __init__(self, base, cpus: float, planned: int):
         super().__init__(base_scheduler=base,
                          resources_allocation_function=ShareOfCores(cpus, planned))
-        self._base_trial_resources = PlacementGroupFactory([{"CPU": cpus, "GPU": 0}])
 
     def on_trial_add(self, tune_controller, trial: Trial, **kwargs):
         return self._base_scheduler.on_trial_add(tune_controller, trial, **kwargs)

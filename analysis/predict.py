@@ -39,7 +39,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 from analysis.images import InputError, conversion_line, read_input
 from trainables.classes import NUM_CLASSES
-from trainables.cli import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, ArgParser, output
+from trainables.cli import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, ArgParser, exit_now, output
 from trainables.files import first_line, write_reason
 
 # --- the command ------------------------------------------------------------------------------
@@ -159,4 +159,4 @@ def predict(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -35,7 +35,16 @@ from analysis.select import SelectionError, distinct, gather, same_data, top_k
 from analysis.summary import Fused, fuse_members, search_costs, summarise
 from search.workspace import Workspace, WorkspaceError, redact
 from trainables.classes import CLASSES
-from trainables.cli import EXIT_OK, EXIT_USAGE, NORMAL, ArgParser, at_least, options_from, output
+from trainables.cli import (
+    EXIT_OK,
+    EXIT_USAGE,
+    NORMAL,
+    ArgParser,
+    at_least,
+    exit_now,
+    options_from,
+    output,
+)
 from trainables.data import (
     DEFAULT_SEED,
     DEFAULT_TRAIN_SIZE,
@@ -297,4 +306,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

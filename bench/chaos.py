@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
 COMMON = ("--profile", "smoke", "--train-size", "400", "--num-cpus", "1",
-          "--max-concurrent", "1", "--dashboard-port", "0")
+          "--max-concurrent", "1", "--no-dashboard")
 # smoke-sized runs, one trial at a time, so that a run is the same run whatever the kills
 RUNS = {
     "grid": ("search.grid", ("--model", "cnn", "--batch-sizes", "32,64", "--epochs", "2,3",

@@ -81,7 +81,8 @@ def start_ray(options) -> str | None:
                                  "--address") from None
     else:
         # "local": a new cluster of this process, even when `ray start` runs one on this machine
-        ctx = ray.init(address="local", num_cpus=options.num_cpus, include_dashboard=True,
+        ctx = ray.init(address="local", num_cpus=options.num_cpus,
+                       include_dashboard=not options.no_dashboard,
                        dashboard_host="127.0.0.1", dashboard_port=options.dashboard_port, **kw)
     url = getattr(ctx, "dashboard_url", None)
     url = f"http://{url}" if url and not url.startswith("http") else url

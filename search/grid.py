@@ -35,6 +35,7 @@ from trainables.cli import (
     ArgParser,
     above_one,
     at_least,
+    exit_now,
     options_from,
     output,
     positive_ints,
@@ -140,4 +141,4 @@ def main(argv: list[str] | None = None, space_overrides: dict | None = None) -> 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -55,6 +55,7 @@ class SearchOptions:
     address: str | None = None
     num_cpus: int | None = None
     dashboard_port: int = 8265
+    no_dashboard: bool = False
     precision: str = "auto"
     memory_format: str = "auto"
     compile: str = "auto"
@@ -91,6 +92,9 @@ def add_search_args(p: ArgParser, default_name: str) -> None:
     r.add_argument("--address", help="join a Ray cluster (auto, ray://host:10001)")
     r.add_argument("--num-cpus", type=int, help="CPUs of the local cluster (default all)")
     r.add_argument("--dashboard-port", type=int, default=8265)
+    r.add_argument("--no-dashboard", action="store_true",
+                   help="start the local cluster without Ray's dashboard (a process and a few "
+                        "seconds less: headless and scripted runs)")
     add_fast_path_args(r)
     add_schedule_args(p.add_argument_group("schedule"), DEFAULT_SCHEDULE)
     add_data_args(p)
@@ -149,6 +153,9 @@ def check_resources(options) -> None:
         raise UsageError(f"--dashboard-port must be a port number, 0..65535, got "
                          f"{options.dashboard_port}")
     if options.address:
+        if options.no_dashboard:
+            raise UsageError("--no-dashboard is for the local cluster; a cluster joined with "
+                             "--address keeps its own (drop one of the two)")
         check_address(options.address)
         return
     have = options.num_cpus or os.cpu_count() or 1

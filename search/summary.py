@@ -129,8 +129,11 @@ def where_to_look(tracking_uri: str, dashboard: str | None, **more: str | None) 
               "--host 127.0.0.1 --port 5000   (then http://127.0.0.1:5000)")
     else:
         print(f"MLflow:         {redact(tracking_uri)}")
-    print(f"Ray dashboard:  {dashboard or 'n/a'} while this command runs (token authentication "
-          "is on: `ray get-auth-token` prints the token it asks for)")
+    if dashboard:
+        print(f"Ray dashboard:  {dashboard} while this command runs (token authentication is on: "
+              "`ray get-auth-token` prints the token it asks for)")
+    else:
+        print("Ray dashboard:  none (the cluster ran without one: --no-dashboard)")
 
 
 def winner(run) -> dict:

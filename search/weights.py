@@ -56,7 +56,15 @@ from search.study import (
 )
 from search.summary import grid_defaults
 from search.workspace import Workspace
-from trainables.cli import EXIT_USAGE, ArgParser, above_one, at_least, options_from, output
+from trainables.cli import (
+    EXIT_USAGE,
+    ArgParser,
+    above_one,
+    at_least,
+    exit_now,
+    options_from,
+    output,
+)
 from trainables.data import NUM_CLASSES
 from trainables.engine import HARD_CLASSES, SEED_CLASS_WEIGHTS, ConfigError
 from trainables.models import list_models
@@ -315,4 +323,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

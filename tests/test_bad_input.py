@@ -151,6 +151,7 @@ def grid_cases(small: Path, corrupt: Path) -> list:
         (["--num-cpus", "0"], "--num-cpus must be at least 1"),
         (["--max-concurrent", "-1"], "--max-concurrent must be 0"),
         (["--address", f"127.0.0.1:{free_port()}"], "no Ray cluster answers at 127.0.0.1:"),
+        (["--address", "auto", "--no-dashboard"], "--no-dashboard is for the local cluster"),
         (["--seed", "-1"], "--seed: must be 0 or more"),
         (["--train-size", "501"], "larger than the 500 labelled training images"),
         (["--train-size", "50"], "train size 50 is too small"),
@@ -166,6 +167,7 @@ def grid_cases(small: Path, corrupt: Path) -> list:
 GRID_IDS = ["unknown profile", "batch size 0", "width 0", "warm-up -1", "grace period 0",
             "reduction factor 1", "cpus per trial -1", "cpus per trial above the cluster",
             "gpus per trial 1.5", "num cpus 0", "max concurrent -1", "address not answering",
+            "no dashboard with address",
             "seed -1", "train size above the data", "train size too small", "missing data",
             "corrupt data", "data dir is a file", "existing experiment without --resume",
             "--resume on other data", "unreachable tracking URI"]

@@ -28,10 +28,10 @@ ENV = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
 # killed run can be compared number for number with an uninterrupted one.
 GRID = ("--model", "cnn", "--profile", "smoke", "--train-size", "400", "--batch-sizes",
         "32,64", "--epochs", "2,3", "--scheduler", "none", "--num-cpus", "1",
-        "--max-concurrent", "1", "--dashboard-port", "0")
+        "--max-concurrent", "1", "--no-dashboard")
 WEIGHTS = ("--model", "cnn", "--profile", "smoke", "--train-size", "400", "--num-samples", "3",
            "--batch-size", "64", "--epochs", "2", "--scheduler", "none", "--num-cpus", "1",
-           "--max-concurrent", "1", "--dashboard-port", "0")
+           "--max-concurrent", "1", "--no-dashboard")
 
 
 @pytest.fixture(scope="module", autouse=True)

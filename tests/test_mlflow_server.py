@@ -194,7 +194,7 @@ def study(server, tmp_path_factory) -> Study:
     args = ["--model", "cnn", "--profile", "smoke", "--train-size", "300", "--name", NAME,
             "--batch-sizes", "64,128", "--epochs", "2", "--max-concurrent", "1",
             "--scheduler", "none", "--workspace", str(ws), "--tracking-uri", uri,
-            "--num-cpus", "2", "--dashboard-port", str(free_port())]
+            "--num-cpus", "2", "--no-dashboard"]
     result = Study()
     client = server.client()
     started = time.time()

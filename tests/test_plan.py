@@ -186,7 +186,7 @@ def test_a_grid_prints_its_plan_and_the_next_one_an_estimate(small_set, tmp_path
     args = ["--model", "cnn", "--profile", "smoke", "--data-dir", str(small_set),
             "--train-size", "all", "--warmup-epochs", "1", "--epochs", "2,3",
             "--schedule", "wsd", "--workspace", str(ws), "--num-cpus", "2",
-            "--dashboard-port", "0"]
+            "--no-dashboard"]
     with environ_kept():  # the search starts this process's Ray cluster and sets its defaults
         try:
             assert grid.main([*args, "--batch-sizes", "64"]) == 0

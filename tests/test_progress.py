@@ -19,7 +19,6 @@ from conftest import (
     NAME,
     ROOT,
     _run_streaming,
-    free_port,
     internal_lines,
     need_real_data,
     write_idx_set,
@@ -240,6 +239,38 @@ def test_quiet_prints_errors_only(tmp_path):
     assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.startswith("error: ")
 
 
+
+EXITS = """
+import atexit, sys, threading, time
+from trainables.cli import exit_now
+atexit.register(lambda: print("exit handler ran"))
+print("buffered " * 2000)  # more than a line, left in the pipe's buffer
+if sys.argv[1] == "thread":  # a thread that is not a daemon: the ordinary exit waits for it
+    started = threading.Event()
+    def late():
+        started.set(); time.sleep(0.3); print("the thread's last line", flush=True)
+    threading.Thread(target=late).start()
+    started.wait()
+exit_now(int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("case", ["plain", "thread"])
+def test_a_command_ends_with_its_code_its_output_and_its_exit_handlers(case):
+    """trainables/cli.py's exit_now, which every command's __main__ ends with: it skips the
+    interpreter's teardown of the modules, not what a command leaves behind."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", EXITS, case, "3"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3, out.stderr
+    assert out.stdout.count("buffered") == 2000 and out.stdout.endswith("exit handler ran\n")
+    assert ("the thread's last line" in out.stdout) == (case == "thread")
+    for module in COMMANDS:
+        source = Path(ROOT / (module.replace("search.pipeline", "tunefuse.pipeline")
+                              .replace(".", "/") + ".py")).read_text()
+        assert source.rstrip().endswith("exit_now(main())"), module
+
 # --- a real smoke grid ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -254,7 +285,7 @@ def interrupted_grid(tmp_path_factory):
     ws = tmp_path_factory.mktemp("interrupted") / "ws"
     cmd = [sys.executable, "-m", "search.grid", "--model", "cnn", "--profile", "smoke",
            "--batch-sizes", "16,256", "--max-concurrent", "1", "--workspace", str(ws),
-           "--dashboard-port", str(free_port())]
+           "--no-dashboard"]
     env = {**os.environ, "TUNEFUSE_PROGRESS_EVERY": "0"}
     seen: list[str] = []
 

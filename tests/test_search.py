@@ -128,7 +128,7 @@ def test_smoke_grid_end_to_end(split, tmp_path):
     # batch 512 of 900 images takes two steps an epoch: clearly behind at the first rung
     out = grid("--model", "resnet", "--profile", "smoke", "--batch-sizes", "32,64,512",
                "--epochs", "3,4", "--workspace", str(ws), "--num-cpus", "2",
-               "--max-concurrent", "1", "--dashboard-port", "0")
+               "--max-concurrent", "1", "--no-dashboard")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "best: val_acc" in out.stdout and "mlflow ui --backend-store-uri" in out.stdout
     client, parents, children = mlflow_runs(ws)
@@ -172,7 +172,7 @@ def test_a_failing_trial_is_recorded_and_the_rest_go_on(tmp_path, capfd):
             code = grid_module.main(
                 ["--model", "resnet18", "--profile", "smoke", "--batch-sizes", "64", "--epochs",
                  "3", "--workspace", str(ws), "--num-cpus", "2", "--scheduler", "none",
-                 "--max-failures", "0", "--dashboard-port", "0"],
+                 "--max-failures", "0", "--no-dashboard"],
                 space_overrides={"lr": tune.grid_search([0.01, 1e12])})  # 1e12: loss explodes
         finally:
             ray.shutdown()

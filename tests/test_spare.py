@@ -105,7 +105,7 @@ def test_the_trial_left_alone_trains_on_the_freed_core_and_loses_nothing(tmp_pat
             code = grid_module.main(
                 ["--model", "cnn", "--profile", "smoke", "--batch-sizes", "64", "--epochs",
                  "1,6", "--train-size", "2000", "--workspace", str(ws), "--num-cpus", "2",
-                 "--max-concurrent", "1", "--scheduler", "none", "--dashboard-port", "0"])
+                 "--max-concurrent", "1", "--scheduler", "none", "--no-dashboard"])
         finally:
             ray.shutdown()
     assert code == 0

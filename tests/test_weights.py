@@ -113,7 +113,7 @@ def test_stopped_trials_are_told_as_pruned_and_lost_ones_as_failed(tmp_path):
 
 # --- the command end to end -------------------------------------------------------------------
 
-SMOKE = ["--model", "resnet", "--profile", "smoke", "--num-cpus", "2", "--dashboard-port", "0"]
+SMOKE = ["--model", "resnet", "--profile", "smoke", "--num-cpus", "2", "--no-dashboard"]
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from bench import chaos
 
 pytestmark = pytest.mark.slow
 COMMON = ("--profile", "smoke", "--train-size", "400", "--num-cpus", "1", "--max-concurrent",
-          "1", "--dashboard-port", "0")
+          "1", "--no-dashboard")
 GRID = ("--model", "cnn", "--batch-sizes", "32,64", "--epochs", "3", "--scheduler", "none",
         *COMMON)
 WEIGHTS = ("--model", "cnn", "--num-samples", "3", "--batch-size", "64", "--epochs", "2",

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from trainables.classes import CLASSES, NUM_CLASSES
-from trainables.cli import ArgParser, at_least, output
+from trainables.cli import ArgParser, at_least, exit_now, output
 from trainables.download import download_files
 from trainables.idx import DataError, read_idx
 
@@ -294,4 +294,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -21,7 +21,16 @@ import torch
 from tqdm import tqdm
 
 from trainables import augment, checkpoint
-from trainables.cli import EXIT_OK, EXIT_USAGE, QUIET, ArgParser, at_least, output, verbosity
+from trainables.cli import (
+    EXIT_OK,
+    EXIT_USAGE,
+    QUIET,
+    ArgParser,
+    at_least,
+    exit_now,
+    output,
+    verbosity,
+)
 from trainables.data import CLASSES, DataError, add_data_args, load_split
 from trainables.engine import (
     SEED_CLASS_WEIGHTS,
@@ -202,4 +211,4 @@ def finish(state, cfg: TrainConfig, split, out: Path, started: float) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

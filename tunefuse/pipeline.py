@@ -35,7 +35,7 @@ from search.options import (
 )
 from search.profiles import PROFILES
 from search.workspace import Workspace, redact
-from trainables.cli import EXIT_USAGE, ArgParser, at_least, options_from, output
+from trainables.cli import EXIT_USAGE, ArgParser, at_least, exit_now, options_from, output
 from trainables.engine import check_batch
 from trainables.models import list_models
 from tunefuse.stages import PipelineState, plan, run_pipeline
@@ -151,4 +151,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -112,8 +112,9 @@ run: data compiler venv
 test: setup
 	$(PY) -m pytest -m "not slow"
 
+# TESTS: which of them (pytest's paths and options, e.g. --ignore=tests/test_crash.py)
 test-slow: setup
-	$(PY) -m pytest -m "slow and not soak"
+	$(PY) -m pytest -m "slow and not soak" $(TESTS)
 
 test-soak: setup
 	$(PY) -m pytest -m soak

@@ -472,7 +472,15 @@ def test_readme_opens_with_the_pipeline_and_the_tests_and_ci_runs_them():
           if ln.strip() and not ln.startswith("#")]
     assert test_cmd + " || status=$?" in ci  # its failure is CI's, once the slow tests end
     assert any(ln.startswith("make test-slow ") and ln.endswith("&") for ln in ci)
-    assert ci.index("make setup") < ci.index(test_cmd + " || status=$?")
+    # the whole set-up, before the tests: the venv beside Debian's packages, both waited for
+    setup = re.search(r"^setup: (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    apt = next(ln for ln in ci if ln.startswith("make data "))
+    assert set(setup.split()) == set(apt.split("||")[0].split()[1:]) | {"venv"}
+    first_test = ci.index(test_cmd + " || status=$?")
+    assert ci.index('make venv > "$venv_log" 2>&1 &') < ci.index(apt) < first_test
+    assert ci.index('wait "$venv" || status=$?') < first_test
+    # the slow tests left for after make test count as much as the others
+    assert ci.index('make test-slow TESTS="$LATE" || status=$?') == first_test + 1
     assert 'wait "$slow" || status=$?' in ci and ci[-1] == 'exit "$status"'
 
 

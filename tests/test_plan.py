@@ -181,6 +181,7 @@ def before_training(out: str, name: str) -> str:
     return lines[at]
 
 
+@pytest.mark.slow  # three real grids on a local Ray cluster
 def test_a_grid_prints_its_plan_and_the_next_one_an_estimate(small_set, tmp_path, capsys):
     ws = tmp_path / "ws"
     args = ["--model", "cnn", "--profile", "smoke", "--data-dir", str(small_set),

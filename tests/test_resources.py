@@ -43,6 +43,7 @@ def test_auto_is_the_default_and_reaches_the_trial_unresolved():
     assert on_this_worker(TrainConfig(device="auto")) == TrainConfig(device="auto")
 
 
+@pytest.mark.slow  # its two packed processes and the seed-protocol run: 40 s alone
 def test_the_gpu_check_rehearses_on_the_cpu():
     out = subprocess.run([str(ROOT / "bench" / "gpu_check.sh"), "--dry-run"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)

@@ -151,6 +151,7 @@ def _trial_in_a_process(epochs: int, cache: dict, queue) -> None:
     queue.put((epochs, run_trial(split, {**base(epochs=epochs), **cache})[1]))
 
 
+@pytest.mark.slow  # two trials in processes of their own, 14 epochs
 def test_two_trials_extending_one_trunk_at_once_compute_it_once(split, tmp_path):
     """Side by side: one holds the trunk while it computes its epochs; the other waits for it,
     then reports them from the trunk's history (whichever started first)."""

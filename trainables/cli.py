@@ -37,7 +37,7 @@ def exit_now(code: int) -> NoReturn:
               if t is not threading.main_thread() and not t.daemon and t.is_alive()]
     if others:
         sys.exit(code)
-    atexit._run_exitfuncs()
+    atexit._run_exitfuncs()  # CPython's own, as its ordinary exit calls them
     _flush()
     os._exit(code)
 

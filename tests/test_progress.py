@@ -239,14 +239,13 @@ def test_quiet_prints_errors_only(tmp_path):
     assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.startswith("error: ")
 
 
-
 EXITS = """
 import atexit, sys, threading, time
 from trainables.cli import exit_now
 atexit.register(lambda: print("exit handler ran"))
 print("buffered " * 2000)  # more than a line, left in the pipe's buffer
 if sys.argv[1] == "thread":  # a thread that is not a daemon: the ordinary exit waits for it
-    started = threading.Event()
+    started = threading.Event()  # (its 0.3 s: what an exit that did not wait would cut)
     def late():
         started.set(); time.sleep(0.3); print("the thread's last line", flush=True)
     threading.Thread(target=late).start()
@@ -267,8 +266,8 @@ def test_a_command_ends_with_its_code_its_output_and_its_exit_handlers(case):
     assert out.stdout.count("buffered") == 2000 and out.stdout.endswith("exit handler ran\n")
     assert ("the thread's last line" in out.stdout) == (case == "thread")
     for module in COMMANDS:
-        source = Path(ROOT / (module.replace("search.pipeline", "tunefuse.pipeline")
-                              .replace(".", "/") + ".py")).read_text()
+        source = (ROOT / (module.replace("search.pipeline", "tunefuse.pipeline")
+                          .replace(".", "/") + ".py")).read_text()
         assert source.rstrip().endswith("exit_now(main())"), module
 
 # --- a real smoke grid ---------------------------------------------------------------------------

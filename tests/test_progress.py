@@ -240,14 +240,15 @@ def test_quiet_prints_errors_only(tmp_path):
 
 
 EXITS = """
-import atexit, sys, threading, time
+import atexit, sys, threading
 from trainables.cli import exit_now
 atexit.register(lambda: print("exit handler ran"))
 print("buffered " * 2000)  # more than a line, left in the pipe's buffer
 if sys.argv[1] == "thread":  # a thread that is not a daemon: the ordinary exit waits for it
-    started = threading.Event()  # (its 0.3 s: what an exit that did not wait would cut)
-    def late():
-        started.set(); time.sleep(0.3); print("the thread's last line", flush=True)
+    started = threading.Event()
+    def late():  # prints once the main thread has ended, which only the ordinary exit marks
+        started.set(); threading.main_thread().join()
+        print("the thread's last line", flush=True)
     threading.Thread(target=late).start()
     started.wait()
 exit_now(int(sys.argv[2]))

@@ -355,7 +355,9 @@ def test_a_compiled_run_trains_as_the_eager_one_and_resumes_exactly(small_split,
 
     need_compiler()
     split = small_split  # 450 training images: 7 batches of 64 and one of 2
-    cfg = TrainConfig(**FAST, epochs=3, warmup_epochs=1, dropout=0.0, seed=4, compile="on")
+    # the fp32 path named, not "auto": on a CPU with native bf16 "auto" picks bf16
+    cfg = TrainConfig(**FAST, epochs=3, warmup_epochs=1, dropout=0.0, seed=4, compile="on",
+                      precision="fp32", memory_format="contiguous")
     eager = fit(replace(cfg, compile="off"), split)
     assert eager.compiled is None and eager.fast == fastpath.FP32
     before = counters["frames"]["ok"]

@@ -14,6 +14,11 @@ size: one value per trunk (its trials report the same numbers there), ASHA's rul
 A trunk that is cut stops its trials there, and any of its trials that has not begun its decay
 yet: no branch of it starts later. Rungs inside a decay compare trials of one length, as above.
 
+A margin (the profile's ``asha_margin``, ``--asha-margin``) lowers every cutoff by that much of
+the metric: a trial is stopped only when it is behind by more than the validation set's noise.
+With one trunk per batch size a rung compares two values, and ASHA's rule alone stops the
+lower one at any gap, 0.1 points included (docs/profiles.md).
+
 Every stop is recorded (trial, epoch, rung, cutoff, the trial's value) so the lineage can say
 when and why a trial was stopped. Tune does not save a scheduler with its experiment state: a
 resumed search rebuilds the rungs from what each trial reported before (``_replay``), so its
@@ -36,11 +41,12 @@ from trainables.trunk import trunk_group
 
 class ScheduleAwareASHA(FIFOScheduler):
     def __init__(self, grace_period: int, reduction_factor: float, group_key: str = "epochs",
-                 metric: str = METRIC):
+                 metric: str = METRIC, margin: float = 0.0):
         super().__init__()
         self._metric, self._mode = metric, MODE
         self.grace_period = grace_period
         self.reduction_factor = reduction_factor
+        self.margin = float(margin)  # every cutoff lowered by this much of the metric
         self.group_key = group_key
         self.groups: dict[int, AsyncHyperBandScheduler] = {}
         self.stops: dict[str, dict] = {}  # trial_id -> why it was stopped
@@ -59,7 +65,17 @@ class ScheduleAwareASHA(FIFOScheduler):
                 time_attr=TIME_ATTR, metric=self.metric, mode=MODE, max_t=length,
                 grace_period=min(self.grace_period, length),
                 reduction_factor=self.reduction_factor)
+            for bracket in self.groups[length]._brackets:  # Ray's rule, less the margin
+                bracket.cutoff = self._lowered(bracket.cutoff)
         return self.groups[length]
+
+    def _lowered(self, cutoff):
+        """A bracket's cutoff less the margin (rewards are metric_op x value, so the margin
+        is lenient in either mode)."""
+        def lowered(recorded):
+            value = cutoff(recorded)
+            return None if value is None else value - self.margin
+        return lowered
 
     def rungs(self, length: int) -> list[int]:
         """The epochs at which trials of ``length`` epochs are compared."""
@@ -136,6 +152,7 @@ class ScheduleAwareASHA(FIFOScheduler):
             "value": float(value),
             "cutoff": float(bracket.cutoff(recorded)) if recorded else None,
             "compared_with": len(recorded), "group_epochs": int(group._max_t),
+            "margin": self.margin,
         }
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
@@ -192,13 +209,13 @@ class ScheduleAwareASHA(FIFOScheduler):
             if trunk in recorded:
                 return TrialScheduler.CONTINUE
             others = list(recorded.values())
-            cutoff = float(np.nanpercentile(others, (1 - 1 / self.reduction_factor) * 100)) \
-                if others else None
+            cutoff = float(np.nanpercentile(others, (1 - 1 / self.reduction_factor) * 100)
+                           ) - self.margin if others else None
             recorded[trunk] = float(value)
             if cutoff is not None and value < cutoff:
                 cut = self.trunk_cuts[trunk] = {
                     "rung": int(epoch), "metric": self.metric, "trunk_value": float(value),
-                    "cutoff": cutoff, "compared_with": len(others),
+                    "cutoff": cutoff, "compared_with": len(others), "margin": self.margin,
                     "trunk": f"batch size {trial.config.get('batch_size')}"}
         if cut is None:
             return TrialScheduler.CONTINUE

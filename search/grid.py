@@ -36,6 +36,7 @@ from trainables.cli import (
     above_one,
     at_least,
     exit_now,
+    non_negative,
     options_from,
     output,
     positive_ints,
@@ -56,6 +57,7 @@ class GridOptions(SearchOptions):
     no_shared_warmups: bool = False
     grace_period: int | None = None
     reduction_factor: float | None = None
+    asha_margin: float | None = None
 
 
 def parser() -> ArgParser:
@@ -73,6 +75,9 @@ def parser() -> ArgParser:
     g.add_argument("--grace-period", type=at_least(1),
                    help="first ASHA rung, epochs (default profile)")
     g.add_argument("--reduction-factor", type=above_one, help="ASHA's (default profile)")
+    g.add_argument("--asha-margin", type=non_negative,
+                   help="stop a trial only when it is this far below ASHA's cutoff, in the "
+                   "metric's units, e.g. 0.01 (default profile)")
     add_search_args(p, "grid-MODEL")
     return p
 
@@ -120,14 +125,17 @@ def run(options: GridOptions, space_overrides: dict | None = None) -> int:
     scheduler = None
     if options.scheduler == "asha":
         scheduler = ScheduleAwareASHA(options.grace_period or profile.grace_period,
-                                      options.reduction_factor or profile.reduction_factor)
+                                      options.reduction_factor or profile.reduction_factor,
+                                      margin=profile.asha_margin if options.asha_margin is None
+                                      else options.asha_margin)
     params = {"model": model, "profile": profile.name, "batch_sizes": list(batch_sizes),
               "epochs": list(epochs), "scheduler": options.scheduler, "train_size": len(
                   split.y_train) + len(split.y_val), "seed": options.seed,
               "width": param_space["model_kwargs"].get("width"),
               "warmup_epochs": warmup(options),
               "grace_period": getattr(scheduler, "grace_period", None),
-              "reduction_factor": getattr(scheduler, "reduction_factor", None)}
+              "reduction_factor": getattr(scheduler, "reduction_factor", None),
+              "asha_margin": getattr(scheduler, "margin", None)}
     search = Search(name=name, kind="grid", param_space=param_space, scheduler=scheduler,
                     params=params, tags={"profile": profile.name,
                                          "scheduler": options.scheduler, "model": model})

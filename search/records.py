@@ -120,6 +120,8 @@ def record_end(client, run_id: str, status: str, metric: str, best: tuple[float,
 def asha_tags(stop: dict) -> dict[str, str]:
     """Where and why ASHA stopped a trial (search/asha.py's record of the decision)."""
     cutoff = "n/a" if stop["cutoff"] is None else f"{stop['cutoff']:.4f}"
+    if stop.get("margin") and stop["cutoff"] is not None:  # ASHA's cutoff less the margin
+        cutoff += f" (with the margin {stop['margin']:.4f})"
     tags = {"stopped_by": "asha", "stopped_at_epoch": str(stop["epoch"])}
     if "trunk" in stop:  # cut on the shared trunk, where every batch size runs at one rate
         tags["stop_reason"] = (

@@ -62,6 +62,7 @@ from trainables.cli import (
     above_one,
     at_least,
     exit_now,
+    non_negative,
     options_from,
     output,
 )
@@ -91,6 +92,7 @@ class WeightsOptions(SearchOptions):
     scheduler: str = "asha"
     grace_period: int | None = None
     reduction_factor: float | None = None
+    asha_margin: float | None = None
 
 
 def parser() -> ArgParser:
@@ -116,6 +118,9 @@ def parser() -> ArgParser:
     g.add_argument("--grace-period", type=at_least(1),
                    help="first ASHA rung, epochs (default profile)")
     g.add_argument("--reduction-factor", type=above_one, help="ASHA's (default profile)")
+    g.add_argument("--asha-margin", type=non_negative,
+                   help="stop a trial only when it is this far below ASHA's cutoff, in the "
+                   "metric's units, e.g. 0.01 (default profile)")
     add_search_args(p, "weights-MODEL")
     return p
 
@@ -259,6 +264,8 @@ def make_search(options: WeightsOptions, s: Settings, ws: Workspace, split) -> S
     if options.scheduler == "asha":
         scheduler = ScheduleAwareASHA(options.grace_period or profile.grace_period,
                                       options.reduction_factor or profile.reduction_factor,
+                                      margin=profile.asha_margin if options.asha_margin is None
+                                      else options.asha_margin,
                                       metric=metric)
     base = base_config(options, s.model, s.width, s.warmup, batch_size=s.batch_size,
                        epochs=s.epochs)
@@ -285,7 +292,8 @@ def make_search(options: WeightsOptions, s: Settings, ws: Workspace, split) -> S
               "warmup_epochs": s.warmup, "defaults_from": s.found.get("from", "profile"),
               "scheduler": options.scheduler, "optuna_storage": storage_url(ws),
               "grace_period": getattr(scheduler, "grace_period", None),
-              "reduction_factor": getattr(scheduler, "reduction_factor", None)}
+              "reduction_factor": getattr(scheduler, "reduction_factor", None),
+              "asha_margin": getattr(scheduler, "margin", None)}
     return Search(
         name=s.name, kind="weights", param_space=param_space, scheduler=scheduler,
         num_samples=s.num_samples, params=params, metric=metric,

@@ -145,6 +145,7 @@ def grid_cases(small: Path, corrupt: Path) -> list:
         (["--warmup-epochs", "-1"], "--warmup-epochs: must be at least 0"),
         (["--grace-period", "0"], "--grace-period: must be at least 1"),
         (["--reduction-factor", "1"], "--reduction-factor: must be above 1"),
+        (["--asha-margin", "-0.01"], "--asha-margin: must be 0 or more"),
         (["--cpus-per-trial", "-1"], "--cpus-per-trial must be above 0"),
         (["--cpus-per-trial", "4"], "more than the 2 CPUs of the local cluster"),
         (["--gpus-per-trial", "1.5"], "whole GPUs"),
@@ -165,7 +166,8 @@ def grid_cases(small: Path, corrupt: Path) -> list:
 
 
 GRID_IDS = ["unknown profile", "batch size 0", "width 0", "warm-up -1", "grace period 0",
-            "reduction factor 1", "cpus per trial -1", "cpus per trial above the cluster",
+            "reduction factor 1", "asha margin -0.01", "cpus per trial -1",
+            "cpus per trial above the cluster",
             "gpus per trial 1.5", "num cpus 0", "max concurrent -1", "address not answering",
             "no dashboard with address",
             "seed -1", "train size above the data", "train size too small", "missing data",

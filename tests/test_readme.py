@@ -104,6 +104,8 @@ def check_row(row: dict[str, str], where: str) -> set[str]:
             assert numbers(cell)[0] == p.grace_period if asha_rungs(p) else cell == "none", what
         elif column == "ASHA factor":
             assert float(cell) == p.reduction_factor, what
+        elif column == "ASHA margin":
+            assert float(cell) == p.asha_margin, what
         elif column == "class-weight fallback":
             m = re.fullmatch(r"b(\d+), (\d+) epochs", cell)
             assert m and (int(m[1]), int(m[2])) == (p.weights_batch_size, p.weights_epochs), what
@@ -134,6 +136,7 @@ def check_row(row: dict[str, str], where: str) -> set[str]:
               "class-weight trials"}),
     (PROFILES_DOC, {"train size (train / val)", "grids (batch sizes x epochs)", "widths",
                     "class-weight trials", "warm-up epochs", "ASHA rungs", "ASHA factor",
+                    "ASHA margin",
                     "class-weight fallback", "augmentation", "fusion"}),
 ], ids=["README", "docs/profiles.md"])
 def test_profile_tables_match_search_profiles(path, columns):

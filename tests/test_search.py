@@ -69,6 +69,22 @@ def test_asha_groups_trials_by_schedule_length():
     assert "long" not in asha.stops
 
 
+def test_asha_s_margin_lowers_the_cutoff_of_each_length():
+    asha = ScheduleAwareASHA(grace_period=2, reduction_factor=2, margin=0.02)
+    trials = [FakeTrial(f"t{i}", 4) for i in range(3)]
+    for t in trials:
+        asha.on_trial_add(None, t)
+
+    def report(t, acc):
+        return asha.on_trial_result(None, t, {"epoch": 2, "val_acc": acc})
+
+    assert report(trials[0], 0.90) == TrialScheduler.CONTINUE
+    assert report(trials[1], 0.89) == TrialScheduler.CONTINUE  # 0.01 behind: within 0.02
+    assert report(trials[2], 0.85) == TrialScheduler.STOP  # cutoff 0.895 - 0.02
+    assert asha.stops["t2"]["cutoff"] == pytest.approx(0.875)
+    assert asha.stops["t2"]["margin"] == 0.02
+
+
 # --- the Trainable ----------------------------------------------------------------------------
 
 def test_warmup_is_computed_once_and_reused_exactly(split, tmp_path):

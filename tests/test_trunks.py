@@ -221,6 +221,26 @@ def test_asha_compares_batch_sizes_on_the_trunk_and_cuts_a_trunk_with_its_branch
     assert report(128, 4, 2, 0.90) == TrialScheduler.CONTINUE  # above the cutoff
 
 
+def test_a_margin_spares_a_trunk_within_it_and_cuts_one_behind_by_more():
+    """With two trunks a rung compares two values: ASHA's rule alone cuts the lower at any
+    gap. A margin of 0.01 lets a trunk 0.005 behind go on and cuts one 0.02 behind, and the
+    record says which cutoff it was held to."""
+    asha = ScheduleAwareASHA(grace_period=2, reduction_factor=2, margin=0.01)
+    trials = {b: FakeTrial(f"b{b}", b, 12) for b in (64, 128, 256)}
+    for t in trials.values():
+        asha.on_trial_add(None, t)
+
+    def report(b, epoch, acc):
+        return asha.on_trial_result(None, trials[b], {"epoch": epoch, "val_acc": acc})
+
+    assert report(64, 2, 0.800) == TrialScheduler.CONTINUE
+    assert report(128, 2, 0.795) == TrialScheduler.CONTINUE  # 0.005 behind: within the margin
+    assert report(256, 2, 0.780) == TrialScheduler.STOP  # cutoff 0.7975 - 0.01
+    why = asha.stops["b256"]
+    assert why["cutoff"] == pytest.approx(0.7875) and why["margin"] == 0.01
+    assert "0.7875 (with the margin 0.0100)" in asha_tags(why)["stop_reason"]
+
+
 def test_without_wsd_asha_keeps_each_length_apart():
     asha = ScheduleAwareASHA(grace_period=2, reduction_factor=2)
     a, b = FakeTrial("a", 64, 8), FakeTrial("b", 128, 12)

@@ -96,6 +96,17 @@ def positive_ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def non_negative(text: str) -> float:
+    """An argparse type: a finite number of at least 0 (ASHA's margin)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be 0 or more (e.g. 0.01), got {text}")
+    return value
+
+
 def above_one(text: str) -> float:
     """An argparse type for ASHA's reduction factor (Ray asserts it is above 1)."""
     try:

@@ -157,7 +157,7 @@ def test_asha_records_each_stop_with_its_rung_and_cutoff():
     assert asha.stops["t3"] == {
         "epoch": 1, "rung": 1, "metric": "val_acc", "value": 0.4,
         "cutoff": pytest.approx(np.nanpercentile([0.5, 0.6, 0.7], 100 * 2 / 3)),
-        "compared_with": 3, "group_epochs": 9}, changed(
+        "compared_with": 3, "group_epochs": 9, "margin": 0.0}, changed(
         "AsyncHyperBandScheduler's _trial_info/_rungs/cutoff()", RAY, f"{ASHA} (the stop record)")
     assert report(trials[1], 3, 0.80) == TrialScheduler.CONTINUE
     assert report(trials[2], 3, 0.85) == TrialScheduler.CONTINUE

@@ -34,6 +34,7 @@ import numpy as np
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from search.rungs import rung_epochs
+from trainables.cli import above_one, at_least, non_negative
 from trainables.engine import ConfigError, TrainConfig, branch_epoch
 from trainables.trainable import METRIC, MODE, TIME_ATTR
 from trainables.trunk import trunk_group
@@ -235,3 +236,32 @@ class ScheduleAwareASHA(FIFOScheduler):
     def debug_string(self) -> str:
         return "ScheduleAwareASHA: " + "; ".join(
             f"{length} epochs: {g.debug_string()}" for length, g in sorted(self.groups.items()))
+
+
+def add_asha_args(g) -> None:
+    """The grid's and the weights search's ASHA flags (argparse group ``g``)."""
+    g.add_argument("--scheduler", choices=("asha", "none"), default="asha")
+    g.add_argument("--grace-period", type=at_least(1),
+                   help="first ASHA rung, epochs (default profile)")
+    g.add_argument("--reduction-factor", type=above_one, help="ASHA's (default profile)")
+    g.add_argument("--asha-margin", type=non_negative,
+                   help="stop a trial only when it is this far below ASHA's cutoff, in the "
+                   "metric's units, e.g. 0.01 (default profile)")
+
+
+def scheduler_for(options, profile, metric: str = METRIC) -> ScheduleAwareASHA | None:
+    """The search's scheduler: ASHA with the options' settings, the profile's where they are
+    not given; None for ``--scheduler none``."""
+    if options.scheduler != "asha":
+        return None
+    margin = profile.asha_margin if options.asha_margin is None else options.asha_margin
+    return ScheduleAwareASHA(options.grace_period or profile.grace_period,
+                             options.reduction_factor or profile.reduction_factor,
+                             metric=metric, margin=margin)
+
+
+def scheduler_params(scheduler: ScheduleAwareASHA | None) -> dict:
+    """ASHA's settings for the search's parent run (None without ASHA)."""
+    return {k: getattr(scheduler, a, None) for k, a in (
+        ("grace_period", "grace_period"), ("reduction_factor", "reduction_factor"),
+        ("asha_margin", "margin"))}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ray import tune
 
-from search.asha import ScheduleAwareASHA
+from search.asha import add_asha_args, scheduler_for, scheduler_params
 from search.driver import Search, run_search
 from search.options import (
     ALIASES,
@@ -33,10 +33,8 @@ from search.profiles import PROFILES
 from trainables.cli import (
     EXIT_USAGE,
     ArgParser,
-    above_one,
     at_least,
     exit_now,
-    non_negative,
     options_from,
     output,
     positive_ints,
@@ -69,15 +67,9 @@ def parser() -> ArgParser:
     g.add_argument("--epochs", type=positive_ints, help="e.g. 20,40, warm-up included")
     g.add_argument("--width", type=at_least(1), help="channel width (resnet18, inception)")
     g.add_argument("--warmup-epochs", type=at_least(0), help="default: the profile's (seed: 5)")
-    g.add_argument("--scheduler", choices=("asha", "none"), default="asha")
     g.add_argument("--no-shared-warmups", action="store_true",
                    help="every trial computes its own warm-up (for comparisons)")
-    g.add_argument("--grace-period", type=at_least(1),
-                   help="first ASHA rung, epochs (default profile)")
-    g.add_argument("--reduction-factor", type=above_one, help="ASHA's (default profile)")
-    g.add_argument("--asha-margin", type=non_negative,
-                   help="stop a trial only when it is this far below ASHA's cutoff, in the "
-                   "metric's units, e.g. 0.01 (default profile)")
+    add_asha_args(g)
     add_search_args(p, "grid-MODEL")
     return p
 
@@ -122,20 +114,13 @@ def run(options: GridOptions, space_overrides: dict | None = None) -> int:
     except REFUSED as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    scheduler = None
-    if options.scheduler == "asha":
-        scheduler = ScheduleAwareASHA(options.grace_period or profile.grace_period,
-                                      options.reduction_factor or profile.reduction_factor,
-                                      margin=profile.asha_margin if options.asha_margin is None
-                                      else options.asha_margin)
+    scheduler = scheduler_for(options, profile)
     params = {"model": model, "profile": profile.name, "batch_sizes": list(batch_sizes),
               "epochs": list(epochs), "scheduler": options.scheduler, "train_size": len(
                   split.y_train) + len(split.y_val), "seed": options.seed,
               "width": param_space["model_kwargs"].get("width"),
               "warmup_epochs": warmup(options),
-              "grace_period": getattr(scheduler, "grace_period", None),
-              "reduction_factor": getattr(scheduler, "reduction_factor", None),
-              "asha_margin": getattr(scheduler, "margin", None)}
+              **scheduler_params(scheduler)}
     search = Search(name=name, kind="grid", param_space=param_space, scheduler=scheduler,
                     params=params, tags={"profile": profile.name,
                                          "scheduler": options.scheduler, "model": model})

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import optuna
 from ray import tune
 
-from search.asha import ScheduleAwareASHA
+from search.asha import add_asha_args, scheduler_for, scheduler_params
 from search.driver import Search, run_search
 from search.options import (
     ALIASES,
@@ -59,10 +59,8 @@ from search.workspace import Workspace
 from trainables.cli import (
     EXIT_USAGE,
     ArgParser,
-    above_one,
     at_least,
     exit_now,
-    non_negative,
     options_from,
     output,
 )
@@ -114,13 +112,7 @@ def parser() -> ArgParser:
     g.add_argument("--epochs", type=at_least(1), help="warm-up included; default as --batch-size")
     g.add_argument("--width", type=at_least(1), help="channel width; default as --batch-size")
     g.add_argument("--warmup-epochs", type=at_least(0), help="default: the profile's (seed: 5)")
-    g.add_argument("--scheduler", choices=("asha", "none"), default="asha")
-    g.add_argument("--grace-period", type=at_least(1),
-                   help="first ASHA rung, epochs (default profile)")
-    g.add_argument("--reduction-factor", type=above_one, help="ASHA's (default profile)")
-    g.add_argument("--asha-margin", type=non_negative,
-                   help="stop a trial only when it is this far below ASHA's cutoff, in the "
-                   "metric's units, e.g. 0.01 (default profile)")
+    add_asha_args(g)
     add_search_args(p, "weights-MODEL")
     return p
 
@@ -260,13 +252,7 @@ def make_search(options: WeightsOptions, s: Settings, ws: Workspace, split) -> S
     """The Tune experiment of a weights search: TPE over the weights, ASHA on the objective."""
     profile = PROFILES[options.profile]
     metric = options.objective
-    scheduler = None
-    if options.scheduler == "asha":
-        scheduler = ScheduleAwareASHA(options.grace_period or profile.grace_period,
-                                      options.reduction_factor or profile.reduction_factor,
-                                      margin=profile.asha_margin if options.asha_margin is None
-                                      else options.asha_margin,
-                                      metric=metric)
+    scheduler = scheduler_for(options, profile, metric)
     base = base_config(options, s.model, s.width, s.warmup, batch_size=s.batch_size,
                        epochs=s.epochs)
     # no shared warm-ups: the class weights shape the warm-up, and every trial has its own
@@ -291,9 +277,7 @@ def make_search(options: WeightsOptions, s: Settings, ws: Workspace, split) -> S
               "train_size": len(split.y_train) + len(split.y_val),
               "warmup_epochs": s.warmup, "defaults_from": s.found.get("from", "profile"),
               "scheduler": options.scheduler, "optuna_storage": storage_url(ws),
-              "grace_period": getattr(scheduler, "grace_period", None),
-              "reduction_factor": getattr(scheduler, "reduction_factor", None),
-              "asha_margin": getattr(scheduler, "margin", None)}
+              **scheduler_params(scheduler)}
     return Search(
         name=s.name, kind="weights", param_space=param_space, scheduler=scheduler,
         num_samples=s.num_samples, params=params, metric=metric,

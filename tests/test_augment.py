@@ -47,9 +47,9 @@ def test_unknown_policy(batch):
         augment.augment_batch(batch, "mixup", gen())
 
 
-@pytest.mark.parametrize("policy", ["flip", "online"])
+@pytest.mark.parametrize("policy", ["flip", "shift", "online"])
 def test_flip_is_a_flip(batch, policy):
-    kwargs = NO_WARP if policy == "online" else {}
+    kwargs = {"flip": {}, "shift": dict(translate=0), "online": NO_WARP}[policy]
     out = augment.augment_batch(batch, policy, gen(), **kwargs)
     flipped = (out == batch.flip(-1)).flatten(1).all(1)
     kept = (out == batch).flatten(1).all(1)
@@ -77,7 +77,25 @@ def test_affine_grid_matches_torch():
         assert torch.allclose(augment._affine_grid(theta, h, w), ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("policy", ["flip", "online"])
+def test_shift_policy_is_a_flip_then_an_exact_integer_shift(batch):
+    """``shift``: every image is the original or its mirror, moved by whole pixels (at most 2 per
+    axis) with zero fill: bit-exact, no interpolation, the object's mass kept."""
+    out = augment.augment_batch(batch, "shift", gen(3))
+    shifts = set()
+    for i in range(64):
+        matches = [(f, dy, dx) for f in (0, 1) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if torch.equal(out[i], torch.roll(batch[i].flip(-1) if f else batch[i],
+                                                     (-dy, -dx), (-2, -1)))]
+        assert len(matches) == 1, i  # the blob sits away from the borders: a roll is the shift
+        shifts.add(matches[0])
+    assert {s[0] for s in shifts} == {0, 1} and len({s[1:] for s in shifts}) > 10
+    edge = torch.ones(8, 1, 28, 28)
+    moved = augment.random_shift(edge, gen(), pixels=2)
+    assert set(moved.unique().tolist()) <= {0.0, 1.0}  # zero fill where the image moved away
+    assert torch.equal(augment.random_shift(edge, gen(), pixels=0), edge)
+
+
+@pytest.mark.parametrize("policy", ["flip", "shift", "online"])
 def test_seeded(batch, policy):
     a = augment.augment_batch(batch, policy, gen(5))
     assert torch.equal(a, augment.augment_batch(batch, policy, gen(5)))

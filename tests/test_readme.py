@@ -112,8 +112,13 @@ def check_row(row: dict[str, str], where: str) -> set[str]:
         elif column == "augmentation":
             if cell == "the seed's":
                 assert not p.augment, what
-            else:
-                assert p.augment == {m: cell for m in MODELS}, what
+            else:  # "flip", or "flip (resnet18: shift)" where one model differs
+                m = re.fullmatch(r"(\w+)(?: \((\w+): (\w+)\))?", cell)
+                assert m, what
+                expected = {model: m[1] for model in MODELS}
+                if m[2]:
+                    expected[m[2]] = m[3]
+                assert p.augment == expected, what
         elif column == "fusion":
             m = re.fullmatch(r"(\w+)(?:, top (\d+))?(, temperature-scaled)?(, flip TTA)?", cell)
             assert m, what

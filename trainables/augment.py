@@ -3,6 +3,8 @@
 docs/seed.md, "Tuning": the CNN's training set is expanded offline to three times its size
 (originals + horizontal flip then random erasing + Gaussian blur); ResNet and Inception get
 online augmentation (random horizontal flip, rotation, crop and erasing), drawn fresh each batch.
+Beside them, ``shift``: a flip and a random crop of the 2-pixel zero padding, no rotation or
+erasing (the usual light augmentation of the ResNet papers' CIFAR-10 runs, section 4.2).
 
 Per-sample transforms in a DataLoader cost a Python call per image; here each step is a handful
 of batched tensor operations (one ``grid_sample`` for rotation and crop, broadcast masks for
@@ -20,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-POLICIES = ("none", "flip", "online", "offline")
+POLICIES = ("none", "flip", "shift", "online", "offline")
 FLIP_P = 0.5
 ROTATE_DEGREES = 10.0  # rotation uniform in ±10°
 TRANSLATE_PIXELS = 2  # random crop of a 2-pixel zero padding back to 28x28 = shift of ±2 pixels
@@ -67,6 +69,20 @@ def random_erase(x: torch.Tensor, g: torch.Generator, p: float = ERASE_P,
     rect = in_rows.to(x.dtype)[:, None, :, None] * in_cols.to(x.dtype)[:, None, None, :]
     out = torch.addcmul(x, x, rect, value=-1)
     return out.add_(rect, alpha=value) if value else out
+
+
+def random_shift(x: torch.Tensor, g: torch.Generator,
+                 pixels: int = TRANSLATE_PIXELS) -> torch.Tensor:
+    """Shift each image of (B, C, H, W) by an integer offset uniform in ±pixels per axis, zero
+    fill: pad-and-crop, as one gather (exact, any dtype; no interpolation)."""
+    b, c, h, w = x.shape
+    off = (torch.rand(2, b, generator=g, device=g.device) * (2 * pixels + 1)).floor().long()
+    padded = F.pad(x, (pixels, pixels, pixels, pixels))
+    rows = (off[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B,1,H,1)
+    cols = (off[1][:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (B,1,1,W)
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
 
 
 @functools.lru_cache(maxsize=16)
@@ -117,6 +133,8 @@ def augment_batch(x: torch.Tensor, policy: str, g: torch.Generator, *,
         return x
     if policy == "flip":
         return random_flip(x, g, flip_p)
+    if policy == "shift":
+        return random_shift(random_flip(x, g, flip_p), g, translate)
     if policy == "online":
         x = random_flip(x, g, flip_p)
         if degrees or translate:  # an identity grid_sample is not bit-exact: skip it

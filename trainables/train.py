@@ -1,7 +1,8 @@
 """One run of the engine on the seed protocol, outside any search.
 
     python -m trainables.train --model cnn --epochs 10 [--batch-size 64] [--width W]
-        [--class-weights seed|uniform|w0,...,w9] [--augment none|flip|shift|online|offline] [--out DIR]
+        [--class-weights seed|uniform|w0,...,w9] [--augment none|flip|shift|online|offline]
+        [--out DIR]
 
 Prints each epoch's train loss, val loss, val accuracy and images/s, then the test accuracy of
 the final model, and writes DIR/metrics.json and DIR/checkpoint.pt (trainables/checkpoint.py).

@@ -56,7 +56,8 @@ def test_the_standard_profile_is_an_asha_grid_on_shared_trunks(model):
     configs = plan.trial_configs(space)
     (short, long), groups = profile.grid(model)[1], plan.trunks(configs)
     assert len(configs) == 4 and sorted(len(g) for g in groups) == [2, 2]
-    assert {c["augment"] for c in configs} == {"flip"}
+    # flips; ResNet18 flips and shifts (its 50-epoch trial memorised the set with flips alone)
+    assert {c["augment"] for c in configs} == {"shift" if model == "resnet18" else "flip"}
     for group in groups:
         assert plan.group_epochs(group) == long + (short - plan.branch(
             next(c for c in group if c["epochs"] == short)))

@@ -4,7 +4,7 @@ docs/seed.md, "Tuning": the CNN's training set is expanded offline to three time
 (originals + horizontal flip then random erasing + Gaussian blur); ResNet and Inception get
 online augmentation (random horizontal flip, rotation, crop and erasing), drawn fresh each batch.
 Beside them, ``shift``: a flip and a random crop of the 2-pixel zero padding, no rotation or
-erasing (the usual light augmentation of the ResNet papers' CIFAR-10 runs, section 4.2).
+erasing (the CIFAR-10 augmentation of He et al. 2016, section 4.2, there with 4 pixels).
 
 Per-sample transforms in a DataLoader cost a Python call per image; here each step is a handful
 of batched tensor operations (one ``grid_sample`` for rotation and crop, broadcast masks for

@@ -71,12 +71,18 @@ def add_fast_path_args(parser) -> None:
                              "10,000 images or more; default auto)")
 
 
+# CUDA computes bf16 in its tensor cores from compute capability 8.0 (Ampere) on; older GPUs
+# (Volta 7.0, Turing 7.5, Pascal 6.x) run it emulated, slower than fp32, although
+# torch.cuda.is_bf16_supported() says yes for them (its default counts emulation).
+CUDA_NATIVE_BF16 = (8, 0)
+
+
 def native_bf16(device: torch.device) -> bool:
-    """Whether the device computes bf16 in hardware: a CUDA GPU that supports it, or a CPU
-    whose oneDNN kernels have bf16 instructions (AVX512-BF16 or AMX on x86, BF16 on Arm).
-    Elsewhere bf16 is emulated, and slower than fp32."""
+    """Whether the device computes bf16 in hardware: a CUDA GPU of compute capability 8.0 or
+    more, or a CPU whose oneDNN kernels have bf16 instructions (AVX512-BF16 or AMX on x86, BF16
+    on Arm). Elsewhere bf16 is emulated, and slower than fp32."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return tuple(torch.cuda.get_device_capability(device)) >= CUDA_NATIVE_BF16
     return torch.backends.mkldnn.is_available() and \
         bool({"avx512_bf16", "amx_bf16", "bf16"} & _cpu_flags())
 
@@ -129,20 +135,23 @@ class AugmentClock:
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
+        # the training device's stream, not the current device's: with --device cuda:1 the
+        # events must sit between that device's kernels
+        self.stream = torch.cuda.current_stream(device) if self.cuda else None
         self.events: list = []
         self.seconds = 0.0
 
     def start(self):
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
-            event.record()
+            event.record(self.stream)
             return event
         return time.perf_counter()
 
     def stop(self, began) -> None:
         if self.cuda:
             end = torch.cuda.Event(enable_timing=True)
-            end.record()
+            end.record(self.stream)
             self.events.append((began, end))
         else:
             self.seconds += time.perf_counter() - began

@@ -125,8 +125,13 @@ def model_from(ckpt: dict, where: str = "checkpoint") -> torch.nn.Module:
 
 
 def fast_path_of(ckpt: dict, device: torch.device | str = "cpu") -> FastPath:
-    """The path to run the checkpoint's model on ``device``: its config's precision and memory
-    format, "auto" resolved for that device (on the machine it trained on: as it trained)."""
+    """The path to run the checkpoint's model on ``device``: the precision and memory format it
+    trained on, as recorded (a bf16 GPU checkpoint scored on a CPU without native bf16 still
+    runs in bf16, so it gives the accuracy it recorded, up to the kernels' rounding). A
+    checkpoint from before the record: its config's "auto" resolved for ``device``."""
+    recorded = ckpt.get("fast_path")
+    if recorded:
+        return FastPath(recorded["precision"], bool(recorded["channels_last"]))
     cfg = ckpt.get("config") or {}
     return fast_path(cfg.get("precision", "auto"), cfg.get("memory_format", "auto"),
                      torch.device(device))

@@ -198,11 +198,15 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 17) % 2**63
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, phase: str) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, phase: str,
+                   fused: bool | None = None) -> torch.optim.Optimizer:
+    """Adam for the warm-up, SGD after it. ``fused``: one kernel for the whole update instead
+    of torch's default (foreach, a few launches per parameter group); bench/gpu_check.sh
+    measures it on a GPU, where small models are launch-bound. None: torch's default."""
     if phase == "warmup":
-        return torch.optim.Adam(model.parameters(), lr=cfg.warmup_lr)
+        return torch.optim.Adam(model.parameters(), lr=cfg.warmup_lr, fused=fused)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay)
+                           weight_decay=cfg.weight_decay, fused=fused)
 
 
 def _inputs(xb: torch.Tensor, channels_last: bool) -> torch.Tensor:

@@ -295,6 +295,63 @@ def test_the_path_is_recorded_and_inference_runs_it_as_training_did(precision, s
     assert probs.dtype.name == "float64" and abs(probs.sum(1) - 1).max() < 1e-6
 
 
+@pytest.mark.parametrize("capability, native", [((6, 1), False), ((7, 0), False),
+                                                 ((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_bf16_is_native_on_gpus_of_compute_capability_8_and_more(capability, native,
+                                                                  monkeypatch):
+    """torch.cuda.is_bf16_supported() says yes on a V100 or a T4 too (it counts emulation):
+    the decision is the compute capability's, so "auto" trains fp32 on those."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    cuda = torch.device("cuda")
+    assert fastpath.native_bf16(cuda) is native
+    assert fastpath.fast_path("auto", "auto", cuda).precision == ("bf16" if native else "fp32")
+
+
+def test_the_augmentation_clock_records_on_the_training_devices_stream(monkeypatch):
+    """With --device cuda:1 the events sit on cuda:1's stream, not the current device's."""
+    asked, recorded = [], []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+
+        def record(self, stream=None):
+            recorded.append(stream)
+
+        def elapsed_time(self, end):
+            return 250.0
+
+    monkeypatch.setattr(torch.cuda, "current_stream",
+                        lambda device=None: asked.append(device) or f"stream of {device}")
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    clock = fastpath.AugmentClock(torch.device("cuda:1"))
+    clock.stop(clock.start())
+    assert asked == [torch.device("cuda:1")]
+    assert recorded == ["stream of cuda:1"] * 2
+    assert clock.total() == 0.25
+
+
+def test_a_checkpoint_is_scored_on_the_path_it_recorded(monkeypatch, small_split, tmp_path):
+    """A checkpoint trained where "auto" meant bf16 (a GPU) scored where it means fp32 (a CPU
+    without native bf16) runs bf16, as it trained, and gives the accuracy it recorded."""
+    from analysis.inference import predict_probs
+
+    monkeypatch.setattr(fastpath, "native_bf16", lambda device: True)
+    state = fit(TrainConfig(**FAST, epochs=2, warmup_epochs=1), small_split)
+    assert state.fast.precision == "bf16" and state.cfg.precision == "auto"
+    ckpt = checkpoint.load(checkpoint.save(state, tmp_path / "c.pt"))
+    monkeypatch.setattr(fastpath, "native_bf16", lambda device: False)  # another machine
+    assert fastpath.fast_path("auto", "auto", torch.device("cpu")) == fastpath.FP32
+    assert checkpoint.fast_path_of(ckpt) == fastpath.FastPath("bf16", True)
+    probs = predict_probs(ckpt, small_split.x_val, "cpu")
+    acc = (torch.as_tensor(probs).argmax(1) == small_split.y_val).double().mean().item()
+    assert acc == state.history[-1]["val_acc"]
+    # a checkpoint from before the record: its config's "auto", resolved where it is scored
+    old = {k: v for k, v in ckpt.items() if k != "fast_path"}
+    assert checkpoint.fast_path_of(old) == fastpath.FP32
+
+
 def test_compile_auto_where_it_pays_and_explicit(monkeypatch):
     """--compile auto: ResNet18 and Inception, fp32 on a CPU, a training set of at least
     COMPILE_MIN_IMAGES, a C++ compiler there (bench/train_step.py measured it faster there

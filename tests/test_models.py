@@ -171,3 +171,22 @@ def test_inception_modules():
             sizes.append(x.shape[-1])
     assert sizes == [14, 7, 4]
     assert min(c.out_channels for c in narrow.modules() if isinstance(c, nn.Conv2d)) >= 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_dropout_mask_keeps_the_layout_and_the_rate(dtype):
+    """The project's Dropout: each unit kept with probability 1 - p and scaled by 1 / (1 - p),
+    the output laid out as its input (a channels_last activation stays channels_last, with no
+    copy into NCHW), eval an identity."""
+    from trainables.models.layers import Dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(64, 32, 12, 12, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    drop = Dropout(0.25).train()
+    y = drop(x)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    values = y.float().unique().tolist()
+    assert len(values) == 2 and values[0] == 0 and values[1] == pytest.approx(1 / 0.75, rel=1e-2)
+    kept = (y != 0).double().mean().item()
+    assert abs(kept - 0.75) < 0.01  # 294,912 draws: the standard error is 0.0008
+    assert torch.equal(drop.eval()(x), x)

@@ -77,7 +77,6 @@ def run_search(options, search: Search, split, on_start=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_STATE
     offline.back_online(ws.tracking_uri)  # it answered: this search records again
-    search.resources = resources(options)
     hardware = throughput.hardware(search.resources, options.address)
     search.tags = {**(search.tags or {}), "hardware": hardware}  # on a new parent run
     experiment_id = ws.experiment_id(client, search.name)
@@ -168,7 +167,8 @@ def _open(options, search: Search, split):
             interrupted(os.path.join(ws.storage_path, part))
     client = ws.client()
     dashboard = start_ray(options)  # before anything is recorded: a cluster that refuses us
-    check_cluster(options)
+    # the CUDA question asked once: the check's answer sizes the trials
+    search.resources = resources(options, check_cluster(options))
     return ws, state, client, dashboard
 
 

@@ -18,13 +18,23 @@ torch.compile(mode="max-autotune"), for the GPU measurement (bench/gpu_check.sh)
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project, run as a script
 
 import torch
 
 from search.profiles import PROFILES
 from trainables.data import load_split
-from trainables.engine import TrainConfig, build, resolve_device, train_one_epoch
+from trainables.engine import (
+    TrainConfig,
+    TrainState,
+    build,
+    resolve_device,
+    train_one_epoch,
+)
 from trainables.fastpath import FP32, fast_path
 from trainables.models.layers import Dropout
 
@@ -40,28 +50,38 @@ def torch_dropout(model: torch.nn.Module) -> None:
                 module._modules[name] = torch.nn.Dropout(child.p)
 
 
-def measure(cfg: TrainConfig, split, seconds: float, compile_: bool = False,
-            plain: bool = False) -> dict:
+def measure(cfg: TrainConfig, split, seconds: float, compile_: bool | str = False,
+            plain: bool = False, tweak=None) -> dict:
+    """img/s of real training epochs of ``cfg``: warmed up (kernels chosen, compiled), then one
+    epoch over a slice sized to take about ``seconds``. ``compile_``: torch.compile's mode
+    (True: "max-autotune"); ``tweak(state)``, when given, changes the built run first (the GPU
+    check's levers: a fused optimiser, another Dropout)."""
     state = build(cfg, split)
     if plain:
         torch_dropout(state.model)
+    if tweak is not None:
+        tweak(state)
     model, fast, compiled = state.model, state.fast, state.compiled
     if compile_:
-        compiled = torch.compile(model, mode="max-autotune")
+        compiled = torch.compile(model, mode="max-autotune" if compile_ is True else compile_)
+    return timed_epochs(state, seconds, compiled) | {"path": str(fast)}
+
+
+def timed_epochs(state: TrainState, seconds: float, compiled=None) -> dict:
+    """Warm up on 4 batches twice, then time one epoch over a slice sized to take ``seconds``."""
+    cfg = state.cfg
     g = torch.Generator(state.device).manual_seed(0)
     args = dict(batch_size=cfg.batch_size, mean=state.mean, std=state.std, policy=cfg.augment,
-                class_weights=None, generator=g, fast=fast, compiled=compiled)
-    # warm up (kernels chosen, compiled), calibrate, then time one epoch over a slice sized
-    # to take ``seconds``
+                class_weights=None, generator=g, fast=state.fast, compiled=compiled)
     probe = 4 * cfg.batch_size
-    train_one_epoch(model, state.optimizer, state.x_train[:probe], state.y_train[:probe],
-                    **args)
-    first = train_one_epoch(model, state.optimizer, state.x_train[:probe],
+    train_one_epoch(state.model, state.optimizer, state.x_train[:probe],
+                    state.y_train[:probe], **args)
+    first = train_one_epoch(state.model, state.optimizer, state.x_train[:probe],
                             state.y_train[:probe], **args)
     n = int(min(len(state.x_train), max(probe, first["images_per_s"] * seconds)))
     n = max(cfg.batch_size, n // cfg.batch_size * cfg.batch_size)
-    return {**train_one_epoch(model, state.optimizer, state.x_train[:n], state.y_train[:n],
-                              **args), "path": str(fast)}
+    return train_one_epoch(state.model, state.optimizer, state.x_train[:n], state.y_train[:n],
+                           **args)
 
 
 def cases(full_width: bool, batch_sizes: list[int] | None, models: list[str],

@@ -22,7 +22,7 @@ APT = $(shell if [ "$$(id -u)" = 0 ]; then echo apt-get; elif sudo -n true 2>/de
 	echo "sudo -n apt-get"; fi)
 
 .PHONY: setup data compiler browser compose postgres venv run test test-slow test-soak lint clean \
-	podman docker-test docker-clean
+	podman docker-test docker-clean gpu-data gpu-rehearsal gpu-rehearsal-venv
 
 setup: data compiler browser compose postgres venv
 
@@ -50,6 +50,29 @@ data:
 	  "TUNEFUSE_DATA to a folder holding the four IDX files, or fetch them into the cache" \
 	  "(make venv, then .venv/bin/python -m trainables.data --summary --download)" >&2; \
 	  exit 1; fi
+
+# The four Fashion-MNIST files, gzipped (30.9 MB), in a folder of the checkout that git ignores
+# (.fmnist), for a GPU machine that has none: the device command carries it (docs/benchmarks.md).
+GPU_DATA ?= .fmnist
+gpu-data: data
+	@src=""; cache="$${XDG_CACHE_HOME:-$$HOME/.cache}/tunefuse/fashion-mnist"; \
+	for d in "$${TUNEFUSE_DATA:-}" "$(DATA_DIR)" "$$cache"; do \
+	  [ -n "$$d" ] && [ -f "$$d/train-images-idx3-ubyte" -o -f "$$d/train-images-idx3-ubyte.gz" ] \
+	    && { src=$$d; break; }; done; \
+	mkdir -p "$(GPU_DATA)"; \
+	for f in $(DATA_FILES); do \
+	  if [ -f "$$src/$$f.gz" ]; then cp "$$src/$$f.gz" "$(GPU_DATA)/$$f.gz"; \
+	  else gzip -c "$$src/$$f" > "$(GPU_DATA)/$$f.gz"; fi; done; \
+	echo "gpu-data: $(GPU_DATA) holds the four files from $$src ($$(du -sh "$(GPU_DATA)" | cut -f1))"
+
+# bench/gpu_check.sh --dry-run as the GPU machine runs it: a copy of what travels, a venv with
+# PyTorch and NumPy only, the data carried (CI runs it; bench/gpu_rehearsal.sh says what it checks)
+gpu-rehearsal: data
+	TORCH="$(word 1,$(TORCH))" PYTHON=$(PYTHON) bench/gpu_rehearsal.sh
+
+# its venv alone (no apt: CI makes it beside the set-up; WORK=DIR as for gpu-rehearsal)
+gpu-rehearsal-venv:
+	TORCH="$(word 1,$(TORCH))" PYTHON=$(PYTHON) bench/gpu_rehearsal.sh --venv-only
 
 # Debian's g++, the C++ compiler torch.compile needs on a CPU: with it `--compile auto` trains
 # ResNet18 and Inception compiled in fp32 (1.2x and 1.3-1.4x, docs/benchmarks.md); without it

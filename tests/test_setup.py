@@ -202,3 +202,43 @@ def test_a_streamed_command_and_what_it_started_are_killed_when_the_caller_fails
             assert select.select([fd], [], [], 30)[0], f"process {pid} still runs"
         finally:
             os.close(fd)
+
+
+# --- the tunefuse console script ----------------------------------------------------------------
+
+def test_the_tunefuse_command_works_from_any_directory_once_installed(tmp_path):
+    """`pip install .` (here into a folder of its own, without the dependencies this venv has)
+    gives a `tunefuse` script whose subcommands are the python -m commands, run from a
+    directory that is not the checkout, on the installed packages (not the checkout's)."""
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--no-build-isolation", "--target", str(site), str(ROOT)], check=True,
+                   capture_output=True, timeout=300, cwd=tmp_path)
+    script = site / "bin" / "tunefuse"
+    assert script.is_file()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+
+    def tunefuse(*args):
+        return subprocess.run([str(script), *args], cwd=elsewhere, capture_output=True,
+                              text=True, env=env, timeout=120)
+
+    where = subprocess.run([sys.executable, "-c", "import tunefuse.cli, trainables, search; "
+                            "print(tunefuse.cli.__file__, trainables.__file__)"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60)
+    assert where.stdout.split() == [str(site / "tunefuse" / "cli.py"),
+                                    str(site / "trainables" / "__init__.py")], where.stderr
+    out = tunefuse("--help")
+    assert out.returncode == 0
+    assert [line.split()[0] for line in out.stdout.splitlines()[2:]] == [
+        "run", "grid", "weights", "report", "predict", "train", "data"]
+    grid = tunefuse("grid", "--help")
+    assert grid.returncode == 0 and grid.stdout.startswith("usage: tunefuse grid ")
+    assert "--batch-sizes" in grid.stdout
+    bad = tunefuse("data", "--summary", "--data-dir", str(elsewhere))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "Fashion-MNIST files not found" in bad.stderr
+    unknown = tunefuse("serve")
+    assert unknown.returncode == 2 and unknown.stderr.startswith(
+        "error: unknown subcommand 'serve'; choose one of run, grid, weights")

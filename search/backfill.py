@@ -163,6 +163,8 @@ def _needs_closing(run, result, rows: dict, metric: str) -> bool:
     """Whether the run lacks its end: a status, the best epoch, the best checkpoint."""
     if run.info.status in ("RUNNING", "SCHEDULED"):
         return True
+    if run.info.status == "KILLED" and "interrupted" in run.data.tags:
+        return True  # closed by an interruption, then finished by Tune unseen
     tags = run.data.tags
     if any(metric in row for row in rows.values()) and "best_epoch" not in tags:
         return True

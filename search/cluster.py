@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import ray
 
 from search.options import AUTO, UsageError
+from trainables.cli import sigterm_as_ctrl_c
 from trainables.files import first_line
 
 _DASHBOARD: list[str | None] = []  # the dashboard of the cluster this process started
@@ -86,6 +87,7 @@ def start_ray(options) -> str | None:
         ctx = ray.init(address="local", num_cpus=options.num_cpus,
                        include_dashboard=not options.no_dashboard,
                        dashboard_host="127.0.0.1", dashboard_port=options.dashboard_port, **kw)
+    sigterm_as_ctrl_c()  # ray.init replaced it with an exit on the spot
     url = getattr(ctx, "dashboard_url", None)
     url = f"http://{url}" if url and not url.startswith("http") else url
     _DASHBOARD[:] = [url]

@@ -282,7 +282,16 @@ def stopped(path: str, client, parent_id: str, search: Search, ws: Workspace,
 def stop_interrupted(client, parent_id: str, search: Search, ws: Workspace,
                      state: dict) -> int:
     def record():
-        client.set_tag(parent_id, "interrupted", time.strftime("%Y-%m-%d %H:%M:%S"))
+        # the parent and the trial runs left open, KILLED rather than RUNNING: a run of an
+        # interrupted search is not running; --resume reopens those it continues
+        when = time.strftime("%Y-%m-%d %H:%M:%S")
+        experiment = client.get_run(parent_id).info.experiment_id
+        for run in client.search_runs([experiment],
+                                      f"tags.`mlflow.parentRunId` = '{parent_id}' and "
+                                      "attributes.status = 'RUNNING'", max_results=50_000):
+            client.set_tag(run.info.run_id, "interrupted", when)
+            client.set_terminated(run.info.run_id, "KILLED")
+        client.set_tag(parent_id, "interrupted", when)
         client.set_terminated(parent_id, "KILLED")
 
     offline.tracked(ws.tracking_uri, record)

@@ -86,6 +86,8 @@ class MLflowLineage(tune.Callback):
                 log_params(self.client, run_id, trial.config)
             log_datasets(self.client, run_id, getattr(self, "datasets", None))  # if none yet
             self._resume_run(trial, run_id)
+            if run.info.status == "KILLED":  # left by an interruption: it runs again
+                self.client.update_run(run_id, status="RUNNING")
         else:
             run = new_trial_run(self.client, self.experiment_id, self.parent_run_id,
                                 trial.trial_id, trial.config)

@@ -474,6 +474,8 @@ class Pipeline:
         self.killed_code = None
         self.killed_state: dict = {}
         self.killed_runs: dict = {}
+        self.stopped_runs: dict = {}  # stage two's runs after SIGTERM stopped it
+        self.stopped_parent: list = []  # [(status, interrupted tag)] of its parent run(s)
         self.out = ""
         self.code = None
         self.dashboard: dict = {}
@@ -601,7 +603,8 @@ def check_ray_dashboard(url: str, shots: Path) -> dict:
 @pytest.fixture(scope="session")
 def smoke_pipeline(tmp_path_factory) -> Pipeline:
     """The README's first command at smoke scale, as a user would live it: started, stopped
-    with Ctrl-C during its second stage, continued with --resume and killed (SIGKILL) during
+    with SIGTERM (what `ray job stop`, `docker stop` and Kubernetes send; the same as Ctrl-C)
+    during its second stage, continued with --resume and killed (SIGKILL) during
     its third, then continued again with --resume through `make run`; while that run's cluster
     is up, its Ray dashboard is opened in Chromium (when Chromium is there: outside CI the
     dashboard's test alone is skipped without it). Prerequisites are checked before anything
@@ -619,12 +622,20 @@ def smoke_pipeline(tmp_path_factory) -> Pipeline:
 
     def interrupt_in_stage_two(proc, line):  # when the first of its trials has ended (Tune
         if re.match(r"\[smoke-grid-resnet18\] \S+: ", line) and not interrupted:  # runs the
-            interrupted.append(line)  # others); once: a second Ctrl-C hard-stops Tune
-            proc.send_signal(signal.SIGINT)
+            interrupted.append(line)  # others); once: a second signal hard-stops Tune
+            proc.send_signal(signal.SIGTERM)
 
     result.interrupted_code, result.interrupted_out = _run_streaming(
         [sys.executable, "-m", "search.pipeline", "--profile", "smoke", "--workspace", str(ws),
          "--dashboard-port", str(port)], interrupt_in_stage_two, timeout=600, env=env)
+    result.stopped_runs = trial_run_records(ws, "smoke-grid-resnet18")
+    with contextlib.closing(sqlite3.connect(ws / "mlflow.db", timeout=30)) as con:
+        result.stopped_parent = con.execute(
+            "select r.status, (select value from tags t where t.run_uuid = r.run_uuid and "
+            "t.key = 'interrupted') from runs r join experiments e on r.experiment_id = "
+            "e.experiment_id where e.name = 'smoke-grid-resnet18' and not exists (select 1 "
+            "from tags t where t.run_uuid = r.run_uuid and t.key = 'kind' and "
+            "t.value = 'trial')").fetchall()
 
     def kill_in_stage_three(proc, line):  # once one of its trials has finished
         if re.match(r"\[smoke-grid-inception\] \S+: finished", line) and \

@@ -33,6 +33,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -669,3 +671,27 @@ def test_backfill_reads_the_trial_id_of_a_searcher_s_trial_from_its_folder(searc
         assert re.fullmatch(r"[0-9a-f]{8}", t.trial_id)
         assert backfill.trial_id(without_metrics(t.result)) == t.trial_id, \
             f"{Path(t.result.path).name!r} is trial {t.trial_id}"
+
+
+def test_sigterm_is_handled_as_ctrl_c_in_every_command():
+    """`ray job stop`, `docker stop` and Kubernetes send SIGTERM: inside a command's output()
+    it does what Ctrl-C does at that moment (KeyboardInterrupt, or the SIGINT handler Tune
+    sets while a search runs), and the old handler is back after the command."""
+    script = (
+        "import os, signal\n"
+        "from trainables.cli import NORMAL, output\n"
+        "with output(NORMAL):\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        signal.pause()\n"
+        "    except KeyboardInterrupt:\n"
+        "        print('KeyboardInterrupt')\n"
+        "    seen = []\n"
+        "    signal.signal(signal.SIGINT, lambda s, f: seen.append(s))  # Tune's, in a search\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    print('SIGINT handler' if seen == [signal.SIGINT] else seen)\n"
+        "print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=HERE.parent, capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.splitlines() == ["KeyboardInterrupt", "SIGINT handler", "True"], \
+        out.stdout + out.stderr

@@ -76,11 +76,18 @@ def the_parent(ws: Path, experiment: str) -> tuple[str, str, dict]:
 
 # --- the pipeline -----------------------------------------------------------------------------
 
-def test_interrupted_pipeline_says_how_to_resume(smoke_pipeline):
+def test_a_pipeline_stopped_with_sigterm_says_how_to_resume(smoke_pipeline):
+    """SIGTERM (`ray job stop`, `docker stop`, Kubernetes) as Ctrl-C: Tune's state saved, exit
+    130, the resume hint; the stage's parent run and every trial run it left open are KILLED
+    and tagged interrupted, none RUNNING (the resumed run reopens and finishes them)."""
     p = smoke_pipeline
     assert p.interrupted_code == 130, p.interrupted_out[-3000:]
     assert "re-run the same command with --resume" in p.interrupted_out
     assert "=== stage 3/5" not in p.interrupted_out  # it stopped, it did not go on
+    assert len(p.stopped_parent) == 1 and p.stopped_parent[0][0] == "KILLED", p.stopped_parent
+    assert p.stopped_parent[0][1], "the parent run has no interrupted tag"
+    statuses = [status for runs in p.stopped_runs.values() for status, _ in runs]
+    assert statuses and "RUNNING" not in statuses, p.stopped_runs
 
 
 def test_the_pipelines_terminal_shows_its_own_lines_only(smoke_pipeline):

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import sys
 import threading
 import warnings
@@ -19,7 +20,7 @@ from typing import NoReturn
 # The exit codes of every command (docs/bad-input.md): 1 a search where no trial finished,
 # 2 bad input (nothing recorded), 3 a pipeline stage that trained but could not record (MLflow
 # went away), 4 Tune's saved state unreadable, 5 done but some inputs skipped (analysis.predict:
-# unreadable files of a folder), 130 interrupted (state saved; --resume).
+# unreadable files of a folder), 130 interrupted by Ctrl-C or SIGTERM (state saved; --resume).
 EXIT_OK, EXIT_NONE_FINISHED, EXIT_USAGE, EXIT_OFFLINE, EXIT_STATE = 0, 1, 2, 3, 4
 EXIT_SKIPPED = 5
 EXIT_INTERRUPTED = 130
@@ -50,9 +51,13 @@ def _flush() -> None:
 
 class ArgParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (no usage dump) and exit with code 2, with
-    every command's -q and -v (``verbosity``, for ``output``)."""
+    every command's -q and -v (``verbosity``, for ``output``). Its ``prog`` names the command
+    as the user typed it: ``python -m search.grid``, or ``tunefuse grid`` when the console
+    script runs it (tunefuse/cli.py puts that in sys.argv[0])."""
 
     def __init__(self, *args, **kwargs):
+        if sys.argv and sys.argv[0].startswith("tunefuse "):
+            kwargs["prog"] = sys.argv[0]
         super().__init__(*args, **kwargs)
         g = self.add_mutually_exclusive_group()
         g.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=QUIET,
@@ -168,15 +173,38 @@ class OneLineErrors(logging.Handler):
         print(f"{record.name.split('.')[0]}: {text}", file=sys.stderr, flush=True)
 
 
+def _as_ctrl_c(signum, frame) -> None:
+    """SIGTERM's handler: whatever Ctrl-C does now (Tune's own SIGINT handler while a search
+    runs: its state saved, then the search stops as interrupted; elsewhere KeyboardInterrupt)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
+def sigterm_as_ctrl_c() -> Callable | int | None:
+    """Handle SIGTERM as Ctrl-C from now on in this process: `ray job stop`, `docker stop`,
+    Kubernetes and systemd stop a command with SIGTERM (then SIGKILL), and it must stop as after
+    Ctrl-C (exit code 130, the resume hint), not half-way. ray.init sets its own handler (an
+    exit on the spot), so the search calls this again after it. Returns the handler it
+    replaced; None where signals cannot be set (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _as_ctrl_c)
+
+
 @contextlib.contextmanager
 def output(level: int) -> Iterator[None]:
     """A command's output at ``level`` (-q, -v), set for the ``with`` block and put back
     after: below VERBOSE the libraries' loggers print their errors only, one line each, and
     their Python warnings are not shown; at QUIET standard output is dropped (every error goes
-    to stderr)."""
+    to stderr). Every command runs in it, so it also handles SIGTERM as Ctrl-C for the block
+    (sigterm_as_ctrl_c)."""
     loggers = [logging.getLogger(name) for name in LIBRARIES]
     saved = [(lg, lg.handlers[:], lg.propagate) for lg in loggers]
     _LEVEL.append(level)
+    term = sigterm_as_ctrl_c()
     try:
         with contextlib.ExitStack() as stack:
             if level < VERBOSE:
@@ -192,6 +220,8 @@ def output(level: int) -> Iterator[None]:
             yield
     finally:
         _LEVEL.pop()
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
         for lg, handlers, propagate in saved:
             lg.handlers[:] = handlers
             lg.propagate = propagate

@@ -6,6 +6,7 @@ Started once per process, so the stages of a pipeline share one cluster and one 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import ray
 
-from search.options import AUTO, UsageError
+from search.options import AUTO, UsageError, cluster_address
 from trainables.cli import sigterm_as_ctrl_c
 from trainables.files import first_line
 
@@ -60,28 +61,29 @@ def dashboard_url() -> str | None:
 
 
 def start_ray(options) -> str | None:
-    """Connect to Ray once per process; returns the dashboard's URL."""
+    """Connect to Ray once per process: to the cluster cluster_address names (--address, or a
+    Ray Job's own), else to a new local one; returns the dashboard's URL."""
     if ray.is_initialized():
         return dashboard_url()
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's table reporter (search/driver.py)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     kw = dict(logging_level=logging.WARNING, log_to_driver=False)
-    if options.address:
-        refused = (f"the Ray cluster at {options.address} refused this driver's token (Ray: "
+    if address := cluster_address(options):
+        refused = (f"the Ray cluster at {address} refused this driver's token (Ray: "
                    "InvalidAuthToken); export RAY_AUTH_MODE=token and the head's token (`ray "
                    "get-auth-token` there) as RAY_AUTH_TOKEN")
         with ray_log() as log:
             try:
-                ctx = ray.init(address=options.address, **kw)
+                ctx = ray.init(address=address, **kw)
             except ray.exceptions.AuthenticationError:
                 raise UsageError(refused) from None
             except (ConnectionError, TimeoutError, ray.exceptions.RpcError) as e:
                 if AUTH_REFUSED in log.read():  # said only in Ray's C++ client's log lines
                     raise UsageError(refused) from None
-                raise UsageError(f"no Ray cluster answers at {options.address} "
+                raise UsageError(f"no Ray cluster answers at {address} "
                                  f"({first_line(e)}); start it (`ray start --head`) or fix "
-                                 "--address") from None
+                                 "--address or $RAY_ADDRESS") from None
     else:
         # "local": a new cluster of this process, even when `ray start` runs one on this machine
         ctx = ray.init(address="local", num_cpus=options.num_cpus,
@@ -92,6 +94,20 @@ def start_ray(options) -> str | None:
     url = f"http://{url}" if url and not url.startswith("http") else url
     _DASHBOARD[:] = [url]
     return url
+
+
+def job_submission_id() -> str | None:
+    """The submission id of the Ray Job this driver runs as (`ray job submit` prints it, `ray
+    job logs ID` and the dashboard's Jobs tab take it), or None outside a job: Ray Jobs gives
+    its driver its metadata in RAY_JOB_CONFIG_JSON_ENV_VAR."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return None
+    try:
+        metadata = json.loads(raw).get("metadata") or {}
+    except (ValueError, AttributeError):
+        return None
+    return metadata.get("job_submission_id") or None
 
 
 TRIALS_PER_GPU = 4  # trials packed on one GPU by --gpus-per-trial auto (bench/gpu_check.sh)

@@ -23,9 +23,9 @@ from ray.tune import ExperimentAnalysis
 
 from search import offline, plan, throughput, tunestate
 from search.backfill import catch_up
-from search.cluster import check_cluster, resources, start_ray
+from search.cluster import check_cluster, job_submission_id, resources, start_ray
 from search.lineage import MLflowLineage
-from search.options import AUTO, UsageError, check_resume
+from search.options import AUTO, UsageError, check_resume, cluster_address
 from search.progress import ProgressView, TrialLines
 from search.records import log_datasets, split_datasets
 from search.spare import spare_cores
@@ -77,8 +77,10 @@ def run_search(options, search: Search, split, on_start=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_STATE
     offline.back_online(ws.tracking_uri)  # it answered: this search records again
-    hardware = throughput.hardware(search.resources, options.address)
-    search.tags = {**(search.tags or {}), "hardware": hardware}  # on a new parent run
+    hardware = throughput.hardware(search.resources, cluster_address(options))
+    job = job_submission_id()  # a search submitted as a Ray Job: which one
+    search.tags = {**(search.tags or {}), "hardware": hardware,  # on a new parent run
+                   **({"ray_job_submission_id": job} if job else {})}
     experiment_id = ws.experiment_id(client, search.name)
     if state is None:  # saved before the parent run exists: a kill between the two leaves a
         state = {"name": search.name, "kind": search.kind, "parent_run_id": None,  # state
@@ -90,6 +92,8 @@ def run_search(options, search: Search, split, on_start=None) -> int:
         ws.save_state(search.name, state)
     else:
         client.update_run(state["parent_run_id"], status="RUNNING")
+        if job := search.tags.get("ray_job_submission_id"):  # resubmitted: the latest job
+            client.set_tag(state["parent_run_id"], "ray_job_submission_id", job)
         log_datasets(client, state["parent_run_id"], split_datasets(split))  # if none yet
     parent_id = state["parent_run_id"]
 

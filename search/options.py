@@ -89,7 +89,8 @@ def add_search_args(p: ArgParser, default_name: str) -> None:
                    help="GPUs each trial takes; fractions pack trials on one GPU, e.g. 0.25 "
                         "(default auto: a quarter of a GPU when the cluster has GPUs, else 0)")
     r.add_argument("--max-concurrent", type=int, default=0, help="0: as resources allow")
-    r.add_argument("--address", help="join a Ray cluster (auto, ray://host:10001)")
+    r.add_argument("--address", help="join a Ray cluster (auto, HOST:6379); default: the one "
+                   "$RAY_ADDRESS names (a Ray Job's own), else a local cluster of its own")
     r.add_argument("--num-cpus", type=int, help="CPUs of the local cluster (default all)")
     r.add_argument("--dashboard-port", type=int, default=8265)
     r.add_argument("--no-dashboard", action="store_true",
@@ -152,11 +153,12 @@ def check_resources(options) -> None:
     if not 0 <= options.dashboard_port <= 65535:
         raise UsageError(f"--dashboard-port must be a port number, 0..65535, got "
                          f"{options.dashboard_port}")
-    if options.address:
+    if address := cluster_address(options):
+        source = "--address" if options.address else "$RAY_ADDRESS"
         if options.no_dashboard:
-            raise UsageError("--no-dashboard is for the local cluster; a cluster joined with "
-                             "--address keeps its own (drop one of the two)")
-        check_address(options.address)
+            raise UsageError(f"--no-dashboard is for the local cluster; a cluster joined with "
+                             f"{source} keeps its own (drop --no-dashboard)")
+        check_address(address, source)
         return
     have = options.num_cpus or os.cpu_count() or 1
     if cpus > have:
@@ -173,18 +175,43 @@ def check_resources(options) -> None:
                              "join a cluster with GPUs (--address)")
 
 
-def check_address(address: str) -> None:
-    """A HOST:PORT (or ray://HOST:PORT) that accepts no connection, in seconds not minutes."""
+def cluster_address(options) -> str | None:
+    """The Ray cluster a command joins: --address; else $RAY_ADDRESS, which Ray Jobs sets to
+    the cluster's own address for the driver of a job (so a search submitted as a job runs on
+    that cluster, not on a second one it would start inside the job); else None, a local
+    cluster of the command's own. $RAY_ADDRESS set to the Jobs API's http:// address (what
+    `ray job submit` reads) names no cluster to join: refused, saying what to do."""
+    if options.address:
+        return options.address
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if env.startswith(("http://", "https://")):
+        raise UsageError(f"$RAY_ADDRESS is {env}, the address of a Ray cluster's Jobs API, "
+                         "not of the cluster: submit this command as a job (`ray job submit "
+                         "--working-dir . -- python -m ...`, docs/cluster.md), join the "
+                         "cluster with --address auto or HOST:6379, or unset RAY_ADDRESS for a "
+                         "local cluster")
+    return env or None
+
+
+def check_address(address: str, source: str = "--address") -> None:
+    """A HOST:PORT that accepts no connection, in seconds not minutes; Ray Client (ray://)
+    refused: Ray's docs advise against it for long-running Tune drivers, and no test ran a
+    search through it; a Ray Job runs the driver on the cluster instead."""
     if address == "auto":  # Ray says at once when no cluster runs here
         return
-    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if address.startswith("ray://"):
+        raise UsageError(f"{source} {address}: Ray Client (ray://) is not supported for "
+                         "searches; submit the command as a Ray Job instead (`ray job submit "
+                         "--address http://HEAD:8265 --working-dir . -- python -m ...`, "
+                         "docs/cluster.md)")
+    host, sep, port = address.rstrip("/").rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise UsageError(f"--address {address!r} is not auto, HOST:PORT or ray://HOST:PORT")
+        raise UsageError(f"{source} {address!r} is not auto or HOST:PORT")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as e:
         raise UsageError(f"no Ray cluster answers at {address} ({e.strerror or e}); start it "
-                         "(`ray start --head`) or fix --address") from None
+                         f"(`ray start --head`) or fix {source}") from None
 
 
 def check_resume(what: str, name: str, exists: bool, resume: bool, root) -> None:

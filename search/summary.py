@@ -4,8 +4,10 @@ run's summary tags; and reading a finished search's winner back from them."""
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 from search import offline
 from search.backfill import trial_id
@@ -29,12 +31,27 @@ def without_footers() -> Iterator[None]:
         _FOOTERS.pop()
 
 
+def config_of(result) -> dict:
+    """A Result's trial config: from its last result, or, for a trial that failed before its
+    first (a worker that could not start), from the params.json Tune wrote in its folder when
+    it started it, so that it is named as its MLflow run is, never ``trial-bNone-eNone``."""
+    if result.config:
+        return result.config
+    params = Path(result.path) / "params.json" if result.path else None
+    if params is not None and params.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            loaded = json.loads(params.read_text())
+            if isinstance(loaded, dict):
+                return loaded
+    return {}
+
+
 def trial_rows(results, metric: str, columns) -> tuple[list, list, list]:
     """(table rows, finished (best, config, result), failed (trial, why)) of Tune's results;
     trials named as their MLflow runs are."""
     rows, finished, failed = [], [], []
     for r in results:
-        cfg, m = r.config or {}, r.metrics or {}
+        cfg, m = config_of(r), r.metrics or {}
         name = trial_run_name(trial_id(r) or "", cfg)
         df = r.metrics_dataframe
         best = df[metric].max() if df is not None and metric in df else float("nan")

@@ -153,6 +153,8 @@ def grid_cases(small: Path, corrupt: Path) -> list:
         (["--max-concurrent", "-1"], "--max-concurrent must be 0"),
         (["--address", f"127.0.0.1:{free_port()}"], "no Ray cluster answers at 127.0.0.1:"),
         (["--address", "auto", "--no-dashboard"], "--no-dashboard is for the local cluster"),
+        (["--address", "ray://127.0.0.1:10001"], "Ray Client (ray://) is not supported for "
+                                                 "searches; submit the command as a Ray Job"),
         (["--seed", "-1"], "--seed: must be 0 or more"),
         (["--train-size", "501"], "larger than the 500 labelled training images"),
         (["--train-size", "50"], "train size 50 is too small"),
@@ -169,7 +171,7 @@ GRID_IDS = ["unknown profile", "batch size 0", "width 0", "warm-up -1", "grace p
             "reduction factor 1", "asha margin -0.01", "cpus per trial -1",
             "cpus per trial above the cluster",
             "gpus per trial 1.5", "num cpus 0", "max concurrent -1", "address not answering",
-            "no dashboard with address",
+            "no dashboard with address", "ray client address",
             "seed -1", "train size above the data", "train size too small", "missing data",
             "corrupt data", "data dir is a file", "existing experiment without --resume",
             "--resume on other data", "unreachable tracking URI"]
@@ -183,6 +185,24 @@ def test_grid(case, small, corrupt, searched, capsys):
                          str(small), "--train-size", "200", "--workspace", str(searched),
                          "--num-cpus", "2", "--dashboard-port", "0", *args)
     assert code == 2
+    one_line(capsys, fragment)
+
+
+@pytest.mark.parametrize("address, fragment", [
+    ("http://127.0.0.1:8265", "$RAY_ADDRESS is http://127.0.0.1:8265, the address of a Ray "
+                              "cluster's Jobs API, not of the cluster: submit this command as "
+                              "a job"),
+    ("127.0.0.1:1", "no Ray cluster answers at 127.0.0.1:1 (Connection refused); start it "
+                    "(`ray start --head`) or fix $RAY_ADDRESS"),
+])
+def test_ray_address_names_the_cluster_to_join(address, fragment, small, searched, capsys,
+                                               monkeypatch):
+    """$RAY_ADDRESS (what Ray Jobs sets for a job's driver) is the cluster a command joins
+    without --address; the Jobs API's http:// address is not one, and says what to do."""
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    with untouched(searched):
+        assert exit_code(grid.main, "--model", "cnn", "--profile", "smoke", "--data-dir",
+                         str(small), "--workspace", str(searched)) == 2
     one_line(capsys, fragment)
 
 

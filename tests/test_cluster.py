@@ -121,3 +121,139 @@ def test_a_grid_runs_its_trials_on_both_nodes_of_a_cluster(cluster, tmp_path):
     assert all(r.info.status == "FINISHED" for r in trials)
     assert re.search(r"experiment grid-cnn: .*Ray dashboard http://127\.0\.0\.1:\d+",
                      out.stdout)
+
+
+# --- a search submitted as a Ray Job --------------------------------------------------------------
+
+# what the working-dir upload leaves out besides .gitignore's: the venv, the runs, the data
+EXCLUDES = json.dumps({"excludes": [".venv", "outputs", ".fmnist", "tests/output", ".git"]})
+
+
+@pytest.fixture
+def head(tmp_path):
+    """One `ray start --head` node, started from the project's venv (so that `python` in a
+    job's entrypoint is that venv's: docs/cluster.md, "Run it as a service"), its Jobs API
+    (the dashboard) on 127.0.0.1 with token authentication; (dashboard URL, node id)."""
+    need_real_data()
+    port, dash = free_port(), free_port()
+    env = {**ENV, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+           "RAY_JOB_STOP_WAIT_TIME_S": "60"}
+    with open(tmp_path / "head.log", "w") as log:
+        proc = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--head",
+                                 "--num-cpus", "2", "--port", str(port), "--node-ip-address",
+                                 "127.0.0.1", "--dashboard-host", "127.0.0.1",
+                                 "--dashboard-port", str(dash)], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 120
+        while not (ids := alive_nodes(url)):
+            assert proc.poll() is None and time.time() < deadline, \
+                (tmp_path / "head.log").read_text()[-3000:]
+            time.sleep(1)
+        yield url, ids[0]
+    finally:
+        stop(proc)
+
+
+def ray_job(*args, env=ENV, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([RAY, "job", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def val_acc_by_trial(ws: Path) -> dict[str, list]:
+    """Each trial run of grid-cnn, by its name less Tune's id: [its val_acc, epoch by epoch]."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("grid-cnn")
+    out: dict[str, list] = {}
+    for run in client.search_runs([exp.experiment_id], "tags.kind = 'trial'"):
+        name = run.info.run_name.rsplit("-", 1)[0]
+        assert name not in out, f"{name} recorded twice"
+        out[name] = [m.value for m in sorted(client.get_metric_history(run.info.run_id,
+                                                                       "val_acc"),
+                                             key=lambda m: (m.step, m.timestamp))]
+    return out
+
+
+@pytest.mark.slow
+def test_a_grid_submitted_as_a_ray_job_runs_on_that_cluster_stops_and_resumes(head, tmp_path):
+    """`ray job submit` of a smoke grid: the job's driver joins the cluster the job runs on
+    ($RAY_ADDRESS; before, it started a second cluster inside the job, whose workers could not
+    fetch the job's working dir) and runs to SUCCEEDED, its trials on the head's node, its logs
+    the progress lines a pipe shows, its parent run tagged with the submission id. Without the
+    token the Jobs API refuses a submission. A second job, stopped with `ray job stop` once a
+    trial has finished, leaves no run RUNNING; resubmitted with --resume it ends with every
+    trial once and the numbers of the uninterrupted job, epoch by epoch."""
+    from mlflow.tracking import MlflowClient
+
+    url, node = head
+
+    def grid(ws, *more):
+        return ["--working-dir", str(ROOT), "--runtime-env-json", EXCLUDES, "--", "python",
+                "-m", "search.grid", "--model", "cnn", "--profile", "smoke", "--train-size",
+                "600", "--batch-sizes", "32,64", "--epochs", "2,3", "--scheduler", "none",
+                "--workspace", str(ws), *more]
+
+    no_token = {k: v for k, v in ENV.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    refused = ray_job("submit", "--address", url, "--submission-id", "refused", "--no-wait",
+                      "--", "python", "-c", "pass", env=no_token, timeout=120)
+    assert refused.returncode != 0, refused.stdout[-2000:]
+    listed = ray_job("list", "--address", url, timeout=120)
+    assert listed.returncode == 0 and "refused" not in listed.stdout, listed.stdout[-2000:]
+
+    whole = tmp_path / "whole"
+    out = ray_job("submit", "--address", url, "--submission-id", "grid-whole", *grid(whole))
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "Job 'grid-whole' succeeded" in out.stdout, out.stdout[-3000:]
+    logs = ray_job("logs", "--address", url, "grid-whole", timeout=120).stdout
+    assert re.search(r"^\[grid-cnn\] cnn-b\d+-e[23]-\w+: finished, [23] epochs; best val_acc",
+                     logs, re.M), logs[-3000:]
+    assert re.search(r"^trial\s+batch_size\s+epochs\s+status", logs, re.M), logs[-3000:]
+    assert alive_nodes(url) == [node]  # no second cluster
+    client = MlflowClient(f"sqlite:///{whole / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("grid-cnn")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if r.data.tags.get("kind") != "trial"]
+    trials = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    assert len(parent) == 1 and parent[0].data.tags["ray_job_submission_id"] == "grid-whole"
+    assert len(trials) == 4 and all(r.info.status == "FINISHED" for r in trials)
+    assert {r.data.tags["node_id"] for r in trials} == {node}
+
+    # stopped once its first trial has finished (its logs, followed, say when), resumed
+    stopped = tmp_path / "stopped"
+    out = ray_job("submit", "--address", url, "--submission-id", "grid-stopped", "--no-wait",
+                  *grid(stopped))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    follow = subprocess.Popen([RAY, "job", "logs", "--address", url, "--follow",
+                               "grid-stopped"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=ENV)
+    try:
+        for line in follow.stdout:
+            if re.match(r"\[grid-cnn\] \S+: finished", line):
+                break
+        else:
+            pytest.fail("the job's logs ended before a trial finished")
+        out = ray_job("stop", "--address", url, "grid-stopped", timeout=180)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    finally:
+        follow.kill()
+        follow.wait()
+    status = ray_job("status", "--address", url, "grid-stopped", timeout=120).stdout
+    assert "Job 'grid-stopped' was stopped" in status, status[-2000:]
+    logs = ray_job("logs", "--address", url, "grid-stopped", timeout=120).stdout
+    assert "experiment grid-cnn interrupted; its state is saved" in logs, logs[-3000:]
+    client = MlflowClient(f"sqlite:///{stopped / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("grid-cnn")
+    left = [r.info.status for r in client.search_runs([exp.experiment_id])]
+    assert left and "RUNNING" not in left, left
+    out = ray_job("submit", "--address", url, "--submission-id", "grid-resumed",
+                  *grid(stopped, "--resume"))
+    assert out.returncode == 0 and "Job 'grid-resumed' succeeded" in out.stdout, \
+        out.stdout[-4000:] + out.stderr[-2000:]
+    assert val_acc_by_trial(stopped) == val_acc_by_trial(whole)  # each trial once, same numbers
+    parent = [r for r in client.search_runs([exp.experiment_id])
+              if r.data.tags.get("kind") != "trial"]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    assert parent[0].data.tags["ray_job_submission_id"] == "grid-resumed"

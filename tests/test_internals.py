@@ -695,3 +695,22 @@ def test_sigterm_is_handled_as_ctrl_c_in_every_command():
                          text=True, timeout=60)
     assert out.stdout.splitlines() == ["KeyboardInterrupt", "SIGINT handler", "True"], \
         out.stdout + out.stderr
+
+
+def test_a_trial_that_failed_before_its_first_result_is_named_from_its_config(tmp_path):
+    """Its Result has no metrics, so no config (a worker that could not start, a runtime env
+    that did not download): the trial table takes the config from the params.json Tune wrote
+    when it started the trial, and names it as its MLflow run is."""
+    from ray.tune import Result
+
+    from search.summary import trial_rows
+
+    folder = tmp_path / "ClassifierTrainable_3f2a1_00000_0_batch_size=64,epochs=3_2026-12-07"
+    folder.mkdir()
+    (folder / "params.json").write_text(json.dumps(
+        {"model": "cnn", "model_kwargs": {}, "batch_size": 64, "epochs": 3}))
+    failed = Result(metrics={}, checkpoint=None, error=RuntimeError("worker could not start"),
+                    path=str(folder))
+    rows, finished, why = trial_rows([failed], "val_acc", ())
+    assert why == [("cnn-b64-e3-00000", "worker could not start")]
+    assert rows[0][3] == "cnn-b64-e3-00000" and rows[0][1] == "FAILED" and not finished

@@ -156,9 +156,21 @@ def head(tmp_path):
         stop(proc)
 
 
+NO_AGENT = "No available agent to submit job"  # the head's job agent not registered yet
+
+
 def ray_job(*args, env=ENV, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([RAY, "job", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    """`ray job ARGS`. A submission the Jobs API answers with NO_AGENT (a head whose dashboard
+    agent has not registered yet, seen on a loaded machine: nothing was created) is made again
+    once a second until it is taken, for at most two minutes."""
+    deadline = time.time() + 120
+    while True:
+        out = subprocess.run([RAY, "job", *args], cwd=ROOT, capture_output=True, text=True,
+                             env=env, timeout=timeout)
+        if out.returncode == 0 or NO_AGENT not in out.stdout + out.stderr or \
+                time.time() > deadline:
+            return out
+        time.sleep(1)
 
 
 def val_acc_by_trial(ws: Path) -> dict[str, list]:
@@ -200,6 +212,8 @@ def test_a_grid_submitted_as_a_ray_job_runs_on_that_cluster_stops_and_resumes(he
     refused = ray_job("submit", "--address", url, "--submission-id", "refused", "--no-wait",
                       "--", "python", "-c", "pass", env=no_token, timeout=120)
     assert refused.returncode != 0, refused.stdout[-2000:]
+    assert "Unauthorized: Missing authentication token" in refused.stdout + refused.stderr, \
+        refused.stdout[-2000:] + refused.stderr[-2000:]
     listed = ray_job("list", "--address", url, timeout=120)
     assert listed.returncode == 0 and "refused" not in listed.stdout, listed.stdout[-2000:]
 

@@ -138,11 +138,17 @@ def head(tmp_path):
     port, dash = free_port(), free_port()
     env = {**ENV, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
            "RAY_JOB_STOP_WAIT_TIME_S": "60"}
+    # the ports a head takes besides these have fixed defaults (the dashboard agent's 52365,
+    # through which the Jobs API submits): free ones, or a cluster of another test running
+    # beside this one holds them, and the Jobs API answers "No available agent" for ever
+    ports = [f"--{flag}={free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "metrics-export-port", "ray-client-server-port")]
     with open(tmp_path / "head.log", "w") as log:
         proc = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--head",
                                  "--num-cpus", "2", "--port", str(port), "--node-ip-address",
                                  "127.0.0.1", "--dashboard-host", "127.0.0.1",
-                                 "--dashboard-port", str(dash)], stdout=log,
+                                 "--dashboard-port", str(dash), *ports], stdout=log,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
     try:

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -144,39 +145,40 @@ def head(tmp_path):
     ports = [f"--{flag}={free_port()}" for flag in (
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
         "metrics-export-port", "ray-client-server-port")]
-    with open(tmp_path / "head.log", "w") as log:
-        proc = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--head",
-                                 "--num-cpus", "2", "--port", str(port), "--node-ip-address",
-                                 "127.0.0.1", "--dashboard-host", "127.0.0.1",
-                                 "--dashboard-port", str(dash), *ports], stdout=log,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--head",
+                             "--num-cpus", "2", "--port", str(port), "--node-ip-address",
+                             "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port",
+                             str(dash), *ports], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    started = threading.Event()
+
+    def read():  # the node's output into head.log; the event: `ray start` says it is up
+        with open(tmp_path / "head.log", "w") as log:
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                if "Ray runtime started" in line:
+                    started.set()
+        started.set()  # it ended: the assertion below says so
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     url = f"http://127.0.0.1:{dash}"
     try:
-        deadline = time.time() + 120
-        while not (ids := alive_nodes(url)):
-            assert proc.poll() is None and time.time() < deadline, \
-                (tmp_path / "head.log").read_text()[-3000:]
-            time.sleep(1)
+        assert started.wait(180) and proc.poll() is None, \
+            (tmp_path / "head.log").read_text()[-3000:]
+        ids = alive_nodes(url)
+        assert len(ids) == 1, ids
         yield url, ids[0]
     finally:
         stop(proc)
-
-
-NO_AGENT = "No available agent to submit job"  # the head's job agent not registered yet
+        reader.join(60)
 
 
 def ray_job(*args, env=ENV, timeout=600) -> subprocess.CompletedProcess:
-    """`ray job ARGS`. A submission the Jobs API answers with NO_AGENT (a head whose dashboard
-    agent has not registered yet, seen on a loaded machine: nothing was created) is made again
-    once a second until it is taken, for at most two minutes."""
-    deadline = time.time() + 120
-    while True:
-        out = subprocess.run([RAY, "job", *args], cwd=ROOT, capture_output=True, text=True,
-                             env=env, timeout=timeout)
-        if out.returncode == 0 or NO_AGENT not in out.stdout + out.stderr or \
-                time.time() > deadline:
-            return out
-        time.sleep(1)
+    return subprocess.run([RAY, "job", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=timeout)
 
 
 def val_acc_by_trial(ws: Path) -> dict[str, list]:
@@ -195,25 +197,24 @@ def val_acc_by_trial(ws: Path) -> dict[str, list]:
     return out
 
 
+def grid_job(ws, *more) -> list[str]:
+    """`ray job submit`'s arguments for a smoke grid (4 trials) with workspace ``ws``."""
+    return ["--working-dir", str(ROOT), "--runtime-env-json", EXCLUDES, "--", "python", "-m",
+            "search.grid", "--model", "cnn", "--profile", "smoke", "--train-size", "600",
+            "--batch-sizes", "32,64", "--epochs", "2,3", "--scheduler", "none",
+            "--workspace", str(ws), *more]
+
+
 @pytest.mark.slow
-def test_a_grid_submitted_as_a_ray_job_runs_on_that_cluster_stops_and_resumes(head, tmp_path):
+def test_a_grid_submitted_as_a_ray_job_runs_on_that_cluster(head, tmp_path):
     """`ray job submit` of a smoke grid: the job's driver joins the cluster the job runs on
     ($RAY_ADDRESS; before, it started a second cluster inside the job, whose workers could not
     fetch the job's working dir) and runs to SUCCEEDED, its trials on the head's node, its logs
     the progress lines a pipe shows, its parent run tagged with the submission id. Without the
-    token the Jobs API refuses a submission. A second job, stopped with `ray job stop` once a
-    trial has finished, leaves no run RUNNING; resubmitted with --resume it ends with every
-    trial once and the numbers of the uninterrupted job, epoch by epoch."""
+    token the Jobs API refuses a submission."""
     from mlflow.tracking import MlflowClient
 
     url, node = head
-
-    def grid(ws, *more):
-        return ["--working-dir", str(ROOT), "--runtime-env-json", EXCLUDES, "--", "python",
-                "-m", "search.grid", "--model", "cnn", "--profile", "smoke", "--train-size",
-                "600", "--batch-sizes", "32,64", "--epochs", "2,3", "--scheduler", "none",
-                "--workspace", str(ws), *more]
-
     no_token = {k: v for k, v in ENV.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     refused = ray_job("submit", "--address", url, "--submission-id", "refused", "--no-wait",
                       "--", "python", "-c", "pass", env=no_token, timeout=120)
@@ -224,7 +225,7 @@ def test_a_grid_submitted_as_a_ray_job_runs_on_that_cluster_stops_and_resumes(he
     assert listed.returncode == 0 and "refused" not in listed.stdout, listed.stdout[-2000:]
 
     whole = tmp_path / "whole"
-    out = ray_job("submit", "--address", url, "--submission-id", "grid-whole", *grid(whole))
+    out = ray_job("submit", "--address", url, "--submission-id", "grid-whole", *grid_job(whole))
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert "Job 'grid-whole' succeeded" in out.stdout, out.stdout[-3000:]
     logs = ray_job("logs", "--address", url, "grid-whole", timeout=120).stdout
@@ -241,10 +242,25 @@ def test_a_grid_submitted_as_a_ray_job_runs_on_that_cluster_stops_and_resumes(he
     assert len(trials) == 4 and all(r.info.status == "FINISHED" for r in trials)
     assert {r.data.tags["node_id"] for r in trials} == {node}
 
-    # stopped once its first trial has finished (its logs, followed, say when), resumed
+
+@pytest.mark.soak
+def test_a_grid_job_stopped_with_ray_job_stop_resumes_as_uninterrupted(head, tmp_path):
+    """A smoke grid job stopped with `ray job stop` once a trial has finished leaves no run
+    RUNNING; resubmitted with --resume it ends with every trial once and the numbers of an
+    uninterrupted job, epoch by epoch. soak, not CI: the stop is sent when the followed logs
+    show a finished trial, and on a loaded machine the logs can lag until the job has ended
+    (seen once in four runs beside two busy cores: the job succeeded before the stop); a
+    failpoint that holds a trial until the stop would make it exact."""
+    from mlflow.tracking import MlflowClient
+
+    url, _ = head
+    whole = tmp_path / "whole"
+    out = ray_job("submit", "--address", url, "--submission-id", "grid-whole", *grid_job(whole))
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    stopped = tmp_path / "stopped"
     stopped = tmp_path / "stopped"
     out = ray_job("submit", "--address", url, "--submission-id", "grid-stopped", "--no-wait",
-                  *grid(stopped))
+                  *grid_job(stopped))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     follow = subprocess.Popen([RAY, "job", "logs", "--address", url, "--follow",
                                "grid-stopped"], stdout=subprocess.PIPE,
@@ -269,7 +285,7 @@ def test_a_grid_submitted_as_a_ray_job_runs_on_that_cluster_stops_and_resumes(he
     left = [r.info.status for r in client.search_runs([exp.experiment_id])]
     assert left and "RUNNING" not in left, left
     out = ray_job("submit", "--address", url, "--submission-id", "grid-resumed",
-                  *grid(stopped, "--resume"))
+                  *grid_job(stopped, "--resume"))
     assert out.returncode == 0 and "Job 'grid-resumed' succeeded" in out.stdout, \
         out.stdout[-4000:] + out.stderr[-2000:]
     assert val_acc_by_trial(stopped) == val_acc_by_trial(whole)  # each trial once, same numbers

@@ -127,7 +127,7 @@ def test_a_grid_runs_its_trials_on_both_nodes_of_a_cluster(cluster, tmp_path):
 # --- a search submitted as a Ray Job --------------------------------------------------------------
 
 # what the working-dir upload leaves out besides .gitignore's: the venv, the runs, the data
-EXCLUDES = json.dumps({"excludes": [".venv", "outputs", ".fmnist", "tests/output", ".git"]})
+EXCLUDES = [".venv", "outputs", ".fmnist", "tests/output", ".git"]
 
 
 @pytest.fixture
@@ -197,21 +197,42 @@ def val_acc_by_trial(ws: Path) -> dict[str, list]:
     return out
 
 
-def grid_job(ws, *more) -> list[str]:
-    """`ray job submit`'s arguments for a smoke grid (4 trials) with workspace ``ws``."""
-    return ["--working-dir", str(ROOT), "--runtime-env-json", EXCLUDES, "--", "python", "-m",
-            "search.grid", "--model", "cnn", "--profile", "smoke", "--train-size", "600",
-            "--batch-sizes", "32,64", "--epochs", "2,3", "--scheduler", "none",
-            "--workspace", str(ws), *more]
+def grid_job(ws, *more, env_vars: dict | None = None) -> list[str]:
+    """`ray job submit`'s arguments for a smoke grid (4 trials) with workspace ``ws``, its
+    runtime environment's ``env_vars`` for its driver and its trials' workers."""
+    runtime_env = {"excludes": EXCLUDES, **({"env_vars": env_vars} if env_vars else {})}
+    return ["--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--",
+            "python", "-m", "search.grid", "--model", "cnn", "--profile", "smoke",
+            "--train-size", "600", "--batch-sizes", "32,64", "--epochs", "2,3",
+            "--scheduler", "none", "--workspace", str(ws), *more]
+
+
+def finished_trials(client) -> int:
+    exp = client.get_experiment_by_name("grid-cnn")
+    if exp is None:
+        return 0
+    return len(client.search_runs([exp.experiment_id], "tags.kind = 'trial' and "
+                                  "attributes.status = 'FINISHED'"))
+
+
+def wait_for(event, say, timeout: float = 300) -> None:
+    """Until ``event()`` holds (a file written, a run recorded), looking every half second;
+    past ``timeout`` the test fails with what ``say()`` returns."""
+    deadline = time.time() + timeout
+    while not event():
+        assert time.time() < deadline, say()
+        time.sleep(0.5)
 
 
 @pytest.mark.slow
-def test_a_grid_submitted_as_a_ray_job_runs_on_that_cluster(head, tmp_path):
+def test_a_grid_submitted_as_a_ray_job_runs_on_that_cluster_stops_and_resumes(head, tmp_path):
     """`ray job submit` of a smoke grid: the job's driver joins the cluster the job runs on
     ($RAY_ADDRESS; before, it started a second cluster inside the job, whose workers could not
     fetch the job's working dir) and runs to SUCCEEDED, its trials on the head's node, its logs
     the progress lines a pipe shows, its parent run tagged with the submission id. Without the
-    token the Jobs API refuses a submission."""
+    token the Jobs API refuses a submission. The same job stopped with `ray job stop` leaves no
+    run RUNNING, and resubmitted with --resume ends with every trial once and the numbers of
+    the uninterrupted job, epoch by epoch."""
     from mlflow.tracking import MlflowClient
 
     url, node = head
@@ -242,48 +263,28 @@ def test_a_grid_submitted_as_a_ray_job_runs_on_that_cluster(head, tmp_path):
     assert len(trials) == 4 and all(r.info.status == "FINISHED" for r in trials)
     assert {r.data.tags["node_id"] for r in trials} == {node}
 
-
-@pytest.mark.soak
-def test_a_grid_job_stopped_with_ray_job_stop_resumes_as_uninterrupted(head, tmp_path):
-    """A smoke grid job stopped with `ray job stop` once a trial has finished leaves no run
-    RUNNING; resubmitted with --resume it ends with every trial once and the numbers of an
-    uninterrupted job, epoch by epoch. soak, not CI: the stop is sent when the followed logs
-    show a finished trial, and on a loaded machine the logs can lag until the job has ended
-    (seen once in four runs beside two busy cores: the job succeeded before the stop); a
-    failpoint that holds a trial until the stop would make it exact."""
-    from mlflow.tracking import MlflowClient
-
-    url, _ = head
-    whole = tmp_path / "whole"
-    out = ray_job("submit", "--address", url, "--submission-id", "grid-whole", *grid_job(whole))
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
-    stopped = tmp_path / "stopped"
-    stopped = tmp_path / "stopped"
+    # the same grid stopped with `ray job stop` while the 3-epoch trials are held at their
+    # last checkpoint (a failpoint in the job's environment: its driver and trial workers
+    # inherit it), once the 2-epoch trials, which Tune starts first, have finished;
+    # resubmitted with --resume, no failpoint
+    stopped, held = tmp_path / "stopped", tmp_path / "held.json"
+    hold = {"TUNEFUSE_FAILPOINT": "checkpoint-written:epoch=3",
+            "TUNEFUSE_FAILPOINT_FILE": str(held)}
     out = ray_job("submit", "--address", url, "--submission-id", "grid-stopped", "--no-wait",
-                  *grid_job(stopped))
+                  *grid_job(stopped, env_vars=hold))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    follow = subprocess.Popen([RAY, "job", "logs", "--address", url, "--follow",
-                               "grid-stopped"], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, env=ENV)
-    try:
-        for line in follow.stdout:
-            if re.match(r"\[grid-cnn\] \S+: finished", line):
-                break
-        else:
-            pytest.fail("the job's logs ended before a trial finished")
-        out = ray_job("stop", "--address", url, "grid-stopped", timeout=180)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    finally:
-        follow.kill()
-        follow.wait()
+    client = MlflowClient(f"sqlite:///{stopped / 'mlflow.db'}")
+    wait_for(lambda: held.exists() and finished_trials(client) == 2,
+             lambda: ray_job("logs", "--address", url, "grid-stopped").stdout[-3000:])
+    out = ray_job("stop", "--address", url, "grid-stopped", timeout=180)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     status = ray_job("status", "--address", url, "grid-stopped", timeout=120).stdout
     assert "Job 'grid-stopped' was stopped" in status, status[-2000:]
     logs = ray_job("logs", "--address", url, "grid-stopped", timeout=120).stdout
     assert "experiment grid-cnn interrupted; its state is saved" in logs, logs[-3000:]
-    client = MlflowClient(f"sqlite:///{stopped / 'mlflow.db'}")
     exp = client.get_experiment_by_name("grid-cnn")
     left = [r.info.status for r in client.search_runs([exp.experiment_id])]
-    assert left and "RUNNING" not in left, left
+    assert "FINISHED" in left and "RUNNING" not in left, left
     out = ray_job("submit", "--address", url, "--submission-id", "grid-resumed",
                   *grid_job(stopped, "--resume"))
     assert out.returncode == 0 and "Job 'grid-resumed' succeeded" in out.stdout, \

@@ -1,7 +1,8 @@
 """Named points where a crash test can stop a process, so a SIGKILL lands in an exact window.
 
 A failpoint does nothing unless ``TUNEFUSE_FAILPOINT`` names it. Then, when the process reaches
-that point for the ``K``-th time (``NAME@K``; default the first), it writes one line (the name,
+that point for the ``K``-th time (``NAME@K``; default the first; ``NAME@K:KEY=VALUE`` counts only
+the hits whose context has that value), it writes one line (the name,
 its pid and what the call site passed) to the file ``TUNEFUSE_FAILPOINT_FILE`` and waits there
 for ever: the test sees the file appear (an event, not a timer), does what it needs to the
 workspace, and kills the process group. Other threads of the process (Tune's state syncer) go
@@ -29,18 +30,28 @@ _hits: dict[str, int] = {}
 _lock = threading.Lock()
 
 
+def _spec() -> tuple[str, int, dict[str, str]]:
+    """``TUNEFUSE_FAILPOINT`` read: NAME[@K][:KEY=VALUE,...] as (NAME, K, {KEY: VALUE})."""
+    spec, _, where = os.environ.get(ENV, "").partition(":")
+    name, _, k = spec.partition("@")
+    return name, int(k or 1), dict(kv.split("=", 1) for kv in where.split(",") if kv)
+
+
 def armed(name: str) -> bool:
     """Whether ``name`` is the failpoint this process was asked to stop at (cheap check)."""
     spec = os.environ.get(ENV, "")
-    return bool(spec) and spec.split("@", 1)[0] == name
+    return bool(spec) and spec.partition(":")[0].partition("@")[0] == name
 
 
 def reach(name: str, **context) -> None:
-    """Stop here for ever if ``TUNEFUSE_FAILPOINT`` names this point and this hit."""
+    """Stop here for ever if ``TUNEFUSE_FAILPOINT`` names this point and this hit. With
+    ``:KEY=VALUE`` pairs, only the hits whose context has those values count (``epoch=3``:
+    a checkpoint of epoch 3, whichever trial writes it)."""
     if not armed(name):
         return
-    spec = os.environ[ENV]
-    want = int(spec.split("@", 1)[1]) if "@" in spec else 1
+    _, want, where = _spec()
+    if any(str(context.get(k)) != v for k, v in where.items()):
+        return
     with _lock:
         _hits[name] = _hits.get(name, 0) + 1
         if _hits[name] != want:

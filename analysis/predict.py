@@ -159,4 +159,4 @@ def predict(args) -> int:
 
 
 if __name__ == "__main__":
-    exit_now(main())
+    exit_now(main)

@@ -76,7 +76,13 @@ def log_to_mlflow(args, ws, client, summary, out: Path, members, weights, temps,
                                         weights, [temps[c.run_id] for c in members],
                                         args.registered_name, ws.tracking_uri,
                                         fused_temperature, args.tta)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")  # its report never came; not left RUNNING
+    except BaseException as e:  # its report never came; not left RUNNING
+        client.set_terminated(run_id, ended(e))
         raise
     return run_id, model_uri
+
+
+def ended(e: BaseException) -> str:
+    """The status of a fusion run whose report did not come: KILLED when it was stopped
+    (Ctrl-C, SIGTERM), as an interrupted search's runs are; else FAILED."""
+    return "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"

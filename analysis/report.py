@@ -29,13 +29,21 @@ from analysis import figures as fig
 from analysis import fusion
 from analysis.grids import cost_rows, grid_rows
 from analysis.inference import TTA, cached_probs
-from analysis.publish import FUSION_EXPERIMENT, fetch_checkpoint, log_to_mlflow, publish, staging
+from analysis.publish import (
+    FUSION_EXPERIMENT,
+    ended,
+    fetch_checkpoint,
+    log_to_mlflow,
+    publish,
+    staging,
+)
 from analysis.render import headline_lines, markdown, seed_table, to_html
 from analysis.select import SelectionError, distinct, gather, same_data, top_k
 from analysis.summary import Fused, fuse_members, search_costs, summarise
 from search.workspace import Workspace, WorkspaceError, redact
 from trainables.classes import CLASSES
 from trainables.cli import (
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     NORMAL,
@@ -188,6 +196,10 @@ def run(options: ReportOptions) -> int:
     name = options.name or time.strftime("fusion-%Y%m%d-%H%M%S")
     try:
         return report(options, name, sel)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (trainables/cli.py): its run is KILLED
+        print(f"\nreport {name} interrupted; nothing of it was published, earlier reports "
+              "and runs are as they were: run it again", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except OSError as e:  # a full disk, a read-only reports folder: one line, nothing lost
         print(f"error: cannot write the report in {sel.ws.root} ({write_reason(e)}); earlier "
               "reports and runs are as they were: free space on that disk and run it again",
@@ -246,8 +258,8 @@ def report(options: ReportOptions, name: str, sel: Selection) -> int:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         client.log_artifact(run_id, str(out / "summary.json"), "report")
         publish(out, final)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")  # its report never came; not left RUNNING
+    except BaseException as e:  # its report never came; not left RUNNING
+        client.set_terminated(run_id, ended(e))
         raise
     client.set_terminated(run_id, "FINISHED")
     print_result(summary, final, run_id, model_uri)
@@ -306,4 +318,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_now(main())
+    exit_now(main)

@@ -1,7 +1,7 @@
 """Kill -9 at any instant: SIGKILL a search at seeded random instants, resume it, compare.
 
     python bench/chaos.py --cycles 10 [--what grid|wsd|weights|pipeline|all] [--seed 0]
-        [--workspace DIR] [--data-dir DIR]
+        [--signal kill|term] [--grace 60] [--workspace DIR] [--data-dir DIR]
 
 For each kind of run (``--what``), an uninterrupted reference run first; then ``--cycles``
 cycles. A cycle starts the same run in a new workspace and SIGKILLs the driver's whole process
@@ -16,8 +16,19 @@ new instant, until a resumed run completes. Then it compares the run with the re
 - for the class-weight search, the Optuna study equal (the trials that ran, in order, with
   their states, weights and values).
 
+``--signal term`` stops the driver as `ray job stop`, `docker stop` and Kubernetes do instead:
+SIGTERM to the driver at the random instant, which every command handles as Ctrl-C. A stop
+must then end as Ctrl-C ends: exit code 130 (or 0, a run that finished first; or death by
+the signal itself, when it came before the command set its handler, still importing) within
+``--grace`` seconds, and no MLflow run left RUNNING (the parent and the open trial runs
+KILLED). Every other stop (seeded) gets a second signal during that shutdown: SIGKILL of the
+whole group at a random instant within ``--grace``'s first tenth, as the SIGKILL that follows a
+SIGTERM after the platform's grace period; it must lose nothing either. A stop that breaks
+the rule counts as a ``stop fault``.
+
 It prints one row per cycle and a table per kind, and ends with the line
-``lost L, duplicated D, mismatched M``. Exit code 0 when all three are 0, else 1.
+``lost L, duplicated D, mismatched M`` (and ``, stop faults F`` with ``--signal term``). Exit
+code 0 when all are 0, else 1.
 
 The functions here are also what tests/test_windows.py uses to stop a run at an exact point
 (a failpoint, trainables/failpoints.py) instead of a random instant.
@@ -35,6 +46,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,20 +275,76 @@ def resumable(ws: Path, what: str) -> bool:
 
 
 def cycle(what: str, root: Path, i: int, rng: random.Random, length: float,
-          data_dir: str | None, max_kills: int = 3) -> tuple[Path, int]:
+          data_dir: str | None, max_kills: int = 3,
+          stopper: Stopper | None = None) -> tuple[Path, int]:
     """One run, killed at random instants and resumed until it completes; (workspace, kills).
     A run that ends before its first kill (the machine was faster than the reference run) is
     started again in a new workspace with an earlier instant: every cycle has a kill."""
     for attempt in range(6):
         ws, kills = _cycle(what, root, f"{i:03d}" + "abcdef"[attempt] * bool(attempt), rng,
-                           length * 0.8 ** attempt, data_dir, max_kills)
+                           length * 0.8 ** attempt, data_dir, max_kills, stopper)
         if kills:
             break
     return ws, kills
 
 
+EXIT_INTERRUPTED = 130  # what a command stopped by Ctrl-C or SIGTERM exits with
+
+
+def running_runs(ws: Path) -> int:
+    """MLflow runs of the workspace's store still RUNNING (none after a clean stop)."""
+    db = ws / "mlflow.db"
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db, timeout=30) as con:
+        return con.execute("select count(*) from runs where status = 'RUNNING' and "
+                           "lifecycle_stage = 'active'").fetchone()[0]
+
+
+@dataclass
+class Stopper:
+    """How a cycle stops its run: SIGKILL of the group (``kill``), or SIGTERM to the driver
+    (``term``), which must end as Ctrl-C does within ``grace`` seconds; every other SIGTERM
+    (drawn from the cycle's random numbers) is followed, during the shutdown, by SIGKILL.
+    ``faults`` counts the stops that broke the rule (module docstring)."""
+
+    signal: str = "kill"
+    grace: float = 60.0
+    faults: int = 0
+    notes: list = field(default_factory=list)
+
+    def stop(self, proc: subprocess.Popen, ws: Path, rng: random.Random) -> str:
+        """Stop ``proc``; what was done, for the log."""
+        if self.signal == "kill":
+            kill_group(proc)
+            return "SIGKILL"
+        second = rng.random() < 0.5
+        cut = rng.uniform(0, self.grace / 10) if second else self.grace
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=cut)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            if second:
+                return f"SIGTERM, then SIGKILL {cut:.1f} s into its shutdown"
+            self.faults += 1
+            self.notes.append(f"no exit {self.grace:g} s after SIGTERM")
+            return f"SIGTERM, no exit in {self.grace:g} s: SIGKILL (a stop fault)"
+        kill_group(proc)  # what of its Ray cluster may be left
+        left = running_runs(ws)
+        # -SIGTERM: it came before the command set its handler (Python still importing),
+        # when nothing is recorded yet
+        if code not in (EXIT_INTERRUPTED, EXIT_DONE, -signal.SIGTERM) or (code and left):
+            self.faults += 1
+            self.notes.append(f"exit {code} after SIGTERM, {left} run(s) left RUNNING")
+            return f"SIGTERM: exit {code}, {left} run(s) RUNNING (a stop fault)"
+        return f"SIGTERM: exit {code}" + (" (it had finished)" if code == EXIT_DONE else "")
+
+
 def _cycle(what: str, root: Path, label: str, rng: random.Random, length: float,
-           data_dir: str | None, max_kills: int) -> tuple[Path, int]:
+           data_dir: str | None, max_kills: int,
+           stopper: Stopper | None = None) -> tuple[Path, int]:
+    stopper = stopper or Stopper()
     module, args = RUNS[what]
     ws = root / f"{what}-{label}"
     log = root / f"{what}-{label}.log"
@@ -300,10 +368,10 @@ def _cycle(what: str, root: Path, label: str, rng: random.Random, length: float,
                 try:
                     code = proc.wait(timeout=instant)
                 except subprocess.TimeoutExpired:
-                    kill_group(proc)
+                    done = stopper.stop(proc, ws, rng)
                     kills += 1
                     with open(log, "a") as f:
-                        f.write(f"\n=== chaos: SIGKILL at {instant:.1f} s (kill {kills})\n")
+                        f.write(f"\n=== chaos: {done} at {instant:.1f} s (stop {kills})\n")
                     continue
         if code is None:
             code = proc.wait(timeout=900)
@@ -320,7 +388,13 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workspace", default=None, help="folder for the runs (default a temp one)")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--signal", choices=("kill", "term"), default="kill",
+                   help="kill: SIGKILL the driver's group; term: SIGTERM the driver, as `ray "
+                        "job stop` and `docker stop` do (module docstring)")
+    p.add_argument("--grace", type=float, default=60.0,
+                   help="seconds a SIGTERM'd run has to exit (RAY_JOB_STOP_WAIT_TIME_S)")
     args = p.parse_args(argv)
+    stopper = Stopper(args.signal, args.grace)
     import tempfile
 
     root = Path(args.workspace or tempfile.mkdtemp(prefix="tunefuse-chaos-"))
@@ -337,7 +411,7 @@ def main(argv=None) -> int:
         row = {"what": what, "cycles": 0, "kills": 0, "lost": 0, "duplicated": 0,
                "mismatched": 0}
         for i in range(args.cycles):
-            ws, kills = cycle(what, root, i, rng, length, args.data_dir)
+            ws, kills = cycle(what, root, i, rng, length, args.data_dir, stopper=stopper)
             counts = compare(ws, ref, what)
             print(f"{what} cycle {i}: {kills} kill(s); lost {counts['lost']}, duplicated "
                   f"{counts['duplicated']}, mismatched {counts['mismatched']}", flush=True)
@@ -353,9 +427,13 @@ def main(argv=None) -> int:
     for r in [*rows, {"what": "all", **totals}]:
         print(f"| {r['what']} | {r['cycles']} | {r['kills']} | {r['lost']} | "
               f"{r['duplicated']} | {r['mismatched']} |")
+    faults = f", stop faults {stopper.faults}" if args.signal == "term" else ""
     print(f"\nlost {totals['lost']}, duplicated {totals['duplicated']}, mismatched "
-          f"{totals['mismatched']}")
-    return 0 if totals["lost"] == totals["duplicated"] == totals["mismatched"] == 0 else 1
+          f"{totals['mismatched']}{faults}")
+    for note in stopper.notes:
+        print(f"stop fault: {note}")
+    clean = totals["lost"] == totals["duplicated"] == totals["mismatched"] == stopper.faults
+    return 0 if clean and stopper.faults == 0 else 1
 
 
 if __name__ == "__main__":

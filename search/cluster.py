@@ -110,6 +110,76 @@ def job_submission_id() -> str | None:
     return metadata.get("job_submission_id") or None
 
 
+def joined(options) -> bool:
+    """Whether the search runs on a cluster it joined (--address, or the Ray Job's own), which
+    other searches may share, rather than on one this process started for itself."""
+    return cluster_address(options) is not None
+
+
+def room(options) -> dict[str, float]:
+    """The resources a search may size itself by: on a cluster of its own, Ray's totals; on
+    one it joined, what is free as it starts (other searches' trials hold the rest)."""
+    return ray.available_resources() if joined(options) else ray.cluster_resources()
+
+
+SEEN_TIMEOUT_S = 60.0  # a worker's start on each node (a task of no CPU: busy nodes answer)
+
+
+def _sees(marker: str) -> bool:
+    """Whether ``marker`` exists on this node: run on each node."""
+    return os.path.exists(marker)
+
+
+def nodes_not_seeing(folder: str, timeout: float = SEEN_TIMEOUT_S) -> list[str]:
+    """The live nodes (their addresses) on which the local ``folder`` of this driver's node is
+    not the same folder (no shared file system there): a file written here is looked for there
+    by a task of no CPU pinned to each other node. Nodes that do not answer in time are not
+    counted; the driver's own node is not asked."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    others = {n["NodeID"]: n.get("NodeManagerAddress", n["NodeID"]) for n in ray.nodes()
+              if n.get("Alive") and n["NodeID"] != here}
+    if not others:
+        return []
+    os.makedirs(folder, exist_ok=True)
+    fd, marker = tempfile.mkstemp(prefix=".tunefuse-seen-", dir=folder)
+    os.close(fd)
+    try:
+        probe = ray.remote(num_cpus=0, max_retries=0)(_sees)
+        refs = {probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node, soft=False)).remote(marker): address for node, address in others.items()}
+        ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+        for ref in late:
+            ray.cancel(ref, force=True)
+        blind = []
+        for ref in ready:
+            try:
+                if not ray.get(ref):
+                    blind.append(refs[ref])
+            except ray.exceptions.RayError:
+                continue  # a node that went away meanwhile
+        return sorted(blind)
+    finally:
+        os.unlink(marker)
+
+
+def check_storage(storage_path: str, unseen: Callable[[str], list[str]] = nodes_not_seeing
+                  ) -> None:
+    """On a cluster of several nodes, say in one line when Tune's storage path (a local
+    folder; a URI such as s3:// is shared by nature) is not seen by every node: checkpoints
+    then stay on the node that wrote them, and a trial of a lost node starts again from
+    scratch on another (docs/cluster.md)."""
+    if "://" in storage_path:
+        return
+    if blind := unseen(storage_path):
+        print(f"note: the storage path {storage_path} is not shared with {len(blind)} node(s) "
+              f"of the cluster ({', '.join(blind)}): checkpoints stay on the node that wrote "
+              "them, and a trial of a node that is lost starts again from scratch; pass a "
+              "--storage-path that every node mounts (NFS) or a bucket (s3://...)",
+              file=sys.stderr, flush=True)
+
+
 TRIALS_PER_GPU = 4  # trials packed on one GPU by --gpus-per-trial auto (bench/gpu_check.sh)
 MAX_CPUS_PER_GPU_TRIAL = 4  # a GPU trial's CPU work is its Python loop and the launches
 PROBE_GPU = 0.001  # the CUDA check's share of a GPU: it fits beside trials packed on one
@@ -198,7 +268,8 @@ def resources(options, cuda: CudaCheck | None = None) -> tuple[float, float]:
     packed trials add throughput) and an equal share of the CPUs (at most
     MAX_CPUS_PER_GPU_TRIAL); without GPUs, one CPU, trials side by side on the cores. GPUs
     that Ray counts but PyTorch there cannot use (``cuda``, asked when needed) count as none
-    for "auto": every trial would fail on its first epoch."""
+    for "auto": every trial would fail on its first epoch. A GPU trial's share of the CPUs
+    is of those the search may use (room: on a joined cluster, those free as it starts)."""
     total = ray.cluster_resources()
     have_gpus = total.get("GPU", 0)
     gpus = options.gpus_per_trial
@@ -209,7 +280,7 @@ def resources(options, cuda: CudaCheck | None = None) -> tuple[float, float]:
     if cpus == AUTO:
         cpus = 1.0
         if gpus > 0:
-            share = int(total.get("CPU", 1) // max(1, round(have_gpus / gpus)))
+            share = int(room(options).get("CPU", 1) // max(1, round(have_gpus / gpus)))
             cpus = float(max(1, min(MAX_CPUS_PER_GPU_TRIAL, share)))
     return float(cpus), float(gpus)
 

@@ -8,6 +8,7 @@ failures and the summary (search/summary.py) are done here once for all of them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -23,7 +24,16 @@ from ray.tune import ExperimentAnalysis
 
 from search import offline, plan, throughput, tunestate
 from search.backfill import catch_up
-from search.cluster import check_cluster, job_submission_id, resources, start_ray
+from search.claims import WORKSPACE_TAG, check_owner, claim_search
+from search.cluster import (
+    check_cluster,
+    check_storage,
+    job_submission_id,
+    joined,
+    resources,
+    room,
+    start_ray,
+)
 from search.lineage import MLflowLineage
 from search.options import AUTO, UsageError, check_resume, cluster_address
 from search.progress import ProgressView, TrialLines
@@ -68,8 +78,13 @@ class StateError(Exception):
 def run_search(options, search: Search, split, on_start=None) -> int:
     """Run (or resume) one Tune experiment with its MLflow lineage; returns the exit code."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    with contextlib.ExitStack() as claims:  # what it holds alone, until it ends
+        return _run(options, search, split, on_start, claims)
+
+
+def _run(options, search: Search, split, on_start, claims: contextlib.ExitStack) -> int:
     try:
-        ws, state, client, dashboard = _open(options, search, split)
+        ws, state, client, dashboard = _open(options, search, split, claims)
     except (WorkspaceError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -88,7 +103,8 @@ def run_search(options, search: Search, split, on_start=None) -> int:
                  "data_fingerprint": split.fingerprint, "created": time.time()}  # finds it
         ws.save_state(search.name, state)
     if state.get("parent_run_id") is None:
-        state["parent_run_id"] = parent_run(client, experiment_id, search, split, state)
+        state["parent_run_id"] = parent_run(client, experiment_id, search, split, state,
+                                             ws.root)
         ws.save_state(search.name, state)
     else:
         client.update_run(state["parent_run_id"], status="RUNNING")
@@ -141,7 +157,7 @@ def show_plan(options, search: Search, split, client, parent_id: str, hardware: 
     trials = len(plan.trial_configs(search.param_space, search.num_samples))
     found = plan.make(
         search.param_space, search.num_samples, asha=search.scheduler is not None,
-        at_a_time=plan.at_a_time(trials, search.resources, ray.cluster_resources(),
+        at_a_time=plan.at_a_time(trials, search.resources, room(options),
                                  options.max_concurrent),
         train_images=len(split.y_train), val_images=len(split.y_val), throughput=earlier)
     print(found.line(), flush=True)
@@ -155,10 +171,12 @@ def show_plan(options, search: Search, split, client, parent_id: str, hardware: 
     return found
 
 
-def _open(options, search: Search, split):
+def _open(options, search: Search, split, claims: contextlib.ExitStack):
     """The workspace, the search's saved state (None: a new search), the MLflow client and the
-    dashboard, with every check that must pass before anything is recorded."""
+    dashboard, with every check that must pass before anything is recorded; what the search
+    holds alone is taken into ``claims`` (search/claims.py)."""
     ws = Workspace.open(options.workspace, options.tracking_uri, options.storage_path)
+    claim_search(claims, ws, search.name)
     state = ws.load_state(search.name)
     check_resume("experiment", search.name, state is not None, options.resume, ws.root)
     if state is not None and state["data_fingerprint"] != split.fingerprint:
@@ -170,9 +188,12 @@ def _open(options, search: Search, split):
         for part in state.get("parts", [search.name]):
             interrupted(os.path.join(ws.storage_path, part))
     client = ws.client()
+    check_owner(client, ws, search.name)
     dashboard = start_ray(options)  # before anything is recorded: a cluster that refuses us
     # the CUDA question asked once: the check's answer sizes the trials
     search.resources = resources(options, check_cluster(options))
+    if joined(options):  # a cluster of several nodes, perhaps: do they all see the storage?
+        check_storage(ws.storage_path)
     return ws, state, client, dashboard
 
 
@@ -227,7 +248,8 @@ def _restore(path: str, trainable):
                          ) from None
 
 
-def parent_run(client, experiment_id: str, search: Search, split, state: dict) -> str:
+def parent_run(client, experiment_id: str, search: Search, split, state: dict,
+               ws_root: Path) -> str:
     """The search's parent run: the one created for this state before a kill, else a new one
     (tagged with the state's creation time, so that a resumed search finds it)."""
     created = repr(state["created"])
@@ -238,7 +260,8 @@ def parent_run(client, experiment_id: str, search: Search, split, state: dict) -
     else:
         run_name = f"{search.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
         parent_id = client.create_run(experiment_id, run_name=run_name, tags={
-            "kind": search.kind, "state_created": created, **(search.tags or {})}).info.run_id
+            "kind": search.kind, "state_created": created, WORKSPACE_TAG: str(ws_root),
+            **(search.tags or {})}).info.run_id
         # the run exists; the workspace's state does not name it yet
         failpoints.reach("parent-run-created", run=parent_id)
     params = {**(search.params or {}), "data_fingerprint": split.fingerprint,
@@ -316,7 +339,7 @@ def _tuner(search: Search, trainable, lineage, ws: Workspace, options, name: str
     if search.resources is not None:
         scheduler = spare_cores(scheduler, search.resources, options.cpus_per_trial == AUTO,
                                 len(plan.trial_configs(search.param_space, num_samples)),
-                                ray.cluster_resources().get("CPU", 0))
+                                ray.cluster_resources().get("CPU", 0), joined(options))
     tuner = tune.Tuner(
         trainable, param_space=search.param_space,
         tune_config=tune.TuneConfig(

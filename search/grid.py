@@ -134,4 +134,4 @@ def main(argv: list[str] | None = None, space_overrides: dict | None = None) -> 
 
 
 if __name__ == "__main__":
-    exit_now(main())
+    exit_now(main)

@@ -16,7 +16,10 @@ bundle; the trial trains on as many threads as it got (trainables/trainable.py
 ``on_this_worker``). A restart costs the worker's start and, for a compiled model, its
 compilation (seconds to a minute), so a trial with fewer than ``MIN_EPOCHS_LEFT`` epochs to go
 keeps what it has. A search resumed with a grown trial shrinks it back the same way when more
-trials are left than cores.
+trials are left than cores. On a cluster the search joined (--address, a Ray Job's), which
+other searches may share, the CPUs shared out are those its running trials hold and those
+free at that result, never the cluster's total: a core another search's trial holds, or
+took as it was freed, is not spare.
 
 Only for CPU trials whose CPUs are "auto" (the default): a given ``--cpus-per-trial`` is kept,
 and GPU trials (a share of a GPU each) are left as they are. Ray cannot reuse a worker for a
@@ -48,15 +51,32 @@ class ShareOfCores:
     share of the cluster's CPUs is not the one it holds, else None. The cluster is read at each
     result (a resumed search may run on another one)."""
 
-    def __init__(self, cpus: float, planned: int):
+    def __init__(self, cpus: float, planned: int, shared: bool = False):
         self.cpus = cpus  # what every trial was given
         self.planned = planned  # the search's trials, created or not
+        self.shared = shared  # a cluster others use too (search/cluster.py joined)
 
     @staticmethod
     def cluster() -> tuple[float, float]:
         """The cluster's CPUs and the most CPUs any live node has (a bundle fits on one)."""
         nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
         return ray.cluster_resources().get("CPU", 0), max(nodes, default=0)
+
+    @staticmethod
+    def free() -> float:
+        """The cluster's CPUs that nothing holds now."""
+        return ray.available_resources().get("CPU", 0)
+
+    def room(self, tune_controller) -> tuple[float, float]:
+        """The CPUs this search may share among its trials, and the largest node's: the
+        cluster's, or on a shared cluster what its running trials hold and what is free (the
+        cores another search's trials hold, or will take as they are freed, are not spare)."""
+        total, largest = self.cluster()
+        if not self.shared:
+            return total, largest
+        held = sum(t.placement_group_factory.required_resources.get("CPU", 0)
+                   for t in tune_controller.get_trials() if t.status == Trial.RUNNING)
+        return min(total, held + self.free()), largest
 
     def share(self, unfinished: int, cluster_cpus: float, largest_node: float) -> float:
         even = math.floor(cluster_cpus / max(1, unfinished))
@@ -70,7 +90,7 @@ class ShareOfCores:
             return None
         ended = sum(t.status in (Trial.TERMINATED, Trial.ERROR)
                     for t in tune_controller.get_trials())
-        want = self.share(self.planned - ended, *self.cluster())
+        want = self.share(self.planned - ended, *self.room(tune_controller))
         have = trial.placement_group_factory.required_resources.get("CPU", 0)
         if want == have:
             return None
@@ -82,19 +102,20 @@ class SpareCores(ResourceChangingScheduler):
     version refuses a trial whose bundle is not the first added trial's; a resumed search
     brings back trials that had grown, so every trial is taken (ShareOfCores needs no base)."""
 
-    def __init__(self, base, cpus: float, planned: int):
+    def __init__(self, base, cpus: float, planned: int, shared: bool = False):
         super().__init__(base_scheduler=base,
-                         resources_allocation_function=ShareOfCores(cpus, planned))
+                         resources_allocation_function=ShareOfCores(cpus, planned, shared))
 
     def on_trial_add(self, tune_controller, trial: Trial, **kwargs):
         return self._base_scheduler.on_trial_add(tune_controller, trial, **kwargs)
 
 
 def spare_cores(scheduler, resources: tuple[float, float], cpus_auto: bool, planned: int,
-                cluster_cpus: float):
+                cluster_cpus: float, shared: bool = False):
     """The scheduler to give Tune: SpareCores around ``scheduler`` for CPU trials with "auto"
-    CPUs on a cluster with cores to spare, else ``scheduler`` itself."""
+    CPUs on a cluster with cores to spare, else ``scheduler`` itself. ``shared``: a cluster
+    other searches may use (one joined, not started by this process)."""
     cpus, gpus = resources
     if not cpus_auto or gpus > 0 or cluster_cpus < 2 * cpus:
         return scheduler
-    return SpareCores(scheduler, cpus, planned)
+    return SpareCores(scheduler, cpus, planned, shared)

@@ -35,7 +35,7 @@ from conftest import (
 )
 
 from analysis import predict, report
-from search import cluster, grid, options, weights
+from search import claims, cluster, grid, options, weights
 from trainables import data, train
 from tunefuse import pipeline
 
@@ -227,6 +227,53 @@ def test_a_cluster_without_the_resources_a_trial_asks_for(monkeypatch):
     args = grid.parser().parse_args(["--model", "cnn", "--cpus-per-trial", "16"])
     with pytest.raises(options.UsageError, match="--cpus-per-trial 16 is more than the 8 CPUs"):
         cluster.check_cluster(args)
+
+
+# --- what another search holds (search/claims.py) ---------------------------------------------
+
+def held_cases(searched: Path) -> list:
+    ws, db = str(searched), f"sqlite:///{searched / 'mlflow.db'}"
+    base = ["--profile", "smoke", "--workspace", ws]
+    grid_cmd = [grid, "--model", "cnn", *base]
+    return [
+        (searched / "experiments" / "grid-cnn.lock", [*grid_cmd, "--resume"],
+         f"experiment 'grid-cnn' in {ws} is in use by pid 1 on host; wait for that search to "
+         "end, or give this one its own --name or --workspace"),
+        (searched / "mlflow.db.lock", [*grid_cmd, "--name", "other"],
+         f"the sqlite MLflow store {searched / 'mlflow.db'} is in use by pid 1 on host; "
+         "sqlite serves one search at a time: give this search its own --workspace, or record "
+         "both in an MLflow server (--tracking-uri http://HOST:5000, docs/cluster.md)"),
+        (searched / "experiments" / "smoke.pipeline.lock", [pipeline, *base],
+         f"pipeline 'smoke' in {ws} is in use by pid 1 on host; wait for it to end, or give "
+         "this one its own --name or --workspace"),
+        (None, [grid, "--model", "cnn", "--profile", "smoke", "--workspace",
+                str(searched.parent / "elsewhere"), "--tracking-uri", db],
+         f"MLflow experiment 'grid-cnn' in {db} holds the searches of workspace {ws}; a "
+         f"search of {searched.parent / 'elsewhere'} under that name would be mixed with them "
+         "in reports: give it its own --name"),
+    ]
+
+
+HELD_IDS = ["experiment run by another process", "sqlite store in use by another search",
+            "pipeline run by another process", "experiment of another workspace in the store"]
+
+
+@pytest.mark.parametrize("case", range(len(HELD_IDS)), ids=HELD_IDS)
+def test_what_another_search_holds(case, small, searched, capsys):
+    """Two searches at once where they would share what one search holds alone: the second is
+    refused before it records anything (the lock held here as another process holds it: an
+    flock of another open file)."""
+    lock, (command, *args), fragment = held_cases(searched)[case]
+    with contextlib.ExitStack() as stack:
+        if lock is not None:
+            stack.enter_context(claims.hold(lock, "?", "?"))
+            lock.write_text("pid 1 on host\n")  # what the holder wrote
+        with untouched(searched):
+            code = exit_code(command.main, *args, "--data-dir", str(small), "--train-size",
+                             "200", "--num-cpus", "2", "--no-dashboard")
+    assert code == 2
+    one_line(capsys, fragment)
+    assert lock is None or not lock.exists()  # gone with its holder
 
 
 # --- search.weights ---------------------------------------------------------------------------

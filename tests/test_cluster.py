@@ -24,11 +24,11 @@ RAY = str(VENV_BIN / "ray")
 ENV = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
 
 
-def ray_start(log: Path, *args) -> subprocess.Popen:
+def ray_start(log: Path, *args, env: dict | None = None) -> subprocess.Popen:
     """A node; its workers wait at a trial's start until both trials have started (they inherit
     the node's environment, not the driver's), so that neither trial ends before the other has
     an actor of its own: Tune would give it the ended one's (reuse_actors), on the same node."""
-    env = {**ENV, "TUNEFUSE_RENDEZVOUS": f"{log.parent / 'rendezvous'}:2"}
+    env = {**ENV, "TUNEFUSE_RENDEZVOUS": f"{log.parent / 'rendezvous'}:2", **(env or {})}
     return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
@@ -54,8 +54,10 @@ def alive_nodes(address: str) -> list[str]:
         return []
 
 
-@pytest.fixture
-def cluster(tmp_path):
+@contextlib.contextmanager
+def two_nodes(tmp_path: Path, node_env: dict | None = None):
+    """A head and a second node, one CPU each; the second node's processes get ``node_env``.
+    (the cluster's address, [the two node ids], the second node's `ray start` process)."""
     need_real_data()  # before any node starts
     port, dash = free_port(), free_port()
     address = f"127.0.0.1:{port}"
@@ -70,15 +72,21 @@ def cluster(tmp_path):
                 (tmp_path / "head.log").read_text()[-3000:]
             time.sleep(1)
         nodes.append(ray_start(tmp_path / "node.log", "--address", address, "--num-cpus", "1",
-                               "--node-ip-address", "127.0.0.1"))
+                               "--node-ip-address", "127.0.0.1", env=node_env))
         while len(ids := alive_nodes(f"http://127.0.0.1:{dash}")) < 2:
             assert nodes[1].poll() is None and time.time() < deadline, \
                 (tmp_path / "node.log").read_text()[-3000:]
             time.sleep(1)
-        yield address, ids
+        yield address, ids, nodes[1]
     finally:
         for proc in reversed(nodes):
             stop(proc)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with two_nodes(tmp_path) as (address, ids, _):
+        yield address, ids
 
 
 @pytest.mark.slow
@@ -124,6 +132,72 @@ def test_a_grid_runs_its_trials_on_both_nodes_of_a_cluster(cluster, tmp_path):
                      out.stdout)
 
 
+def kill_node(proc: subprocess.Popen) -> None:
+    """A node lost whole: SIGKILL to its `ray start`, its raylet and every worker and agent of
+    it at once, as a machine that loses power (nothing drains, nothing is told)."""
+    import psutil
+
+    node = psutil.Process(proc.pid)
+    for p in [node, *node.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_a_node_lost_mid_trial_the_trial_continues_on_the_other(tmp_path):
+    """A two-node cluster, storage both nodes see (--storage-path). The trial on the second
+    node is held as it writes its second checkpoint (a failpoint in that node's environment),
+    and the node is killed whole: Tune retries the trial on the head from its first checkpoint
+    (epoch 1, not from scratch), the search completes, MLflow holds each trial once with each
+    epoch once."""
+    from mlflow.tracking import MlflowClient
+
+    held = tmp_path / "held.json"
+    hold = {"TUNEFUSE_FAILPOINT": "checkpoint-written@2", "TUNEFUSE_FAILPOINT_FILE": str(held)}
+    with two_nodes(tmp_path, hold) as (address, (one, two), node):
+        shared = tmp_path / "shared" / "ray_results"
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "search.grid", "--model", "cnn", "--profile", "smoke",
+             "--train-size", "600", "--batch-sizes", "64,128", "--epochs", "3",
+             "--scheduler", "none", "--address", address, "--storage-path", str(shared),
+             "--workspace", str(tmp_path / "ws")],
+            cwd=ROOT, stdout=open(tmp_path / "driver.log", "w"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+            env=ENV)
+        try:
+            wait_for(lambda: held.exists() or driver.poll() is not None,
+                     lambda: (tmp_path / "driver.log").read_text()[-3000:])
+            assert held.exists(), (tmp_path / "driver.log").read_text()[-3000:]
+            lost = json.loads(held.read_text())["trial"]
+            kill_node(node)
+            assert driver.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
+    text = (tmp_path / "driver.log").read_text()
+    assert "is not shared with" not in text  # both nodes saw the storage path (a probe)
+    # Tune's own record of the lost trial: epoch 1 on the lost node, then on the other one
+    # from epoch 2 (its first checkpoint), not from scratch
+    (folder,) = [p for p in shared.glob("grid-cnn/*") if lost in p.name]
+    results = [json.loads(line) for line in (folder / "result.json").read_text().splitlines()
+               if line.strip()]
+    lost_node = results[0]["node_id"]
+    other = ({one, two} - {lost_node}).pop()
+    after = [r["epoch"] for r in results if r["node_id"] == other]
+    assert after and after[0] == 2 and after[-1] == 3, [(r["epoch"], r["node_id"])
+                                                        for r in results]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("grid-cnn")
+    runs = client.search_runs([exp.experiment_id])
+    trials = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    assert len(trials) == 2 and {r.info.status for r in runs} == {"FINISHED"}, text[-3000:]
+    for run in trials:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert sorted(steps) == [1, 2, 3], (run.info.run_name, steps)
+
+
 # --- a search submitted as a Ray Job --------------------------------------------------------------
 
 # what the working-dir upload leaves out besides .gitignore's: the venv, the runs, the data
@@ -134,7 +208,8 @@ EXCLUDES = [".venv", "outputs", ".fmnist", "tests/output", ".git"]
 def head(tmp_path):
     """One `ray start --head` node, started from the project's venv (so that `python` in a
     job's entrypoint is that venv's: docs/cluster.md, "Run it as a service"), its Jobs API
-    (the dashboard) on 127.0.0.1 with token authentication; (dashboard URL, node id)."""
+    (the dashboard) on 127.0.0.1 with token authentication; (dashboard URL, node id, the
+    cluster's address)."""
     need_real_data()
     port, dash = free_port(), free_port()
     env = {**ENV, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
@@ -170,7 +245,7 @@ def head(tmp_path):
             (tmp_path / "head.log").read_text()[-3000:]
         ids = alive_nodes(url)
         assert len(ids) == 1, ids
-        yield url, ids[0]
+        yield url, ids[0], f"127.0.0.1:{port}"
     finally:
         stop(proc)
         reader.join(60)
@@ -181,12 +256,14 @@ def ray_job(*args, env=ENV, timeout=600) -> subprocess.CompletedProcess:
                           env=env, timeout=timeout)
 
 
-def val_acc_by_trial(ws: Path) -> dict[str, list]:
-    """Each trial run of grid-cnn, by its name less Tune's id: [its val_acc, epoch by epoch]."""
+def val_acc_by_trial(ws: Path, experiment: str = "grid-cnn",
+                     tracking_uri: str | None = None) -> dict[str, list]:
+    """Each trial run of ``experiment`` (in the workspace's store, or ``tracking_uri``), by its
+    name less Tune's id: [its val_acc, epoch by epoch]."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("grid-cnn")
+    client = MlflowClient(tracking_uri or f"sqlite:///{ws / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
     out: dict[str, list] = {}
     for run in client.search_runs([exp.experiment_id], "tags.kind = 'trial'"):
         name = run.info.run_name.rsplit("-", 1)[0]
@@ -235,7 +312,7 @@ def test_a_grid_submitted_as_a_ray_job_runs_on_that_cluster_stops_and_resumes(he
     the uninterrupted job, epoch by epoch."""
     from mlflow.tracking import MlflowClient
 
-    url, node = head
+    url, node, _ = head
     no_token = {k: v for k, v in ENV.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     refused = ray_job("submit", "--address", url, "--submission-id", "refused", "--no-wait",
                       "--", "python", "-c", "pass", env=no_token, timeout=120)
@@ -294,3 +371,89 @@ def test_a_grid_submitted_as_a_ray_job_runs_on_that_cluster_stops_and_resumes(he
               if r.data.tags.get("kind") != "trial"]
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
     assert parent[0].data.tags["ray_job_submission_id"] == "grid-resumed"
+
+
+# --- several searches at once on one cluster ------------------------------------------------------
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """An MLflow tracking server on 127.0.0.1 (sqlite behind it), as searches share one."""
+    from conftest import wait_http
+
+    port = free_port()
+    log = open(tmp_path / "mlflow-server.log", "w")  # noqa: SIM115 (the server holds it)
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri",
+         f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
+         str(tmp_path / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=ENV)
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_http(f"{url}/health", timeout=120) == 200
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def small_grid(name: str, seed: int, ws: Path, *more) -> list[str]:
+    """A smoke grid of two 2-epoch trials named ``name`` on the data of ``seed``, one trial at
+    a time on one CPU."""
+    return ["python", "-m", "search.grid", "--model", "cnn", "--profile", "smoke", "--name",
+            name, "--seed", str(seed), "--train-size", "600", "--batch-sizes", "32,64",
+            "--epochs", "2", "--scheduler", "none", "--cpus-per-trial", "1",
+            "--max-concurrent", "1", "--workspace", str(ws), *more]
+
+
+@pytest.mark.slow
+def test_two_searches_at_once_on_one_cluster_and_one_mlflow_server(head, mlflow_server,
+                                                                    tmp_path):
+    """Two searches submitted together as Ray Jobs to one cluster, recording to one MLflow
+    server: both finish, each with the per-epoch numbers of its solo run, each progress view
+    with its own trials, each search in its own MLflow experiment tagged with its workspace.
+    They run at the same time by construction: their first trials wait for each other at their
+    start (TUNEFUSE_RENDEZVOUS in the jobs' environment), one on each of the two CPUs."""
+    from mlflow.tracking import MlflowClient
+
+    url, _, address = head
+    env = {**ENV, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    searches = {"grid-a": 0, "grid-b": 1}
+    for name, seed in searches.items():  # each alone first, with --address, a store of its own
+        out = subprocess.run(small_grid(name, seed, tmp_path / f"solo-{name}", "--address",
+                                        address), cwd=ROOT, capture_output=True, text=True,
+                             env=env, timeout=600)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    together = {name: tmp_path / f"together-{name}" for name in searches}
+    runtime_env = json.dumps({"excludes": EXCLUDES, "env_vars": {
+        "TUNEFUSE_RENDEZVOUS": f"{tmp_path / 'rendezvous'}:2"}})
+    for name, seed in searches.items():
+        job = ray_job("submit", "--address", url, "--submission-id", name, "--no-wait",
+                      "--working-dir", str(ROOT), "--runtime-env-json", runtime_env, "--",
+                      *small_grid(name, seed, together[name], "--tracking-uri", mlflow_server))
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-2000:]
+    client = MlflowClient(mlflow_server)
+    for name in searches:
+        wait_for(lambda n=name: re.search(r"Job '\S+' (succeeded|failed|was stopped)",
+                                          ray_job("status", "--address", url, n).stdout),
+                 lambda n=name: ray_job("logs", "--address", url, n).stdout[-3000:],
+                 timeout=600)
+        logs = ray_job("logs", "--address", url, name).stdout
+        status = ray_job("status", "--address", url, name).stdout
+        assert f"Job '{name}' succeeded" in status, logs[-3000:]
+        assert val_acc_by_trial(together[name], name, mlflow_server) == \
+            val_acc_by_trial(tmp_path / f"solo-{name}", name)
+        # its progress view: its own two trials, under their MLflow runs' names
+        exp = client.get_experiment_by_name(name)
+        runs = client.search_runs([exp.experiment_id])
+        trials = {r.info.run_name for r in runs if r.data.tags.get("kind") == "trial"}
+        shown = set(re.findall(rf"^\[{name}\] (\S+): finished", logs, re.M))
+        assert shown == trials and len(trials) == 2, (shown, trials)
+        (parent,) = [r for r in runs if r.data.tags.get("kind") == "grid"]
+        assert parent.data.tags["workspace"] == str(together[name])
+        assert parent.data.tags["ray_job_submission_id"] == name
+        assert {r.info.status for r in runs} == {"FINISHED"}
+    assert val_acc_by_trial(tmp_path / "solo-grid-a", "grid-a") != \
+        val_acc_by_trial(tmp_path / "solo-grid-b", "grid-b")  # two searches, not one twice

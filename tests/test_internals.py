@@ -714,3 +714,48 @@ def test_a_trial_that_failed_before_its_first_result_is_named_from_its_config(tm
     rows, finished, why = trial_rows([failed], "val_acc", ())
     assert why == [("cnn-b64-e3-00000", "worker could not start")]
     assert rows[0][3] == "cnn-b64-e3-00000" and rows[0][1] == "FAILED" and not finished
+
+
+def test_what_a_search_holds_alone_is_let_go_of_when_its_process_is_killed(tmp_path):
+    """search/claims.py: another process holding a claim refuses it here, naming that process;
+    a holder killed with SIGKILL lets go of it (the kernel drops its lock) and leaves the lock
+    file, which the next claim takes over and removes when it is done."""
+    from search import claims
+    from search.options import UsageError
+
+    lock = tmp_path / "experiments" / "grid-cnn.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from search import claims\n"
+         f"with claims.hold(__import__('pathlib').Path({str(lock)!r}), 'x', 'y'):\n"
+         "    print('held', flush=True); time.sleep(3600)"],
+        cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"  # the event: it holds the lock
+        with pytest.raises(UsageError) as refused, claims.hold(
+                lock, "experiment 'grid-cnn'", "give this one its own --name"):
+            pass
+        assert str(refused.value) == (f"experiment 'grid-cnn' is in use by pid {holder.pid} on "
+                                      f"{os.uname().nodename}; give this one its own --name")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock.exists()  # what SIGKILL leaves behind: a file, no lock
+    with claims.hold(lock, "experiment 'grid-cnn'", "?"):
+        assert lock.read_text() == f"pid {os.getpid()} on {os.uname().nodename}\n"
+    assert not lock.exists()
+
+
+def test_a_storage_path_some_nodes_do_not_see_is_said_in_one_line(capsys):
+    """search/cluster.py check_storage: the nodes that do not see the storage path (asked of
+    each node by nodes_not_seeing; here its answer) are named in one line, with the fix; a
+    bucket is shared by nature and not asked."""
+    from search.cluster import check_storage
+
+    check_storage("/srv/runs", lambda path: ["10.0.0.7", "10.0.0.8"])
+    check_storage("/srv/runs", lambda path: [])
+    check_storage("s3://bucket/runs", lambda path: pytest.fail("a bucket is not asked"))
+    assert capsys.readouterr().err.splitlines() == [
+        "note: the storage path /srv/runs is not shared with 2 node(s) of the cluster "
+        "(10.0.0.7, 10.0.0.8): checkpoints stay on the node that wrote them, and a trial of a "
+        "node that is lost starts again from scratch; pass a --storage-path that every node "
+        "mounts (NFS) or a bucket (s3://...)"]

@@ -76,6 +76,41 @@ def test_a_trial_grows_only_alone_at_an_epoch_whose_weights_it_holds_with_epochs
                       FakeTrial(10, cpus=2.0), held, None)) == 1.0
 
 
+class SharedEightCores(ShareOfCores):
+    """A cluster of 8 CPUs (one node) that another search uses too: ``busy`` CPUs are its."""
+
+    busy = 0.0
+
+    @staticmethod
+    def cluster():
+        return 8.0, 8.0
+
+    def free(self):
+        return 8.0 - self.busy - self.held
+
+    held = 0.0
+
+
+def test_on_a_shared_cluster_only_its_own_and_the_free_cores_are_shared():
+    """On a cluster it joined, the cores a search shares out among its trials are those its
+    running trials hold and those free: never another search's."""
+    held = {"epoch": 2, "should_checkpoint": True}
+    alone = Controller([Trial.TERMINATED, Trial.TERMINATED, Trial.TERMINATED, Trial.RUNNING])
+    alone.trials[-1].placement_group_factory = FakeTrial(10).placement_group_factory
+    rule = SharedEightCores(cpus=1.0, planned=4, shared=True)
+    rule.held = 1.0
+    rule.busy = 6.0  # the other search's trials: 1 free core, 1 of its own
+    assert _cpus(rule(alone, FakeTrial(10), held, None)) == 2.0
+    rule.busy = 7.0  # the other search took the freed cores: none spare
+    assert rule(alone, FakeTrial(10), held, None) is None
+    rule.busy = 0.0  # the other search ended: the whole node
+    assert _cpus(rule(alone, FakeTrial(10), held, None)) == 8.0
+    # the same cluster as one of its own (a local cluster): its total, whatever is busy
+    own = SharedEightCores(cpus=1.0, planned=4)
+    own.busy = 7.0
+    assert _cpus(own(alone, FakeTrial(10), held, None)) == 8.0
+
+
 def test_only_cpu_trials_with_auto_cpus_on_a_cluster_with_cores_to_spare():
     asha = ScheduleAwareASHA(grace_period=2, reduction_factor=2)
     wrapped = spare_cores(asha, (1.0, 0.0), True, 4, 2)

@@ -26,13 +26,25 @@ EXIT_SKIPPED = 5
 EXIT_INTERRUPTED = 130
 
 
-def exit_now(code: int) -> NoReturn:
-    """End a command that returned ``code``: its output flushed and the exit handlers run
+INTERRUPTED = ("interrupted (Ctrl-C or SIGTERM); what it had recorded is kept: run the same "
+               "command again (a search that had started: with --resume)")
+
+
+def exit_now(code: int | Callable[[], int]) -> NoReturn:
+    """End a command that returned ``code`` (or run ``code``, a command's main, first: Ctrl-C
+    or SIGTERM that reaches it, outside what a search handles itself, ends it with one line
+    and EXIT_INTERRUPTED, not a traceback): its output flushed and the exit handlers run
     (Ray's shutdown of the command's local cluster, logging's), but not the interpreter's
     teardown of the torch, Ray and MLflow modules, which costs about 2 s of CPU per command on
     a 2-core machine and writes nothing. What a command records is on disk before it returns,
     written to survive a kill at any instant (docs/crash-windows.md). While a thread that is
     not a daemon runs, the command exits the ordinary way, which waits for it."""
+    if callable(code):
+        try:
+            code = code()
+        except KeyboardInterrupt:
+            print(f"\n{INTERRUPTED}", file=sys.stderr)
+            code = EXIT_INTERRUPTED
     _flush()
     others = [t for t in threading.enumerate()
               if t is not threading.main_thread() and not t.daemon and t.is_alive()]

@@ -212,4 +212,4 @@ def finish(state, cfg: TrainConfig, split, out: Path, started: float) -> int:
 
 
 if __name__ == "__main__":
-    exit_now(main())
+    exit_now(main)

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """The console script: main(), then the exit the python -m commands make."""
-    exit_now(main())
+    exit_now(main)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,13 @@ the dashboard stays at one address for the whole run.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
 
 from analysis.inference import TTA
+from search.claims import check_owner, claim_pipeline
 from search.options import (
     ALIASES,
     REFUSED,
@@ -114,12 +116,19 @@ def run(options: PipelineOptions, argv: list[str] | None = None) -> int:
     """Run (or resume) the pipeline; the exit code. ``argv`` is recorded in its state."""
     profile = PROFILES[options.profile]
     name = options.name or profile.name
+    with contextlib.ExitStack() as claims:  # the pipeline, until it ends (search/claims.py)
+        return _run(options, argv, profile, name, claims)
+
+
+def _run(options: PipelineOptions, argv: list[str] | None, profile, name: str,
+         claims: contextlib.ExitStack) -> int:
     try:
         models = model_list(options)
         if options.top_k is not None and options.top_k < 1:
             raise ValueError("--top-k must be at least 1")
         check_resources(options)
         ws = Workspace.open(options.workspace, options.tracking_uri, options.storage_path)
+        claim_pipeline(claims, ws, name)
         client = ws.client()
         store = PipelineState(ws, name)
         state = store.load()
@@ -132,6 +141,9 @@ def run(options: PipelineOptions, argv: list[str] | None = None) -> int:
                              "with the same --models and weights setting")
         if state is None:
             check_new(options, ws, stages, models)
+        for stage in stages:  # each stage's own check, before the first one records
+            if stage.kind != "report":
+                check_owner(client, ws, stage.name)
     except (ValueError, *REFUSED) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -151,4 +163,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_now(main())
+    exit_now(main)

@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -68,6 +69,30 @@ def start_ray(options) -> str | None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's table reporter (search/driver.py)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    with ray_sigterm_as_ctrl_c():
+        ctx = _init(options)
+    url = getattr(ctx, "dashboard_url", None)
+    url = f"http://{url}" if url and not url.startswith("http") else url
+    _DASHBOARD[:] = [url]
+    return url
+
+
+@contextlib.contextmanager
+def ray_sigterm_as_ctrl_c():
+    """ray.init sets its own SIGTERM handler, an exit on the spot (SystemExit(15), wherever
+    the driver is in ray.init); a SIGTERM in it, or before the command's handler is set again
+    after it, is Ctrl-C too (KeyboardInterrupt), as it is everywhere else."""
+    try:
+        yield
+        sigterm_as_ctrl_c()  # ray.init replaced it
+    except SystemExit as e:
+        if e.code != signal.SIGTERM:
+            raise
+        sigterm_as_ctrl_c()
+        raise KeyboardInterrupt from None
+
+
+def _init(options):
     kw = dict(logging_level=logging.WARNING, log_to_driver=False)
     if address := cluster_address(options):
         refused = (f"the Ray cluster at {address} refused this driver's token (Ray: "
@@ -89,11 +114,7 @@ def start_ray(options) -> str | None:
         ctx = ray.init(address="local", num_cpus=options.num_cpus,
                        include_dashboard=not options.no_dashboard,
                        dashboard_host="127.0.0.1", dashboard_port=options.dashboard_port, **kw)
-    sigterm_as_ctrl_c()  # ray.init replaced it with an exit on the spot
-    url = getattr(ctx, "dashboard_url", None)
-    url = f"http://{url}" if url and not url.startswith("http") else url
-    _DASHBOARD[:] = [url]
-    return url
+    return ctx
 
 
 def job_submission_id() -> str | None:

@@ -102,6 +102,21 @@ def _run(options, search: Search, split, on_start, claims: contextlib.ExitStack)
                  "experiment_id": experiment_id, "storage_path": ws.storage_path,  # that
                  "data_fingerprint": split.fingerprint, "created": time.time()}  # finds it
         ws.save_state(search.name, state)
+    try:
+        return _search(options, search, split, on_start, ws, state, client, dashboard,
+                       experiment_id, hardware)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside Tune's run (which handles its own)
+        parent_id = state.get("parent_run_id") or _parent_of(client, experiment_id, state)
+        if parent_id is None:  # nothing recorded yet but the state file: --resume starts it
+            print(f"\nexperiment {search.name} interrupted before it recorded anything; run "
+                  "the same command with --resume", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        return stop_interrupted(client, parent_id, search, ws, state)
+
+
+def _search(options, search: Search, split, on_start, ws: Workspace, state: dict, client,
+            dashboard, experiment_id: str, hardware: str) -> int:
+    """The search once its state exists: its parent run, Tune's run, the summary."""
     if state.get("parent_run_id") is None:
         state["parent_run_id"] = parent_run(client, experiment_id, search, split, state,
                                              ws.root)
@@ -248,15 +263,20 @@ def _restore(path: str, trainable):
                          ) from None
 
 
+def _parent_of(client, experiment_id: str, state: dict) -> str | None:
+    """The parent run created for this state (tagged with its creation time), if any."""
+    found = client.search_runs([experiment_id], f"tags.state_created = '{state['created']!r}'",
+                               max_results=1)
+    return found[0].info.run_id if found else None
+
+
 def parent_run(client, experiment_id: str, search: Search, split, state: dict,
                ws_root: Path) -> str:
     """The search's parent run: the one created for this state before a kill, else a new one
     (tagged with the state's creation time, so that a resumed search finds it)."""
     created = repr(state["created"])
-    found = client.search_runs([experiment_id], f"tags.state_created = '{created}'",
-                               max_results=1)
-    if found:
-        parent_id = found[0].info.run_id
+    if found := _parent_of(client, experiment_id, state):
+        parent_id = found
     else:
         run_name = f"{search.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
         parent_id = client.create_run(experiment_id, run_name=run_name, tags={

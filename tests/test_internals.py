@@ -759,3 +759,25 @@ def test_a_storage_path_some_nodes_do_not_see_is_said_in_one_line(capsys):
         "(10.0.0.7, 10.0.0.8): checkpoints stay on the node that wrote them, and a trial of a "
         "node that is lost starts again from scratch; pass a --storage-path that every node "
         "mounts (NFS) or a bucket (s3://...)"]
+
+
+def test_a_sigterm_while_ray_starts_is_ctrl_c_too():
+    """ray.init sets a SIGTERM handler that exits on the spot (SystemExit(15)); inside
+    start_ray it is turned into Ctrl-C, and the command's own handler is set again."""
+    import signal
+
+    from search.cluster import ray_sigterm_as_ctrl_c
+
+    def rays(signum, frame):  # what ray.init installs
+        sys.exit(signum)
+
+    saved = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(KeyboardInterrupt), ray_sigterm_as_ctrl_c():
+            signal.signal(signal.SIGTERM, rays)
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is not rays
+        with pytest.raises(SystemExit), ray_sigterm_as_ctrl_c():
+            sys.exit(2)  # any other exit is left as it is
+    finally:
+        signal.signal(signal.SIGTERM, saved)

@@ -294,6 +294,19 @@ def test_chaos_kills_at_random_instants_lose_nothing(tmp_path, cycles):
                        str(tmp_path)]) == 0
 
 
+@pytest.mark.parametrize("what, cycles", [
+    ("grid", 1), pytest.param("weights", 2, marks=pytest.mark.soak),
+    pytest.param("pipeline", 1, marks=pytest.mark.soak)], ids=["grid", "weights", "pipeline"])
+def test_chaos_sigterms_at_random_instants_stop_as_ctrl_c(tmp_path, what, cycles, capsys):
+    """bench/chaos.py --signal term: SIGTERM to the driver at random instants, as `ray job
+    stop` and `docker stop` send it; each stop ends as Ctrl-C does (exit 130, no MLflow run
+    left RUNNING) within the grace period, every other one with a SIGKILL in the middle of
+    that shutdown, and the resumed run loses nothing."""
+    assert chaos.main(["--cycles", str(cycles), "--what", what, "--seed", "1", "--signal",
+                       "term", "--workspace", str(tmp_path)]) == 0
+    assert ", stop faults 0" in capsys.readouterr().out
+
+
 def test_a_trunk_killed_while_it_is_extended(tmp_path):
     """The 5-epoch trial of batch 32 extends the trunk that the 3-epoch trial computed to its
     branch epoch 2; it is killed after writing the trunk's checkpoint at epoch 4 and before the

@@ -17,7 +17,9 @@ new instant, until a resumed run completes. Then it compares the run with the re
   their states, weights and values).
 
 ``--signal term`` stops the driver as `ray job stop`, `docker stop` and Kubernetes do instead:
-SIGTERM to the driver at the random instant, which every command handles as Ctrl-C. A stop
+SIGTERM to the driver at the random instant, which every command handles as Ctrl-C (a first
+run's instants count from when the driver has set that handler, /proc/PID/status: before it,
+while Python imports, SIGTERM ends the process by itself and nothing is recorded yet). A stop
 must then end as Ctrl-C ends: exit code 130 (or 0, a run that finished first; or death by
 the signal itself, when it came before the command set its handler, still importing) within
 ``--grace`` seconds, and no MLflow run left RUNNING (the parent and the open trial runs
@@ -302,6 +304,17 @@ def running_runs(ws: Path) -> int:
                            "lifecycle_stage = 'active'").fetchone()[0]
 
 
+def catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a SIGTERM handler set (Linux: SigCgt in /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next((line.split()[1] for line in status.splitlines()
+                   if line.startswith("SigCgt:")), "0")
+    return bool(int(caught, 16) >> (signal.SIGTERM - 1) & 1)
+
+
 @dataclass
 class Stopper:
     """How a cycle stops its run: SIGKILL of the group (``kill``), or SIGTERM to the driver
@@ -363,6 +376,14 @@ def _cycle(what: str, root: Path, label: str, rng: random.Random, length: float,
                 try:
                     wait_for(proc, "the search's start", lambda o=offset: "experiment " in
                              log.read_text(errors="replace")[o:], timeout=300)
+                except AssertionError:
+                    code = proc.wait()
+            elif stopper.signal == "term":
+                # a SIGTERM while Python imports ends the command by the signal itself (no
+                # handler yet, nothing recorded): the instants count from the handler's setting
+                try:
+                    wait_for(proc, "its SIGTERM handler", lambda p=proc.pid: catches_sigterm(p),
+                             timeout=300)
                 except AssertionError:
                     code = proc.wait()
             instant = rng.uniform(0.5, length) if kills == 0 else rng.uniform(0, 0.7 * length)

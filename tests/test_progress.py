@@ -269,7 +269,7 @@ def test_a_command_ends_with_its_code_its_output_and_its_exit_handlers(case):
     for module in COMMANDS:
         source = (ROOT / (module.replace("search.pipeline", "tunefuse.pipeline")
                           .replace(".", "/") + ".py")).read_text()
-        assert source.rstrip().endswith("exit_now(main())"), module
+        assert source.rstrip().endswith("exit_now(main)"), module
 
 # --- a real smoke grid ---------------------------------------------------------------------------
 

@@ -4,9 +4,9 @@ which analysis/summary.py turns into numbers."""
 
 from __future__ import annotations
 
+from search.kinds import search_parent
 from search.rungs import rung_epochs
 
-SEARCH_KINDS = ("grid", "weights")
 # the per-epoch metrics a trial's cost is counted from (trainables/trainable.py ``step``); val_acc
 # marks the epochs logged by runs older than all of them
 COST_METRICS = ("val_acc", "epochs_computed", "shared", "warmup_reused", "branch_epoch")
@@ -18,8 +18,7 @@ def grid_rows(client, experiments) -> tuple[dict, dict]:
     grids, survival = {}, {}
     for exp in experiments:
         runs = client.search_runs([exp.experiment_id], max_results=50_000)
-        parents = {r.info.run_id: r for r in runs if r.data.tags.get("kind") in
-                   SEARCH_KINDS}
+        parents = {r.info.run_id: r for r in runs if search_parent(r.data.tags)}
         trials = [r for r in runs if r.data.tags.get("kind") == "trial"
                   and r.data.tags.get("mlflow.parentRunId") in parents]
         for r in trials:
@@ -62,7 +61,7 @@ def cost_rows(client, experiments) -> list[dict]:
     for exp in experiments:
         runs = client.search_runs([exp.experiment_id], max_results=50_000)
         for parent in runs:
-            if parent.data.tags.get("kind") not in SEARCH_KINDS:
+            if not search_parent(parent.data.tags):
                 continue
             trials = [trial_cost_row(client, r) for r in runs
                       if r.data.tags.get("kind") == "trial" and

@@ -1,5 +1,5 @@
 """Candidate members from the MLflow store, ranked by validation accuracy; the test set plays no
-part here (DESIGN.md: the test set never chooses anything).
+part here (docs/usage.md, "Fusion and the report": the test set chooses nothing).
 
 A candidate is a finished trial run (tag ``kind=trial``) of a grid or weights experiment with a
 best checkpoint artifact; its score is the validation accuracy of that checkpoint's epoch
@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from search.kinds import fusion_candidates, search_parent
 from search.profiles import PROFILES
 from trainables.engine import DECAY_ONLY, SGD_ONLY, TrainConfig, branch_epoch
-
-SEARCH_KINDS = ("grid", "weights")
+from trainables.schedule import DECAY_FRACTION
 
 
 class SelectionError(Exception):
@@ -60,8 +60,9 @@ def search_experiments(client, names: list[str] | None = None) -> list:
         return found
     out = []
     for exp in client.search_experiments():
-        if any(client.search_runs([exp.experiment_id], f"tags.kind = '{kind}'", max_results=1)
-               for kind in SEARCH_KINDS):
+        parents = client.search_runs([exp.experiment_id], "tags.kind != 'trial'",
+                                     max_results=50)
+        if any(search_parent(r.data.tags) for r in parents):
             out.append(exp)
     return out
 
@@ -71,7 +72,7 @@ def gather(client, experiments: list[str] | None = None) -> list[Candidate]:
     out = []
     for exp in search_experiments(client, experiments):
         runs = client.search_runs([exp.experiment_id], max_results=50_000)
-        parents = {r.info.run_id: r for r in runs if r.data.tags.get("kind") in SEARCH_KINDS}
+        parents = {r.info.run_id: r for r in runs if fusion_candidates(r.data.tags)}
         for r in runs:
             tags = r.data.tags
             parent = parents.get(tags.get("mlflow.parentRunId", ""))
@@ -126,7 +127,8 @@ def shared_epochs(params: dict) -> tuple[int, tuple[str, ...]]:
     if params.get("schedule") != "wsd":
         return warmup, SGD_ONLY
     cfg = TrainConfig(epochs=int(float(params["epochs"])), warmup_epochs=warmup,
-                      schedule="wsd", decay_fraction=float(params.get("decay_fraction", 0.2)))
+                      schedule="wsd", decay_fraction=float(params.get("decay_fraction",
+                                                                     DECAY_FRACTION)))
     return branch_epoch(cfg), DECAY_ONLY
 
 

@@ -36,6 +36,7 @@ from trainables.engine import (
     train_one_epoch,
 )
 from trainables.fastpath import FP32, fast_path
+from trainables.models import card
 from trainables.models.layers import Dropout
 
 PROFILE = PROFILES["quick"]
@@ -88,8 +89,9 @@ def cases(full_width: bool, batch_sizes: list[int] | None, models: list[str],
           only_widths: list[int] | None = None) -> list[tuple[str, dict, int]]:
     out = []
     for model in models:
-        widths = [PROFILE.widths.get(model)] + ([64] if full_width and model != "cnn" else [])
-        if only_widths and model != "cnn":
+        fixed = not card(model).takes_width
+        widths = [PROFILE.width(model)] + ([64] if full_width and not fixed else [])
+        if only_widths and not fixed:
             widths = only_widths
         for width in widths:
             for batch in batch_sizes or [BATCH[model]]:

@@ -34,6 +34,7 @@ from search.cluster import (
     room,
     start_ray,
 )
+from search.kinds import FUSION_TAG
 from search.lineage import MLflowLineage
 from search.options import AUTO, UsageError, check_resume, cluster_address
 from search.progress import ProgressView, TrialLines
@@ -69,6 +70,7 @@ class Search:
     # report(results, client, parent_id, ws): extra lines and records at the end
     report: Callable | None = None
     resources: tuple[float, float] | None = None  # (CPUs, GPUs) a trial takes, once resolved
+    fuses: bool = True  # its finished trials are fusion candidates (search/kinds.py)
 
 
 class StateError(Exception):
@@ -281,6 +283,7 @@ def parent_run(client, experiment_id: str, search: Search, split, state: dict,
         run_name = f"{search.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
         parent_id = client.create_run(experiment_id, run_name=run_name, tags={
             "kind": search.kind, "state_created": created, WORKSPACE_TAG: str(ws_root),
+            FUSION_TAG: "candidates" if search.fuses else "none",
             **(search.tags or {})}).info.run_id
         # the run exists; the workspace's state does not name it yet
         failpoints.reach("parent-run-created", run=parent_id)

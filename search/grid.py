@@ -19,6 +19,7 @@ from ray import tune
 
 from search.asha import add_asha_args, scheduler_for, scheduler_params
 from search.driver import Search, run_search
+from search.kinds import SearchKind, StageRun, register_kind
 from search.options import (
     ALIASES,
     REFUSED,
@@ -27,6 +28,7 @@ from search.options import (
     base_config,
     check_resources,
     check_trial,
+    for_stage,
     load_data,
 )
 from search.profiles import PROFILES
@@ -78,7 +80,7 @@ def space(options: GridOptions, model: str, trunk_cache: str | None) -> dict:
     """The search space: the one place the grid is defined (optuna-examples convention)."""
     profile = PROFILES[options.profile]
     batch_sizes, epochs = profile.grid(model)
-    base = base_config(options, model, options.width or profile.widths.get(model),
+    base = base_config(options, model, options.width or profile.width(model),
                        warmup(options))
     # epochs outermost: the first trials to start differ in batch size, so each computes a
     # different warm-up and the later ones reuse them (trainables/trainable.py).
@@ -121,10 +123,24 @@ def run(options: GridOptions, space_overrides: dict | None = None) -> int:
               "width": param_space["model_kwargs"].get("width"),
               "warmup_epochs": warmup(options),
               **scheduler_params(scheduler)}
-    search = Search(name=name, kind="grid", param_space=param_space, scheduler=scheduler,
-                    params=params, tags={"profile": profile.name,
-                                         "scheduler": options.scheduler, "model": model})
+    search = Search(name=name, kind=KIND.name, fuses=KIND.fuses, param_space=param_space,
+                    scheduler=scheduler, params=params, tags={
+                        "profile": profile.name, "scheduler": options.scheduler,
+                        "model": model})
     return run_search(options, search, split)
+
+
+def run_stage(stage: StageRun) -> int:
+    """A pipeline's grid stage: one model's grid, the pipeline's shared flags."""
+    return run(for_stage(GridOptions, stage.options, model=stage.model, name=stage.name,
+                         resume=stage.resume))
+
+
+# a pipeline runs one grid per model, first
+KIND = register_kind(SearchKind(
+    "grid", stages=lambda pipeline, models, options: [(f"{pipeline}-grid-{m}", m)
+                                                      for m in models],
+    run_stage=run_stage))
 
 
 def main(argv: list[str] | None = None, space_overrides: dict | None = None) -> int:

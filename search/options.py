@@ -12,7 +12,7 @@ import argparse
 import math
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from search.profiles import PROFILES, Profile
 from search.workspace import WorkspaceError
@@ -20,11 +20,12 @@ from trainables.cli import NORMAL, ArgParser
 from trainables.data import DataError, add_data_args, load_split
 from trainables.engine import ConfigError, TrainConfig, check_batch, check_compiler
 from trainables.fastpath import add_fast_path_args
+from trainables.models import aliases, card
 from trainables.schedule import add_schedule_args
 
 AUTO = "auto"
 PROFILE_TRAIN_SIZE = -1  # --train-size not given: the profile's (None, from "all", is all)
-ALIASES = {"resnet": "resnet18"}  # --model resnet, as the seed calls it
+ALIASES = aliases()  # --model resnet, as the seed calls it: the models' cards say
 # every search's schedule unless --schedule says otherwise: wsd, whose trials of different lengths
 # share their stable phase, matched or beat cosine on the quick profile (docs/benchmarks.md)
 DEFAULT_SCHEDULE = "wsd"
@@ -100,6 +101,14 @@ def add_search_args(p: ArgParser, default_name: str) -> None:
     add_schedule_args(p.add_argument_group("schedule"), DEFAULT_SCHEDULE)
     add_data_args(p)
     p.set_defaults(train_size=PROFILE_TRAIN_SIZE, seed=0)
+
+
+def for_stage(cls, options, **given):
+    """A search's options as a pipeline stage runs it: every flag the searches share, as the
+    pipeline got it (a new shared flag reaches the stages with no code elsewhere), and
+    ``given`` (the stage's model, name, ...)."""
+    shared = {f.name: getattr(options, f.name) for f in fields(SearchOptions)}
+    return cls(**{**shared, **given})
 
 
 def resource_arg(text: str) -> float | str:
@@ -232,8 +241,8 @@ def check_warmup(epochs: int, warmup: int) -> None:
 
 
 def check_width(model: str, width: int | None) -> None:
-    if width is not None and model == "cnn":
-        raise ConfigError("the cnn has a fixed width (the seed's); drop --width")
+    if width is not None and not card(model).takes_width:
+        raise ConfigError(f"the {model} has a fixed width; drop --width")
 
 
 def check_trial(model: str, batch_size: int, epochs: int, warmup: int, width: int | None,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from trainables.models import card
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -22,7 +24,6 @@ class Profile:
     reduction_factor: float
     # ASHA stops a trial only when it is behind the cutoff by more than this (val_acc units)
     asha_margin: float = 0.0
-    widths: dict = field(default_factory=dict)  # model -> width (models that take one)
     # the class-weight search (search/weights.py) when no grid result says otherwise
     weights_trials: int = 12
     weights_batch_size: int = 64
@@ -44,13 +45,17 @@ class Profile:
         """(batch sizes, epochs) of ``model``'s grid."""
         return self.grids.get(model, (self.batch_sizes, self.epochs))
 
+    def width(self, model: str) -> int | None:
+        """``model``'s width in this profile (None: it takes none): its ModelCard says."""
+        return card(model).width_in(self.name)
+
 
 PROFILES = {
     # smoke: flips, as quick and standard (the seed's offline expansion triples the CNN's
     # epochs, its online augmentation costs a share of each; tests/test_augment.py and
     # tests/test_engine.py check both)
     "smoke": Profile("smoke", 1_000, (64, 128), (3, 4), warmup_epochs=1, grace_period=2,
-                     reduction_factor=2, widths={"resnet18": 4, "inception": 4},
+                     reduction_factor=2,
                      weights_trials=4, weights_batch_size=64, weights_epochs=3,
                      augment={"cnn": "flip", "resnet18": "flip", "inception": "flip"}),
     # quick: the seed's data protocol (27,000 / 3,000) with short schedules and narrow models, sized
@@ -68,7 +73,7 @@ PROFILES = {
     # bf16 kernels vectorise: at width 16 it trains 1.5x faster than at 12 in fp32
     # (bench/train_step.py).
     "quick": Profile("quick", 30_000, (64, 128), (10,), warmup_epochs=1, grace_period=20,
-                     reduction_factor=2, widths={"resnet18": 16, "inception": 8},
+                     reduction_factor=2,
                      weights_trials=4, weights_batch_size=128, weights_epochs=4,
                      weights_epochs_cap=4, grids={"cnn": ((64, 128), (16,))},
                      augment={"cnn": "flip", "resnet18": "flip", "inception": "flip"},
@@ -93,7 +98,6 @@ PROFILES = {
     # on 8-epoch runs of the ResNet18 winner's batch size.
     "standard": Profile("standard", 30_000, (64, 128), (25, 50), warmup_epochs=2,
                         grace_period=15, reduction_factor=2, asha_margin=0.01,
-                        widths={"resnet18": 16, "inception": 8},
                         weights_trials=4, weights_batch_size=64, weights_epochs=8,
                         weights_epochs_cap=8, grids={"cnn": ((64, 128), (20, 40))},
                         augment={"cnn": "flip", "resnet18": "shift", "inception": "flip"},
@@ -102,6 +106,5 @@ PROFILES = {
     "seed": Profile("seed", 30_000, (32, 64, 128, 256, 512),
                     (20, 30, 40, 50, 60, 70, 80, 90, 100, 200), warmup_epochs=5,
                     grace_period=10, reduction_factor=3,
-                    widths={"resnet18": 64, "inception": 64},
                     weights_trials=40, weights_batch_size=64, weights_epochs=50),
 }

@@ -34,6 +34,7 @@ from ray import tune
 
 from search.asha import add_asha_args, scheduler_for, scheduler_params
 from search.driver import Search, run_search
+from search.kinds import SearchKind, StageRun, register_kind
 from search.options import (
     ALIASES,
     REFUSED,
@@ -43,6 +44,7 @@ from search.options import (
     check_resources,
     check_trial,
     check_width,
+    for_stage,
     load_data,
 )
 from search.profiles import PROFILES
@@ -54,7 +56,7 @@ from search.study import (
     storage_url,
     study_trials,
 )
-from search.summary import grid_defaults
+from search.summary import grid_defaults, winner
 from search.workspace import Workspace
 from trainables.cli import (
     EXIT_USAGE,
@@ -66,7 +68,7 @@ from trainables.cli import (
 )
 from trainables.data import NUM_CLASSES
 from trainables.engine import HARD_CLASSES, SEED_CLASS_WEIGHTS, ConfigError
-from trainables.models import list_models
+from trainables.models import card, list_models
 
 SPACES = {"full": tuple(range(NUM_CLASSES)), "hard-pairs": HARD_CLASSES}
 UNIFORM = (1.0,) * NUM_CLASSES
@@ -130,10 +132,6 @@ def search_space(space: str, low: float, high: float) -> dict:
     searched = SPACES[space]
     return {f"w{c}": tune.uniform(low, high) if c in searched else 1.0
             for c in range(NUM_CLASSES)}
-
-
-def weights_of(cfg: dict) -> tuple[float, ...]:
-    return tuple(float(cfg[f"w{c}"]) for c in range(NUM_CLASSES))
 
 
 def comparison(client, parent_id: str, experiment_id: str, space: str, metric: str) -> dict:
@@ -211,8 +209,8 @@ def settings(options: WeightsOptions, ws: Workspace, num_samples: int) -> Settin
         raise ConfigError(f"an Optuna study named {name!r} already exists in "
                           f"{ws.root / STORAGE_FILE}; pass --resume to continue it or "
                           "--name for a new one")
-    width = options.width or found.get("width") or profile.widths.get(model)
-    if model == "cnn":
+    width = options.width or found.get("width") or profile.width(model)
+    if not card(model).takes_width:
         check_width(model, options.width)
         width = None
     warmup = profile.warmup_epochs if options.warmup_epochs is None else options.warmup_epochs
@@ -279,8 +277,8 @@ def make_search(options: WeightsOptions, s: Settings, ws: Workspace, split) -> S
               "scheduler": options.scheduler, "optuna_storage": storage_url(ws),
               **scheduler_params(scheduler)}
     return Search(
-        name=s.name, kind="weights", param_space=param_space, scheduler=scheduler,
-        num_samples=s.num_samples, params=params, metric=metric,
+        name=s.name, kind=KIND.name, fuses=KIND.fuses, param_space=param_space,
+        scheduler=scheduler, num_samples=s.num_samples, params=params, metric=metric,
         tags={"profile": profile.name, "model": s.model, "space": options.space,
               "objective": metric},
         columns=tuple(f"w{c}" for c in SPACES[options.space]),
@@ -306,6 +304,37 @@ def report(client, parent_id: str, ws: Workspace, name: str, space: str, metric:
     client.log_text(parent_id, text + "\n", "weights_comparison.md")
     client.log_dict(parent_id, table, "weights_comparison.json")
     print(f"Optuna study:   optuna-dashboard {storage_url(ws)}   (study {name!r})")
+
+
+WEIGHTS_MODEL = "resnet18"  # the seed hand-tuned the class weights of its ResNet
+
+
+def stages(pipeline: str, models: list[str], options) -> list[tuple[str, str | None]]:
+    """The pipeline's class-weight stage: ResNet18's, after its grid, unless --no-weights."""
+    if getattr(options, "no_weights", False) or WEIGHTS_MODEL not in models:
+        return []
+    return [(f"{pipeline}-weights-{WEIGHTS_MODEL}", WEIGHTS_MODEL)]
+
+
+def run_stage(stage: StageRun) -> int:
+    """A pipeline's class-weight stage: with the settings of its grid's winner (its epochs at
+    most the profile's cap)."""
+    profile, grid_stage = stage.profile, f"{stage.state['name']}-grid-{stage.model}"
+    found = stage.ws.load_state(grid_stage) or {}
+    win = winner(stage.client.get_run(found["parent_run_id"]))
+    epochs = win["epochs"] if profile.weights_epochs_cap is None \
+        else min(win["epochs"], profile.weights_epochs_cap)
+    capped = f" (the {profile.name} profile's cap; the winner ran {win['epochs']})" \
+        if epochs < win["epochs"] else ""
+    print(f"class weights of {stage.model} with its grid's winner ({grid_stage}, val "
+          f"{win['val_acc']:.4f}): batch size {win['batch_size']}, {epochs} epochs"
+          f"{capped}, width {win['width']}", flush=True)
+    return run(for_stage(WeightsOptions, stage.options, model=stage.model, name=stage.name,
+                         resume=stage.resume, batch_size=win["batch_size"], epochs=epochs,
+                         width=win["width"]))
+
+
+KIND = register_kind(SearchKind("weights", stages=stages, run_stage=run_stage))
 
 
 def main(argv: list[str] | None = None) -> int:

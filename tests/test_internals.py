@@ -781,3 +781,25 @@ def test_a_sigterm_while_ray_starts_is_ctrl_c_too():
             sys.exit(2)  # any other exit is left as it is
     finally:
         signal.signal(signal.SIGTERM, saved)
+
+
+def test_search_kinds_register_once_and_say_what_a_search_parent_is():
+    """search/kinds.py: the kinds in the pipeline's order, each registered by its module; a
+    second kind of a taken name refused; which runs are searches' parents and which searches'
+    trials are fusion candidates, read from the tags their parents recorded."""
+    from search import kinds
+
+    assert [k.name for k in kinds.kinds()] == ["grid", "weights"]
+    assert kinds.kind("grid").fuses
+    with pytest.raises(ValueError, match="'grid' is already taken"):
+        kinds.register_kind(kinds.SearchKind("grid", stages=lambda *a: [],
+                                             run_stage=lambda stage: 0))
+    with pytest.raises(ValueError, match="'trial' is already taken"):
+        kinds.register_kind(kinds.SearchKind("trial", stages=lambda *a: [],
+                                             run_stage=lambda stage: 0))
+    parent = {"kind": "toy"}
+    assert kinds.search_parent(parent) and kinds.fusion_candidates(parent)  # before the tag
+    assert not kinds.fusion_candidates({**parent, kinds.FUSION_TAG: "none"})
+    assert not kinds.search_parent({"kind": "trial", "mlflow.parentRunId": "p"})
+    assert not kinds.search_parent({"kind": "fusion"})
+    assert not kinds.search_parent({"kind": "grid", "mlflow.parentRunId": "p"})

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import ROOT, VENV_BIN, free_port, wait_http
@@ -360,7 +361,7 @@ def test_the_pipeline_stops_after_a_stage_that_trained_without_mlflow(tmp_path, 
     from tunefuse import stages as pipeline
 
     ws = Workspace.open(tmp_path / "ws")
-    stages = pipeline.plan("p", ["cnn"], False)
+    stages = pipeline.plan("p", ["cnn"], SimpleNamespace(no_weights=True))
     store = pipeline.PipelineState(ws, "p")
     state = {"name": "p", "stages": [{"name": s.name, "kind": s.kind, "model": s.model,
                                       "status": "pending", "seconds": 0.0} for s in stages]}

@@ -190,3 +190,24 @@ def test_the_dropout_mask_keeps_the_layout_and_the_rate(dtype):
     kept = (y != 0).double().mean().item()
     assert abs(kept - 0.75) < 0.01  # 294,912 draws: the standard error is 0.0008
     assert torch.equal(drop.eval()(x), x)
+
+
+def test_a_model_card_holds_what_the_rest_of_the_project_asks():
+    """Each family declares its facts when it registers (trainables/models/registry.py); the
+    profiles, the augmentation's "auto", the fast path and --model's aliases ask the card."""
+    from search.profiles import PROFILES
+    from trainables import augment, fastpath
+    from trainables.models import aliases, card, register_model
+
+    assert card("cnn").augment == augment.default_policy("cnn") == "offline"
+    assert not card("cnn").takes_width and PROFILES["quick"].width("cnn") is None
+    assert card("resnet") is card("resnet18") and aliases() == {"resnet": "resnet18"}
+    assert [PROFILES[p].width("resnet18") for p in ("smoke", "quick", "standard", "seed")] \
+        == [4, 16, 16, 64]
+    assert [PROFILES[p].width("inception") for p in ("smoke", "quick", "standard", "seed")] \
+        == [4, 8, 8, 64]
+    assert fastpath.compile_pays("resnet18") and not fastpath.compile_pays("cnn")
+    with pytest.raises(ValueError, match="'resnet' is already registered"):
+        register_model("other", aliases=("resnet",))(lambda: None)
+    with pytest.raises(ValueError, match="declares a width but takes no width argument"):
+        register_model("fixed", width=8)(lambda dropout=0.25: None)

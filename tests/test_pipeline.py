@@ -413,18 +413,17 @@ def test_the_train_size_reaches_every_stage(given, expected):
     """--train-size given to the pipeline (a number, or all) is what each stage loads; without
     it, the profile's."""
     from search.grid import GridOptions
-    from search.options import train_size
+    from search.options import for_stage, train_size
     from search.profiles import PROFILES
     from search.weights import WeightsOptions
     from trainables.cli import options_from
     from tunefuse import pipeline
-    from tunefuse.stages import stage_options
 
     args = pipeline.parser().parse_args(
         ["--profile", "quick", *(["--train-size", given] if given else [])])
     options = options_from(pipeline.PipelineOptions, args)
     for cls in (GridOptions, WeightsOptions):
-        stage = stage_options(cls, options, model="resnet18", name="s", resume=False)
+        stage = for_stage(cls, options, model="resnet18", name="s", resume=False)
         assert train_size(stage, PROFILES["quick"]) == expected
 
 
@@ -440,7 +439,7 @@ def test_the_report_stage_takes_the_profiles_tta_unless_given(profile, given, ex
     args = pipeline.parser().parse_args(
         ["--profile", profile, *(["--tta", given] if given else [])])
     options = options_from(pipeline.PipelineOptions, args)
-    stages = plan(profile, ["cnn"], False)
+    stages = plan(profile, ["cnn"], options)
     got = report_options(options, stages, PROFILES[profile])
     assert got.tta == expected and got.calibrate is PROFILES[profile].fusion_calibrate
 

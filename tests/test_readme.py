@@ -13,6 +13,7 @@ import pytest
 
 from analysis.fusion import POOLED
 from search.profiles import PROFILES
+from trainables.models import card
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -93,7 +94,8 @@ def check_row(row: dict[str, str], where: str) -> set[str]:
         elif column == "grids (batch sizes x epochs)":
             assert grids(cell) == {m: p.grid(m) for m in MODELS}, what
         elif column == "widths":
-            assert {k: int(v) for k, v in re.findall(r"(\w+) (\d+)", cell)} == p.widths, what
+            assert {k: int(v) for k, v in re.findall(r"(\w+) (\d+)", cell)} == \
+                {m: p.width(m) for m in MODELS if card(m).takes_width}, what
         elif column == "class-weight trials":
             assert int(cell) == p.weights_trials, what
         elif column == "warm-up epochs":

@@ -22,6 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from trainables.models import card
+
 POLICIES = ("none", "flip", "shift", "online", "offline")
 FLIP_P = 0.5
 ROTATE_DEGREES = 10.0  # rotation uniform in ±10°
@@ -32,8 +34,9 @@ BLUR_CHUNK = 8192  # images per float copy in expand_offline: bounds memory, not
 
 
 def default_policy(model_name: str) -> str:
-    """The seed's choice: offline expansion for the CNN, online augmentation for the others."""
-    return "offline" if model_name == "cnn" else "online"
+    """What the model trains with when its augmentation is "auto": its ModelCard says (the
+    seed's choice: offline expansion for the CNN, online augmentation for the others)."""
+    return card(model_name).augment
 
 
 def random_flip(x: torch.Tensor, g: torch.Generator, p: float = FLIP_P) -> torch.Tensor:

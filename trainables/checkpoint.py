@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from trainables.engine import TrainConfig, TrainState, make_optimizer
+from trainables.engine import TrainState, make_optimizer
 from trainables.fastpath import FastPath, fast_path
 from trainables.files import first_line, sha256_file, write_reason
 from trainables.models import get_model
@@ -155,6 +155,3 @@ def restore(state: TrainState, ckpt: dict, where: str = "checkpoint") -> None:
     state.epoch = ckpt["epoch"]
     state.history = list(ckpt["history"])
 
-
-def config_of(ckpt: dict) -> TrainConfig:
-    return TrainConfig.from_dict(ckpt["config"])

@@ -18,18 +18,20 @@ from pathlib import Path
 
 import torch
 
+from trainables.models import card
+
 PRECISIONS = ("auto", "fp32", "bf16")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 COMPILES = ("auto", "on", "off")
-# "auto" compiles these models' training steps in fp32 on a CPU, where bench/train_step.py
-# measured torch.compile faster (2-core AVX2-only CPU, one thread, batch 64 and 128, flips:
-# ResNet18 width 16 1.20-1.21x, Inception width 8 1.32-1.43x; the CNN 0.93x, so not it) ...
-COMPILE_PAYS = ("resnet18", "inception")
-# ... on training sets of at least this many images, whose epochs repay the compilation:
-# 40 s (ResNet18) to 160 s (Inception) once per process and batch size on a cold cache,
-# about a second on a warm one (torch keeps compiled graphs on disk), where an epoch of the
-# seed's 27,000 images takes 80-100 s. The training set, not the run's length, decides, so
-# that the trials of a grid, whatever their epochs, run alike and share their trunks.
+# "auto" compiles the training steps of the models whose ModelCard says compiling pays, in fp32
+# on a CPU, where bench/train_step.py measured torch.compile faster (2-core AVX2-only CPU, one
+# thread, batch 64 and 128, flips: ResNet18 width 16 1.20-1.21x, Inception width 8
+# 1.32-1.43x; the CNN 0.93x, so not it) ... on training sets of at least this many images,
+# whose epochs repay the compilation: 40 s (ResNet18) to 160 s (Inception) once per process
+# and batch size on a cold cache, about a second on a warm one (torch keeps compiled graphs on
+# disk), where an epoch of the seed's 27,000 images takes 80-100 s. The training set, not the
+# run's length, decides, so that the trials of a grid, whatever their epochs, run alike and
+# share their trunks.
 COMPILE_MIN_IMAGES = 10_000
 
 
@@ -111,7 +113,7 @@ def fast_path(precision: str, memory_format: str, device: torch.device, compile_
     the three models; on CUDA the engine has run bf16 channels_last from the start), contiguous
     NCHW for fp32 on a CPU: there PyTorch 2.14.1's channels_last backward crashed (SIGSEGV) on
     an AVX2-only CPU for ResNet18 at width 4 (at width 16 it did not; the cause is not known).
-    torch.compile where it pays (COMPILE_PAYS, COMPILE_MIN_IMAGES: ``train_images`` is the
+    torch.compile where it pays (the model's card, COMPILE_MIN_IMAGES: ``train_images`` is the
     run's training set, an epoch's images) and a C++ compiler is there; not measured with
     bf16 or on CUDA, where "auto" stays eager (bench/gpu_check.sh measures the GPU's)."""
     if precision == "auto":
@@ -121,11 +123,16 @@ def fast_path(precision: str, memory_format: str, device: torch.device, compile_
     else:
         channels_last = memory_format == "channels_last"
     if compile_ == "auto":
-        compiled = (device.type == "cpu" and precision == "fp32" and model in COMPILE_PAYS
+        compiled = (device.type == "cpu" and precision == "fp32" and compile_pays(model)
                     and train_images >= COMPILE_MIN_IMAGES and compiler() is not None)
     else:
         compiled = compile_ == "on"
     return FastPath(precision, channels_last, compiled)
+
+
+def compile_pays(model: str | None) -> bool:
+    """Whether torch.compile pays for ``model`` (its ModelCard; no model: no)."""
+    return model is not None and card(model).compile_pays
 
 
 class AugmentClock:

@@ -132,7 +132,7 @@ def _run(options: PipelineOptions, argv: list[str] | None, profile, name: str,
         client = ws.client()
         store = PipelineState(ws, name)
         state = store.load()
-        stages = plan(name, models, not options.no_weights)
+        stages = plan(name, models, options)
         check_resume("pipeline", name, state is not None, options.resume, ws.root)
         if state is not None and [s["name"] for s in state["stages"]] != [s.name for s in
                                                                             stages]:

@@ -10,36 +10,33 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from analysis import report
 from analysis.publish import FUSION_EXPERIMENT
 from analysis.render import headline_lines, seed_table
-from search import grid, weights
 from search.cluster import dashboard_url
-from search.options import SearchOptions
-from search.summary import where_to_look, winner, without_footers
+from search.kinds import StageRun, kind, kinds
+from search.summary import where_to_look, without_footers
 from search.workspace import Workspace
 from trainables import failpoints
 from trainables.cli import EXIT_INTERRUPTED, EXIT_OFFLINE, EXIT_OK
 from trainables.files import write_json
 
-WEIGHTS_MODEL = "resnet18"  # the seed hand-tuned the class weights of its ResNet
-
 
 @dataclass
 class Stage:
     name: str  # the experiment (or report) name
-    kind: str  # grid, weights, report
+    kind: str  # a search kind (search/kinds.py), or report
     model: str | None = None
 
 
-def plan(name: str, models: list[str], with_weights: bool) -> list[Stage]:
-    stages = [Stage(f"{name}-grid-{m}", "grid", m) for m in models]
-    if with_weights and WEIGHTS_MODEL in models:
-        stages.append(Stage(f"{name}-weights-{WEIGHTS_MODEL}", "weights", WEIGHTS_MODEL))
-    stages.append(Stage(name, "report"))
-    return stages
+def plan(name: str, models: list[str], options) -> list[Stage]:
+    """The pipeline's stages: each search kind's (search/kinds.py, in their order), then the
+    report that fuses them."""
+    stages = [Stage(experiment, k.name, model) for k in kinds()
+              for experiment, model in k.stages(name, models, options)]
+    return [*stages, Stage(name, "report")]
 
 
 class PipelineState:
@@ -54,13 +51,6 @@ class PipelineState:
     def save(self, state: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json(self.path, state)
-
-
-def stage_options(cls, options, **given):
-    """A search stage's options: every flag the searches share, as the pipeline got it (a new
-    shared flag reaches the stages with no code here), and ``given``."""
-    shared = {f.name: getattr(options, f.name) for f in fields(SearchOptions)}
-    return cls(**{**shared, **given})
 
 
 def fmt_time(seconds: float) -> str:
@@ -163,23 +153,10 @@ def close_killed_reports(client, stage: Stage) -> None:
 
 
 def run_stage(options, ws, client, state, stage: Stage, stages, profile, resume: bool) -> int:
-    if stage.kind == "grid":
-        return grid.run(stage_options(grid.GridOptions, options, model=stage.model,
-                                      name=stage.name, resume=resume))
-    if stage.kind == "weights":
-        grid_stage = f"{state['name']}-grid-{stage.model}"
-        win = winner(client.get_run((ws.load_state(grid_stage) or {})["parent_run_id"]))
-        epochs = win["epochs"] if profile.weights_epochs_cap is None \
-            else min(win["epochs"], profile.weights_epochs_cap)
-        capped = f" (the {profile.name} profile's cap; the winner ran {win['epochs']})" \
-            if epochs < win["epochs"] else ""
-        print(f"class weights of {stage.model} with its grid's winner ({grid_stage}, val "
-              f"{win['val_acc']:.4f}): batch size {win['batch_size']}, {epochs} epochs"
-              f"{capped}, width {win['width']}", flush=True)
-        return weights.run(stage_options(
-            weights.WeightsOptions, options, model=stage.model, name=stage.name, resume=resume,
-            batch_size=win["batch_size"], epochs=epochs, width=win["width"]))
-    return report.run(report_options(options, stages, profile))
+    if stage.kind == "report":
+        return report.run(report_options(options, stages, profile))
+    return kind(stage.kind).run_stage(StageRun(options, ws, client, state, stage.name,
+                                               stage.model, profile, resume))
 
 
 def report_options(options, stages, profile) -> report.ReportOptions:

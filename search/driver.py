@@ -73,6 +73,20 @@ class Search:
     fuses: bool = True  # its finished trials are fusion candidates (search/kinds.py)
 
 
+@dataclass
+class Opened:
+    """What a search has once its checks passed (``_open``): its workspace, saved state
+    (None: a new search), MLflow client, dashboard; then its MLflow experiment and the
+    hardware its trials run on."""
+
+    ws: Workspace
+    state: dict | None
+    client: object
+    dashboard: str | None
+    experiment_id: str = ""
+    hardware: str = ""
+
+
 class StateError(Exception):
     """Tune's saved experiment state is there but cannot be read; one line, exit 4."""
 
@@ -86,13 +100,14 @@ def run_search(options, search: Search, split, on_start=None) -> int:
 
 def _run(options, search: Search, split, on_start, claims: contextlib.ExitStack) -> int:
     try:
-        ws, state, client, dashboard = _open(options, search, split, claims)
+        opened = _open(options, search, split, claims)
     except (WorkspaceError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except StateError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_STATE
+    ws, state, client = opened.ws, opened.state, opened.client
     offline.back_online(ws.tracking_uri)  # it answered: this search records again
     hardware = throughput.hardware(search.resources, cluster_address(options))
     job = job_submission_id()  # a search submitted as a Ray Job: which one
@@ -104,9 +119,9 @@ def _run(options, search: Search, split, on_start, claims: contextlib.ExitStack)
                  "experiment_id": experiment_id, "storage_path": ws.storage_path,  # that
                  "data_fingerprint": split.fingerprint, "created": time.time()}  # finds it
         ws.save_state(search.name, state)
+    opened.state, opened.experiment_id, opened.hardware = state, experiment_id, hardware
     try:
-        return _search(options, search, split, on_start, ws, state, client, dashboard,
-                       experiment_id, hardware)
+        return _search(options, search, split, on_start, opened)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside Tune's run (which handles its own)
         parent_id = state.get("parent_run_id") or _parent_of(client, experiment_id, state)
         if parent_id is None:  # nothing recorded yet but the state file: --resume starts it
@@ -116,9 +131,10 @@ def _run(options, search: Search, split, on_start, claims: contextlib.ExitStack)
         return stop_interrupted(client, parent_id, search, ws, state)
 
 
-def _search(options, search: Search, split, on_start, ws: Workspace, state: dict, client,
-            dashboard, experiment_id: str, hardware: str) -> int:
+def _search(options, search: Search, split, on_start, opened: Opened) -> int:
     """The search once its state exists: its parent run, Tune's run, the summary."""
+    ws, state, client, dashboard = opened.ws, opened.state, opened.client, opened.dashboard
+    experiment_id, hardware = opened.experiment_id, opened.hardware
     if state.get("parent_run_id") is None:
         state["parent_run_id"] = parent_run(client, experiment_id, search, split, state,
                                              ws.root)
@@ -211,7 +227,7 @@ def _open(options, search: Search, split, claims: contextlib.ExitStack):
     search.resources = resources(options, check_cluster(options))
     if joined(options):  # a cluster of several nodes, perhaps: do they all see the storage?
         check_storage(ws.storage_path)
-    return ws, state, client, dashboard
+    return Opened(ws, state, client, dashboard)
 
 
 def _fit(options, search: Search, ws: Workspace, state: dict, trainable, lineage, client,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -83,6 +84,27 @@ def two_nodes(tmp_path: Path, node_env: dict | None = None):
             stop(proc)
 
 
+def two_node_grid(address: str, shared: Path, ws: Path, epochs: str) -> list[str]:
+    """A smoke grid of batch sizes 64 and 128 on the cluster at ``address``, its Tune storage
+    ``shared`` (both nodes see it)."""
+    return [sys.executable, "-m", "search.grid", "--model", "cnn", "--profile", "smoke",
+            "--train-size", "600", "--batch-sizes", "64,128", "--epochs", epochs,
+            "--scheduler", "none", "--address", address, "--storage-path", str(shared),
+            "--workspace", str(ws)]
+
+
+def first_of(*waits, timeout: float = 600):
+    """Run the blocking ``waits`` in threads and return (index, result) of the first to return:
+    the test wakes on whichever event comes first, and fails if none comes in ``timeout``."""
+    done: queue.Queue = queue.Queue()
+    for i, wait in enumerate(waits):
+        threading.Thread(target=lambda i=i, w=wait: done.put((i, w())), daemon=True).start()
+    try:
+        return done.get(timeout=timeout)
+    except queue.Empty:
+        pytest.fail(f"none of {len(waits)} events came in {timeout:g} s")
+
+
 @pytest.fixture
 def cluster(tmp_path):
     with two_nodes(tmp_path) as (address, ids, _):
@@ -107,12 +129,8 @@ def test_a_grid_runs_its_trials_on_both_nodes_of_a_cluster(cluster, tmp_path):
         "InvalidAuthToken); export RAY_AUTH_MODE=token and the head's token (`ray "
         "get-auth-token` there) as RAY_AUTH_TOKEN"], refused.stderr[-3000:]
     shared = tmp_path / "shared" / "ray_results"
-    out = subprocess.run(
-        [sys.executable, "-m", "search.grid", "--model", "cnn", "--profile", "smoke",
-         "--train-size", "600", "--batch-sizes", "64,128", "--epochs", "2",
-         "--scheduler", "none", "--address", address, "--storage-path", str(shared),
-         "--workspace", str(tmp_path / "ws")],
-        cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600)
+    out = subprocess.run(two_node_grid(address, shared, tmp_path / "ws", "2"), cwd=ROOT,
+                         capture_output=True, text=True, env=ENV, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     # Tune's own records on the shared storage: every trial says which node ran it
     ran_on = {}
@@ -153,23 +171,19 @@ def test_a_node_lost_mid_trial_the_trial_continues_on_the_other(tmp_path):
     epoch once."""
     from mlflow.tracking import MlflowClient
 
-    held = tmp_path / "held.json"
+    held = tmp_path / "held.fifo"  # the failpoint writes its line into it: an event
+    os.mkfifo(held)
     hold = {"TUNEFUSE_FAILPOINT": "checkpoint-written@2", "TUNEFUSE_FAILPOINT_FILE": str(held)}
     with two_nodes(tmp_path, hold) as (address, (one, two), node):
         shared = tmp_path / "shared" / "ray_results"
         driver = subprocess.Popen(
-            [sys.executable, "-m", "search.grid", "--model", "cnn", "--profile", "smoke",
-             "--train-size", "600", "--batch-sizes", "64,128", "--epochs", "3",
-             "--scheduler", "none", "--address", address, "--storage-path", str(shared),
-             "--workspace", str(tmp_path / "ws")],
-            cwd=ROOT, stdout=open(tmp_path / "driver.log", "w"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-            env=ENV)
+            two_node_grid(address, shared, tmp_path / "ws", "3"), cwd=ROOT,
+            stdout=open(tmp_path / "driver.log", "w"),  # noqa: SIM115
+            stderr=subprocess.STDOUT, env=ENV)
         try:
-            wait_for(lambda: held.exists() or driver.poll() is not None,
-                     lambda: (tmp_path / "driver.log").read_text()[-3000:])
-            assert held.exists(), (tmp_path / "driver.log").read_text()[-3000:]
-            lost = json.loads(held.read_text())["trial"]
+            which, line = first_of(lambda: held.read_text(), driver.wait)
+            assert which == 0, (tmp_path / "driver.log").read_text()[-3000:]
+            lost = json.loads(line)["trial"]
             kill_node(node)
             assert driver.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
         finally:
@@ -292,15 +306,6 @@ def finished_trials(client) -> int:
                                   "attributes.status = 'FINISHED'"))
 
 
-def wait_for(event, say, timeout: float = 300) -> None:
-    """Until ``event()`` holds (a file written, a run recorded), looking every half second;
-    past ``timeout`` the test fails with what ``say()`` returns."""
-    deadline = time.time() + timeout
-    while not event():
-        assert time.time() < deadline, say()
-        time.sleep(0.5)
-
-
 @pytest.mark.slow
 def test_a_grid_submitted_as_a_ray_job_runs_on_that_cluster_stops_and_resumes(head, tmp_path):
     """`ray job submit` of a smoke grid: the job's driver joins the cluster the job runs on
@@ -344,15 +349,30 @@ def test_a_grid_submitted_as_a_ray_job_runs_on_that_cluster_stops_and_resumes(he
     # last checkpoint (a failpoint in the job's environment: its driver and trial workers
     # inherit it), once the 2-epoch trials, which Tune starts first, have finished;
     # resubmitted with --resume, no failpoint
-    stopped, held = tmp_path / "stopped", tmp_path / "held.json"
-    hold = {"TUNEFUSE_FAILPOINT": "checkpoint-written:epoch=3",
-            "TUNEFUSE_FAILPOINT_FILE": str(held)}
+    stopped = tmp_path / "stopped"
+    hold = {"TUNEFUSE_FAILPOINT": "checkpoint-written:epoch=3"}
     out = ray_job("submit", "--address", url, "--submission-id", "grid-stopped", "--no-wait",
                   *grid_job(stopped, env_vars=hold))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     client = MlflowClient(f"sqlite:///{stopped / 'mlflow.db'}")
-    wait_for(lambda: held.exists() and finished_trials(client) == 2,
-             lambda: ray_job("logs", "--address", url, "grid-stopped").stdout[-3000:])
+    # the job cannot end while its 3-epoch trials are held, so its followed logs (however
+    # late) show both 2-epoch trials' ends before anything else can happen
+    follow = subprocess.Popen([RAY, "job", "logs", "--address", url, "--follow",
+                               "grid-stopped"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=ENV)
+    watchdog = threading.Timer(600, follow.kill)  # a job that never logs them: the test fails
+    watchdog.start()
+    try:
+        ends = 0
+        for line in follow.stdout:  # each line as the job prints it
+            ends += bool(re.match(r"\[grid-cnn\] \S+-e2-\S+: finished", line))
+            if ends == 2:
+                break
+    finally:
+        watchdog.cancel()
+        follow.kill()
+        follow.wait()
+    assert finished_trials(client) == 2, "the job's logs ended before its 2-epoch trials did"
     out = ray_job("stop", "--address", url, "grid-stopped", timeout=180)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     status = ray_job("status", "--address", url, "grid-stopped", timeout=120).stdout
@@ -436,11 +456,7 @@ def test_two_searches_at_once_on_one_cluster_and_one_mlflow_server(head, mlflow_
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-2000:]
     client = MlflowClient(mlflow_server)
     for name in searches:
-        wait_for(lambda n=name: re.search(r"Job '\S+' (succeeded|failed|was stopped)",
-                                          ray_job("status", "--address", url, n).stdout),
-                 lambda n=name: ray_job("logs", "--address", url, n).stdout[-3000:],
-                 timeout=600)
-        logs = ray_job("logs", "--address", url, name).stdout
+        logs = ray_job("logs", "--address", url, "--follow", name).stdout  # until it ends
         status = ray_job("status", "--address", url, name).stdout
         assert f"Job '{name}' succeeded" in status, logs[-3000:]
         assert val_acc_by_trial(together[name], name, mlflow_server) == \

@@ -725,9 +725,9 @@ def test_what_a_search_holds_alone_is_let_go_of_when_its_process_is_killed(tmp_p
 
     lock = tmp_path / "experiments" / "grid-cnn.lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from search import claims\n"
+        [sys.executable, "-c", "import signal; from search import claims\n"
          f"with claims.hold(__import__('pathlib').Path({str(lock)!r}), 'x', 'y'):\n"
-         "    print('held', flush=True); time.sleep(3600)"],
+         "    print('held', flush=True); signal.pause()"],  # until its SIGKILL
         cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"  # the event: it holds the lock

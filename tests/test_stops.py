@@ -20,16 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, need_real_data
+from conftest import ROOT, need_real_data, run_module
 
 pytestmark = pytest.mark.slow
 
-REPORT = ("-m", "analysis.report", "--name", "stopped")
-
-
-def run(*args, ws: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args, "--workspace", str(ws)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+REPORT = ("analysis.report", "--name", "stopped")
 
 
 def fusion_runs(ws: Path, name: str) -> list[str]:
@@ -48,12 +43,12 @@ def searched(tmp_path_factory) -> tuple[Path, float]:
     """A workspace with one finished smoke grid and one report, and how long a report took."""
     need_real_data()
     ws = tmp_path_factory.mktemp("stops") / "ws"
-    out = run("-m", "search.grid", "--model", "cnn", "--profile", "smoke", "--train-size",
-              "300", "--batch-sizes", "64", "--epochs", "1", "--scheduler", "none",
-              "--num-cpus", "1", "--no-dashboard", ws=ws)
+    out = run_module("search.grid", "--model", "cnn", "--profile", "smoke", "--train-size",
+                     "300", "--batch-sizes", "64", "--epochs", "1", "--scheduler", "none",
+                     "--num-cpus", "1", "--no-dashboard", "--workspace", str(ws))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     t0 = time.time()
-    out = run("-m", "analysis.report", "--name", "earlier", ws=ws)
+    out = run_module("analysis.report", "--name", "earlier", "--workspace", str(ws))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return ws, time.time() - t0
 
@@ -66,7 +61,7 @@ def test_a_report_stopped_with_sigterm_at_a_random_instant(searched, tmp_path, s
     earlier = {p.name: p.read_bytes() for p in (ws / "reports" / "earlier").iterdir()
                if p.is_file()}
     instant = random.Random(seed).uniform(0.5, length)
-    proc = subprocess.Popen([sys.executable, *REPORT, "--workspace", str(ws)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", *REPORT, "--workspace", str(ws)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         proc.wait(timeout=instant)
@@ -89,7 +84,7 @@ def test_a_report_stopped_with_sigterm_at_a_random_instant(searched, tmp_path, s
     assert {p.name: p.read_bytes() for p in (ws / "reports" / "earlier").iterdir()
             if p.is_file()} == earlier
     assert set(fusion_runs(ws, "stopped")) <= ({"FINISHED"} if code == 0 else {"KILLED"})
-    again = run(*REPORT, ws=ws)
+    again = run_module(*REPORT, "--workspace", str(ws))
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert (ws / "reports" / "stopped" / "report.html").exists()
     # one run a report: the one run again, and the stopped one if it had ended before the stop

@@ -3,7 +3,8 @@
 A failpoint does nothing unless ``TUNEFUSE_FAILPOINT`` names it. Then, when the process reaches
 that point for the ``K``-th time (``NAME@K``; default the first; ``NAME@K:KEY=VALUE`` counts only
 the hits whose context has that value), it writes one line (the name,
-its pid and what the call site passed) to the file ``TUNEFUSE_FAILPOINT_FILE`` and waits there
+its pid and what the call site passed) to the file ``TUNEFUSE_FAILPOINT_FILE`` (or, when that is
+a named pipe, into it: a test blocked reading it wakes at once) and waits there
 for ever: the test sees the file appear (an event, not a timer), does what it needs to the
 workspace, and kills the process group. Other threads of the process (Tune's state syncer) go
 on running while it waits.
@@ -18,7 +19,9 @@ node of a cluster) does not depend on the first one still running when the next 
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 import threading
 import time
 
@@ -57,9 +60,12 @@ def reach(name: str, **context) -> None:
         if _hits[name] != want:
             return
     marker = os.environ.get(FILE_ENV)
-    if marker:
-        write_json(marker, {"failpoint": name, "pid": os.getpid(), **context}, indent=None,
-                   default=str)
+    record = {"failpoint": name, "pid": os.getpid(), **context}
+    if marker and os.path.exists(marker) and stat.S_ISFIFO(os.stat(marker).st_mode):
+        with open(marker, "w") as fifo:  # a test blocked reading it wakes up: an event
+            fifo.write(json.dumps(record, default=str) + "\n")
+    elif marker:
+        write_json(marker, record, indent=None, default=str)
     while True:  # until the test kills this process
         time.sleep(3600)
 

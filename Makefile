@@ -22,7 +22,7 @@ APT = $(shell if [ "$$(id -u)" = 0 ]; then echo apt-get; elif sudo -n true 2>/de
 	echo "sudo -n apt-get"; fi)
 
 .PHONY: setup data compiler browser compose postgres venv run test test-slow test-soak lint clean \
-	podman docker-test docker-clean gpu-data gpu-rehearsal gpu-rehearsal-venv
+	podman docker-test docker-clean gpu-data gpu-rehearsal
 
 setup: data compiler browser compose postgres venv
 
@@ -67,12 +67,9 @@ gpu-data: data
 
 # bench/gpu_check.sh --dry-run as the GPU machine runs it: a copy of what travels, a venv with
 # PyTorch and NumPy only, the data carried (CI runs it; bench/gpu_rehearsal.sh says what it checks)
-gpu-rehearsal: data
-	TORCH="$(word 1,$(TORCH))" PYTHON=$(PYTHON) bench/gpu_rehearsal.sh
-
-# its venv alone (no apt: CI makes it beside the set-up; WORK=DIR as for gpu-rehearsal)
-gpu-rehearsal-venv:
-	TORCH="$(word 1,$(TORCH))" PYTHON=$(PYTHON) bench/gpu_rehearsal.sh --venv-only
+# (its venv links torch's closure from the project's venv: no second install)
+gpu-rehearsal: data venv
+	FROM="$(abspath $(VENV))" bench/gpu_rehearsal.sh
 
 # Debian's g++, the C++ compiler torch.compile needs on a CPU: with it `--compile auto` trains
 # ResNet18 and Inception compiled in fp32 (1.2x and 1.3-1.4x, docs/benchmarks.md); without it

@@ -7,7 +7,8 @@
 #   2. the same with the engine section made to fail (--fail engine) must give that section a
 #      FAILED row, run the next section and still end with its table (exit 1).
 #   bench/gpu_rehearsal.sh [--venv-only]   # WORK=DIR: the venv and the copy there (default: a
-#                                          # temp dir); --venv-only: make the venv, nothing else
+#                                          # temp dir); --venv-only: make the venv, nothing else;
+#                                          # FROM=VENV: link torch's closure from VENV, no install
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -16,9 +17,45 @@ venv=$work/torch-only
 torch=${TORCH:-torch==2.14.1}
 mkdir -p "$work"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import torch, numpy' 2>/dev/null; then
-  echo "rehearsal: a venv with $torch and numpy only in $venv"
-  "${PYTHON:-python3}" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q "$torch" numpy
+  rm -rf "$venv"
+  if [ -x "${FROM:-}/bin/python" ]; then
+    # torch's installed closure linked from the project's venv: no second 5 GB install (a CI
+    # disk filled up installing both at once)
+    echo "rehearsal: a venv seeing only torch, numpy and their requirements from $FROM in $venv"
+    "$FROM/bin/python" -m venv --without-pip "$venv"
+    site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    "$FROM/bin/python" - "$site" <<'PY'
+import importlib.metadata as md
+import os
+import sys
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+seen, todo = set(), ["torch", "numpy"]
+while todo:
+    name = canonicalize_name(todo.pop())
+    if name in seen:
+        continue
+    seen.add(name)
+    for line in md.distribution(name).requires or []:
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate({"extra": ""}):
+            todo.append(req.name)
+tops = {}
+for name in seen:
+    dist = md.distribution(name)
+    for f in dist.files or []:
+        if f.parts[0] not in ("..", "__pycache__"):
+            tops[f.parts[0]] = dist.locate_file(f.parts[0])
+for top, path in sorted(tops.items()):
+    os.symlink(os.path.abspath(path), os.path.join(sys.argv[1], top))
+PY
+  else
+    echo "rehearsal: a venv with $torch and numpy only in $venv"
+    "${PYTHON:-python3}" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q "$torch" numpy
+  fi
 fi
 [ "${1:-}" = --venv-only ] && exit 0
 if (cd / && for m in ray mlflow optuna trainables; do

@@ -12,7 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-work=${WORK:-$(mktemp -d)}
+if [ -n "${WORK:-}" ]; then work=$WORK; else
+  work=$(mktemp -d); trap 'rm -rf "$work"' EXIT; fi  # (a temp dir of its own: removed)
 venv=$work/torch-only
 torch=${TORCH:-torch==2.14.1}
 mkdir -p "$work"

@@ -54,7 +54,9 @@ def spec(f: Field) -> Flag:
 def like(cls, name: str, default=_KEEP, **changes) -> Field:
     """``cls``'s field ``name`` again, for another options class: its default unless one is
     given, its flag with ``changes`` (Flag's fields)."""
-    source = next(f for f in fields(cls) if f.name == name)
+    source = next((f for f in fields(cls) if f.name == name), None)
+    if source is None:
+        raise TypeError(f"{cls.__name__} has no field {name!r}")
     return field(default=source.default if default is _KEEP else default,
                  metadata={METADATA_KEY: replace(spec(source), **changes)})
 

@@ -46,79 +46,53 @@ from trainables.cli import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
-    NORMAL,
     ArgParser,
     at_least,
     exit_now,
     options_from,
     output,
 )
-from trainables.data import (
-    DEFAULT_SEED,
-    DEFAULT_TRAIN_SIZE,
-    DataError,
-    add_data_args,
-    load_split,
-)
+from trainables.data import DataError, DataOptions, load_split
 from trainables.engine import ConfigError, resolve_device
 from trainables.files import write_reason
+from trainables.flags import flag, parser_for
 
 
 @dataclass(frozen=True)
-class ReportOptions:
-    """The flags of ``python -m analysis.report``, typed."""
+class ReportOptions(DataOptions):
+    """The flags of ``python -m analysis.report``, typed (--train-size and --seed are accepted
+    with the data flags, unused: the members' own split is loaded)."""
 
-    workspace: str = "outputs"
-    tracking_uri: str | None = None
-    experiments: str | None = None
-    top_k: int = 4
-    per_model_cap: int | None = None
-    method: str = "uniform"
-    weights: str | None = None
-    calibrate: bool = False
-    tta: str = "none"
-    name: str | None = None
-    registered_name: str = "tunefuse-ensemble"
-    no_register: bool = False
-    bootstrap: int = 2000
-    device: str = "auto"
-    data_dir: str | None = None
-    download: bool = False
-    train_size: int | None = DEFAULT_TRAIN_SIZE  # accepted with the data flags; unused: the
-    seed: int = DEFAULT_SEED  # members' own split is loaded
-    verbosity: int = NORMAL  # -q, -v (trainables/cli.py output)
+    workspace: str = flag("outputs")
+    tracking_uri: str | None = flag(None, help="MLflow tracking URI (default sqlite in "
+                                    "workspace)")
+    experiments: str | None = flag(None, help="comma-separated experiment names (default: every "
+                                   "grid and weights experiment)")
+    top_k: int = flag(4, type=int, help="members to fuse with uniform and weighted (default "
+                      "%(default)s); greedy and nll weigh every candidate")
+    per_model_cap: int | None = flag(None, type=int, help="at most N members per architecture")
+    method: str = flag("uniform", choices=lambda: fusion.METHODS, help=(
+        "uniform: the seed's average; weighted: --weights; greedy: Caruana selection over "
+        "every candidate; nll: the weights over every candidate that minimise the fused "
+        "validation log-loss"))
+    weights: str | None = flag(None, help="comma-separated fusion weights, one per member "
+                               "(--method weighted)")
+    calibrate: bool = flag(False, action="store_true",
+                           help="temperature-scale each member on validation first")
+    tta: str = flag("none", choices=TTA, help="test-time augmentation of every member: flip "
+                    "scores each image as the mean with its left-right mirror (default "
+                    "%(default)s)")
+    name: str | None = flag(None, help="report name (default fusion-DATE-TIME)")
+    registered_name: str = flag("tunefuse-ensemble",
+                                help="model registry name of the fused model")
+    no_register: bool = flag(False, action="store_true", help="do not log the pyfunc model")
+    bootstrap: int = flag(2000, type=at_least(1), help="bootstrap resamples")
+    device: str = flag("auto", help="inference device: auto, cpu, cuda")
 
 
 def parser() -> ArgParser:
-    p = ArgParser(prog="python -m analysis.report",
-                  description="Fuse the best checkpoints of the workspace's searches; report.")
-    p.add_argument("--workspace", default="outputs")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite in workspace)")
-    p.add_argument("--experiments", help="comma-separated experiment names (default: every "
-                                         "grid and weights experiment)")
-    p.add_argument("--top-k", type=int, default=4,
-                   help="members to fuse with uniform and weighted (default 4); greedy and nll "
-                        "weigh every candidate")
-    p.add_argument("--per-model-cap", type=int, help="at most N members per architecture")
-    p.add_argument("--method", choices=fusion.METHODS, default="uniform",
-                   help="uniform: the seed's average; weighted: --weights; greedy: Caruana "
-                        "selection over every candidate; nll: the weights over every candidate "
-                        "that minimise the fused validation log-loss")
-    p.add_argument("--weights", help="comma-separated fusion weights, one per member "
-                                     "(--method weighted)")
-    p.add_argument("--calibrate", action="store_true",
-                   help="temperature-scale each member on validation first")
-    p.add_argument("--tta", choices=TTA, default="none",
-                   help="test-time augmentation of every member: flip scores each image as "
-                        "the mean with its left-right mirror (default none)")
-    p.add_argument("--name", help="report name (default fusion-DATE-TIME)")
-    p.add_argument("--registered-name", default="tunefuse-ensemble",
-                   help="model registry name of the fused model")
-    p.add_argument("--no-register", action="store_true", help="do not log the pyfunc model")
-    p.add_argument("--bootstrap", type=at_least(1), default=2000, help="bootstrap resamples")
-    p.add_argument("--device", default="auto", help="inference device: auto, cpu, cuda")
-    add_data_args(p)
-    return p
+    return parser_for(ReportOptions, prog="python -m analysis.report", description=(
+        "Fuse the best checkpoints of the workspace's searches; report."))
 
 
 def _weights_arg(text: str | None, k: int) -> list[float]:

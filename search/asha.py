@@ -28,6 +28,7 @@ decisions are those of the uninterrupted search.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from search.rungs import rung_epochs
 from trainables.cli import above_one, at_least, non_negative
 from trainables.engine import ConfigError, TrainConfig, branch_epoch
+from trainables.flags import flag
 from trainables.trainable import METRIC, MODE, TIME_ATTR
 from trainables.trunk import trunk_group
 
@@ -238,15 +240,19 @@ class ScheduleAwareASHA(FIFOScheduler):
             f"{length} epochs: {g.debug_string()}" for length, g in sorted(self.groups.items()))
 
 
-def add_asha_args(g) -> None:
-    """The grid's and the weights search's ASHA flags (argparse group ``g``)."""
-    g.add_argument("--scheduler", choices=("asha", "none"), default="asha")
-    g.add_argument("--grace-period", type=at_least(1),
-                   help="first ASHA rung, epochs (default profile)")
-    g.add_argument("--reduction-factor", type=above_one, help="ASHA's (default profile)")
-    g.add_argument("--asha-margin", type=non_negative,
-                   help="stop a trial only when it is this far below ASHA's cutoff, in the "
-                   "metric's units, e.g. 0.01 (default profile)")
+@dataclass(frozen=True)
+class AshaFlags:
+    """The grid's and the weights search's ASHA flags (their options take each with
+    trainables/flags.py ``like``, in their own group)."""
+
+    scheduler: str = flag("asha", choices=("asha", "none"))
+    grace_period: int | None = flag(None, type=at_least(1),
+                                    help="first ASHA rung, epochs (default profile)")
+    reduction_factor: float | None = flag(None, type=above_one,
+                                          help="ASHA's (default profile)")
+    asha_margin: float | None = flag(None, type=non_negative, help="stop a trial only when it "
+                                     "is this far below ASHA's cutoff, in the metric's units, "
+                                     "e.g. 0.01 (default profile)")
 
 
 def scheduler_for(options, profile, metric: str = METRIC) -> ScheduleAwareASHA | None:

@@ -17,19 +17,20 @@ from pathlib import Path
 
 from ray import tune
 
-from search.asha import add_asha_args, scheduler_for, scheduler_params
+from search.asha import AshaFlags, scheduler_for, scheduler_params
 from search.driver import Search, run_search
 from search.kinds import SearchKind, StageRun, register_kind
 from search.options import (
     ALIASES,
     REFUSED,
     SearchOptions,
-    add_search_args,
     base_config,
     check_resources,
     check_trial,
     for_stage,
     load_data,
+    model_flag,
+    name_flag,
 )
 from search.profiles import PROFILES
 from trainables.cli import (
@@ -41,39 +42,34 @@ from trainables.cli import (
     output,
     positive_ints,
 )
-from trainables.models import list_models
+from trainables.flags import flag, like, parser_for
 
 
 @dataclass(frozen=True)
 class GridOptions(SearchOptions):
     """The flags of ``python -m search.grid``, typed (the shared ones in SearchOptions)."""
 
-    model: str = "cnn"
-    batch_sizes: tuple[int, ...] | None = None
-    epochs: tuple[int, ...] | None = None
-    width: int | None = None
-    warmup_epochs: int | None = None
-    scheduler: str = "asha"
-    no_shared_warmups: bool = False
-    grace_period: int | None = None
-    reduction_factor: float | None = None
-    asha_margin: float | None = None
+    model: str = model_flag("cnn")
+    batch_sizes: tuple[int, ...] | None = flag(None, group="grid", type=positive_ints,
+                                               help="e.g. 32,64 (default: profile)")
+    epochs: tuple[int, ...] | None = flag(None, group="grid", type=positive_ints,
+                                          help="e.g. 20,40, warm-up included")
+    width: int | None = flag(None, group="grid", type=at_least(1),
+                             help="channel width (resnet18, inception)")
+    warmup_epochs: int | None = flag(None, group="grid", type=at_least(0),
+                                     help="default: the profile's (seed: 5)")
+    no_shared_warmups: bool = flag(False, group="grid", action="store_true", help=(
+        "every trial computes its own warm-up (for comparisons)"))
+    scheduler: str = like(AshaFlags, "scheduler", group="grid")
+    grace_period: int | None = like(AshaFlags, "grace_period", group="grid")
+    reduction_factor: float | None = like(AshaFlags, "reduction_factor", group="grid")
+    asha_margin: float | None = like(AshaFlags, "asha_margin", group="grid")
+    name: str | None = name_flag("grid-MODEL")
 
 
 def parser() -> ArgParser:
-    p = ArgParser(prog="python -m search.grid",
-                  description="Search the batch size x epochs grid of one model.")
-    p.add_argument("--model", required=True, choices=list_models() + sorted(ALIASES))
-    g = p.add_argument_group("grid")
-    g.add_argument("--batch-sizes", type=positive_ints, help="e.g. 32,64 (default: profile)")
-    g.add_argument("--epochs", type=positive_ints, help="e.g. 20,40, warm-up included")
-    g.add_argument("--width", type=at_least(1), help="channel width (resnet18, inception)")
-    g.add_argument("--warmup-epochs", type=at_least(0), help="default: the profile's (seed: 5)")
-    g.add_argument("--no-shared-warmups", action="store_true",
-                   help="every trial computes its own warm-up (for comparisons)")
-    add_asha_args(g)
-    add_search_args(p, "grid-MODEL")
-    return p
+    return parser_for(GridOptions, prog="python -m search.grid",
+                      description="Search the batch size x epochs grid of one model.")
 
 
 def space(options: GridOptions, model: str, trunk_cache: str | None) -> dict:

@@ -1,9 +1,10 @@
 """What every search command takes and checks before anything starts or is recorded.
 
 ``SearchOptions`` is the typed form of the flags every search shares (experiment, resources,
-data); each experiment kind extends it (search/grid.py ``GridOptions``, ...). ``main(argv)``
-parses into it, ``run(options)`` runs, so the pipeline (tunefuse/pipeline.py) hands a stage its
-options without forwarding flags by hand.
+data), and their one definition: each command's parser is derived from its class
+(trainables/flags.py). Each experiment kind extends it (search/grid.py ``GridOptions``, ...).
+``main(argv)`` parses into it, ``run(options)`` runs, so the pipeline (tunefuse/pipeline.py)
+hands a stage its options without forwarding flags by hand.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from dataclasses import dataclass, fields
 
 from search.profiles import PROFILES, Profile
 from search.workspace import WorkspaceError
-from trainables.cli import NORMAL, ArgParser
-from trainables.data import DataError, add_data_args, load_split
+from trainables.data import DataError, DataOptions, load_split
 from trainables.engine import ConfigError, TrainConfig, check_batch, check_compiler
-from trainables.fastpath import add_fast_path_args
-from trainables.models import aliases, card
-from trainables.schedule import add_schedule_args
+from trainables.fastpath import FastPathFlags
+from trainables.flags import flag, like
+from trainables.models import aliases, card, list_models
+from trainables.schedule import ScheduleFlags
 
 AUTO = "auto"
 PROFILE_TRAIN_SIZE = -1  # --train-size not given: the profile's (None, from "all", is all)
@@ -39,78 +40,6 @@ class UsageError(Exception):
 REFUSED = (UsageError, ConfigError, DataError, WorkspaceError)
 
 
-@dataclass(frozen=True)
-class SearchOptions:
-    """The flags of add_search_args, typed."""
-
-    profile: str = "quick"
-    name: str | None = None
-    resume: bool = False
-    workspace: str = "outputs"
-    tracking_uri: str | None = None
-    storage_path: str | None = None
-    max_failures: int = 1
-    cpus_per_trial: float | str = AUTO  # a number, or "auto" (search/cluster.py resources)
-    gpus_per_trial: float | str = AUTO
-    max_concurrent: int = 0
-    address: str | None = None
-    num_cpus: int | None = None
-    dashboard_port: int = 8265
-    no_dashboard: bool = False
-    precision: str = "auto"
-    memory_format: str = "auto"
-    compile: str = "auto"
-    schedule: str = DEFAULT_SCHEDULE
-    decay_fraction: float = TrainConfig.decay_fraction
-    decay_shape: str = TrainConfig.decay_shape
-    data_dir: str | None = None
-    download: bool = False
-    train_size: int | None = PROFILE_TRAIN_SIZE
-    seed: int = 0
-    verbosity: int = NORMAL  # -q, -v (trainables/cli.py output)
-
-
-def add_search_args(p: ArgParser, default_name: str) -> None:
-    g = p.add_argument_group("experiment")
-    g.add_argument("--profile", choices=tuple(PROFILES), default="quick",
-                   help="preset grid, subset and widths (default quick)")
-    g.add_argument("--name", help=f"experiment name (default {default_name})")
-    g.add_argument("--resume", action="store_true",
-                   help="continue an interrupted experiment of this name")
-    g.add_argument("--workspace", default="outputs", help="folder for everything written")
-    g.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite in workspace)")
-    g.add_argument("--storage-path", help="Ray Tune results (default WORKSPACE/ray_results)")
-    g.add_argument("--max-failures", type=int, default=1,
-                   help="retries of a failing trial before it is recorded as failed")
-    r = p.add_argument_group("resources")
-    r.add_argument("--cpus-per-trial", type=resource_arg, default=AUTO,
-                   help="CPUs each trial takes (default auto: 1, or a GPU's share of the "
-                        "CPUs when trials run on GPUs)")
-    r.add_argument("--gpus-per-trial", type=resource_arg, default=AUTO,
-                   help="GPUs each trial takes; fractions pack trials on one GPU, e.g. 0.25 "
-                        "(default auto: a quarter of a GPU when the cluster has GPUs, else 0)")
-    r.add_argument("--max-concurrent", type=int, default=0, help="0: as resources allow")
-    r.add_argument("--address", help="join a Ray cluster (auto, HOST:6379); default: the one "
-                   "$RAY_ADDRESS names (a Ray Job's own), else a local cluster of its own")
-    r.add_argument("--num-cpus", type=int, help="CPUs of the local cluster (default all)")
-    r.add_argument("--dashboard-port", type=int, default=8265)
-    r.add_argument("--no-dashboard", action="store_true",
-                   help="start the local cluster without Ray's dashboard (a process and a few "
-                        "seconds less: headless and scripted runs)")
-    add_fast_path_args(r)
-    add_schedule_args(p.add_argument_group("schedule"), DEFAULT_SCHEDULE)
-    add_data_args(p)
-    p.set_defaults(train_size=PROFILE_TRAIN_SIZE, seed=0)
-
-
-def for_stage(cls, options, **given):
-    """A search's options as a pipeline stage runs it: every flag the searches share, as the
-    pipeline got it (a new shared flag reaches the stages with no code elsewhere), and
-    ``given`` (the stage's model, name, ...)."""
-    shared = {f.name: getattr(options, f.name) for f in fields(SearchOptions)}
-    return cls(**{**shared, **given})
-
-
 def resource_arg(text: str) -> float | str:
     """An argparse type: "auto" or a number."""
     if text == AUTO:
@@ -119,6 +48,75 @@ def resource_arg(text: str) -> float | str:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected auto or a number, got {text!r}") from None
+
+
+def model_choices() -> list[str]:
+    """--model's choices, asked of the registry when a parser is built: the models and their
+    aliases."""
+    return list_models() + sorted(aliases())
+
+
+@dataclass(frozen=True)
+class SearchOptions(DataOptions):
+    """The flags every search shares, typed, each field with its flag; each kind's options
+    extend it, and its parser (trainables/flags.py ``parser_for``) lists the kind's own flags
+    first."""
+
+    profile: str = flag("quick", group="experiment", choices=lambda: tuple(PROFILES),
+                        help="preset grid, subset and widths (default %(default)s)")
+    name: str | None = flag(None, group="experiment", help="experiment name")
+    resume: bool = flag(False, group="experiment", action="store_true",
+                        help="continue an interrupted experiment of this name")
+    workspace: str = flag("outputs", group="experiment", help="folder for everything written")
+    tracking_uri: str | None = flag(None, group="experiment",
+                                    help="MLflow tracking URI (default sqlite in workspace)")
+    storage_path: str | None = flag(None, group="experiment",
+                                    help="Ray Tune results (default WORKSPACE/ray_results)")
+    max_failures: int = flag(1, group="experiment", type=int, help="retries of a failing trial "
+                             "before it is recorded as failed")
+    # a number, or "auto" (search/cluster.py resources)
+    cpus_per_trial: float | str = flag(AUTO, group="resources", type=resource_arg, help=(
+        "CPUs each trial takes (default auto: 1, or a GPU's share of the CPUs when trials run "
+        "on GPUs)"))
+    gpus_per_trial: float | str = flag(AUTO, group="resources", type=resource_arg, help=(
+        "GPUs each trial takes; fractions pack trials on one GPU, e.g. 0.25 (default auto: a "
+        "quarter of a GPU when the cluster has GPUs, else 0)"))
+    max_concurrent: int = flag(0, group="resources", type=int, help="0: as resources allow")
+    address: str | None = flag(None, group="resources", help=(
+        "join a Ray cluster (auto, HOST:6379); default: the one $RAY_ADDRESS names (a Ray "
+        "Job's own), else a local cluster of its own"))
+    num_cpus: int | None = flag(None, group="resources", type=int,
+                                help="CPUs of the local cluster (default all)")
+    dashboard_port: int = flag(8265, group="resources", type=int)
+    no_dashboard: bool = flag(False, group="resources", action="store_true", help=(
+        "start the local cluster without Ray's dashboard (a process and a few seconds less: "
+        "headless and scripted runs)"))
+    precision: str = like(FastPathFlags, "precision", group="resources")
+    memory_format: str = like(FastPathFlags, "memory_format", group="resources")
+    compile: str = like(FastPathFlags, "compile", group="resources")
+    schedule: str = like(ScheduleFlags, "schedule", DEFAULT_SCHEDULE, group="schedule")
+    decay_fraction: float = like(ScheduleFlags, "decay_fraction", group="schedule")
+    decay_shape: str = like(ScheduleFlags, "decay_shape", group="schedule")
+    train_size: int | None = like(DataOptions, "train_size", PROFILE_TRAIN_SIZE, help=(
+        "labelled images to use, split 9:1 into train/val, or 'all' (default: the profile's)"))
+
+
+def name_flag(default: str):
+    """--name, its default said as ``default`` (each kind names its searches)."""
+    return like(SearchOptions, "name", help=f"experiment name (default {default})")
+
+
+def model_flag(default: str):
+    """--model, required on the command line; ``default``: the options' without it."""
+    return flag(default, required=True, choices=model_choices)
+
+
+def for_stage(cls, options, **given):
+    """A search's options as a pipeline stage runs it: every flag the searches share, as the
+    pipeline got it (a new shared flag reaches the stages with no code elsewhere), and
+    ``given`` (the stage's model, name, ...)."""
+    shared = {f.name: getattr(options, f.name) for f in fields(SearchOptions)}
+    return cls(**{**shared, **given})
 
 
 def train_size(options, profile: Profile) -> int | None:

@@ -30,22 +30,22 @@ import warnings
 from dataclasses import dataclass
 
 import optuna
-from ray import tune
 
-from search.asha import add_asha_args, scheduler_for, scheduler_params
+from search.asha import AshaFlags, scheduler_for, scheduler_params
 from search.driver import Search, run_search
 from search.kinds import SearchKind, StageRun, register_kind
 from search.options import (
     ALIASES,
     REFUSED,
     SearchOptions,
-    add_search_args,
     base_config,
     check_resources,
     check_trial,
     check_width,
     for_stage,
     load_data,
+    model_flag,
+    name_flag,
 )
 from search.profiles import PROFILES
 from search.study import (
@@ -57,6 +57,13 @@ from search.study import (
     study_trials,
 )
 from search.summary import grid_defaults, winner
+from search.weightspace import (
+    OBJECTIVES,
+    SPACES,
+    report,
+    search_space,
+    starting_points,
+)
 from search.workspace import Workspace
 from trainables.cli import (
     EXIT_USAGE,
@@ -66,105 +73,45 @@ from trainables.cli import (
     options_from,
     output,
 )
-from trainables.data import NUM_CLASSES
-from trainables.engine import HARD_CLASSES, SEED_CLASS_WEIGHTS, ConfigError
-from trainables.models import card, list_models
-
-SPACES = {"full": tuple(range(NUM_CLASSES)), "hard-pairs": HARD_CLASSES}
-UNIFORM = (1.0,) * NUM_CLASSES
-OBJECTIVES = ("val_acc", "hard_acc")  # hard_acc: mean val accuracy of classes 0, 2, 4, 6
+from trainables.engine import ConfigError
+from trainables.flags import flag, like, parser_for
+from trainables.models import card
 
 
 @dataclass(frozen=True)
 class WeightsOptions(SearchOptions):
     """The flags of ``python -m search.weights``, typed (the shared ones in SearchOptions)."""
 
-    model: str = "resnet18"
-    space: str = "full"
-    low: float = 0.5
-    high: float = 2.5
-    objective: str = "val_acc"
-    num_samples: int | None = None
-    batch_size: int | None = None
-    epochs: int | None = None
-    width: int | None = None
-    warmup_epochs: int | None = None
-    scheduler: str = "asha"
-    grace_period: int | None = None
-    reduction_factor: float | None = None
-    asha_margin: float | None = None
+    model: str = model_flag("resnet18")
+    space: str = flag("full", group="weights", choices=lambda: tuple(SPACES), help=(
+        "full: all 10 weights; hard-pairs: classes 0, 2, 4, 6, the rest 1.0"))
+    low: float = flag(0.5, group="weights", type=float,
+                      help="smallest weight (default %(default)s)")
+    high: float = flag(2.5, group="weights", type=float,
+                       help="largest weight (default %(default)s)")
+    objective: str = flag("val_acc", group="weights", choices=OBJECTIVES, help=(
+        "what TPE and ASHA maximise (hard_acc: mean of classes 0, 2, 4, 6)"))
+    num_samples: int | None = flag(None, group="weights", type=at_least(2), help=(
+        "trials in the study in all, the two starting points included (default: the "
+        "profile's)"))
+    batch_size: int | None = flag(None, group="weights", type=at_least(1),
+                                  help="default: the grid's best, else the profile's")
+    epochs: int | None = flag(None, group="weights", type=at_least(1),
+                              help="warm-up included; default as --batch-size")
+    width: int | None = flag(None, group="weights", type=at_least(1),
+                             help="channel width; default as --batch-size")
+    warmup_epochs: int | None = flag(None, group="weights", type=at_least(0),
+                                     help="default: the profile's (seed: 5)")
+    scheduler: str = like(AshaFlags, "scheduler", group="weights")
+    grace_period: int | None = like(AshaFlags, "grace_period", group="weights")
+    reduction_factor: float | None = like(AshaFlags, "reduction_factor", group="weights")
+    asha_margin: float | None = like(AshaFlags, "asha_margin", group="weights")
+    name: str | None = name_flag("weights-MODEL")
 
 
 def parser() -> ArgParser:
-    p = ArgParser(prog="python -m search.weights",
-                  description="Search the per-class loss weights of one model with Optuna.")
-    p.add_argument("--model", required=True, choices=list_models() + sorted(ALIASES))
-    g = p.add_argument_group("weights")
-    g.add_argument("--space", choices=tuple(SPACES), default="full",
-                   help="full: all 10 weights; hard-pairs: classes 0, 2, 4, 6, the rest 1.0")
-    g.add_argument("--low", type=float, default=0.5, help="smallest weight (default 0.5)")
-    g.add_argument("--high", type=float, default=2.5, help="largest weight (default 2.5)")
-    g.add_argument("--objective", choices=OBJECTIVES, default="val_acc",
-                   help="what TPE and ASHA maximise (hard_acc: mean of classes 0, 2, 4, 6)")
-    g.add_argument("--num-samples", type=at_least(2),
-                   help="trials in the study in all, the two starting points included "
-                        "(default: the profile's)")
-    g.add_argument("--batch-size", type=at_least(1),
-                   help="default: the grid's best, else the profile's")
-    g.add_argument("--epochs", type=at_least(1), help="warm-up included; default as --batch-size")
-    g.add_argument("--width", type=at_least(1), help="channel width; default as --batch-size")
-    g.add_argument("--warmup-epochs", type=at_least(0), help="default: the profile's (seed: 5)")
-    add_asha_args(g)
-    add_search_args(p, "weights-MODEL")
-    return p
-
-
-def starting_points(space: str) -> dict[str, dict[str, float]]:
-    """The seed's and the uniform vector, restricted to the searched classes."""
-    classes = SPACES[space]
-    return {"seed": {f"w{c}": SEED_CLASS_WEIGHTS[c] for c in classes},
-            "uniform": {f"w{c}": UNIFORM[c] for c in classes}}
-
-
-def search_space(space: str, low: float, high: float) -> dict:
-    """The one place the weight space is defined: searched classes uniform in [low, high],
-    the others fixed at 1.0."""
-    searched = SPACES[space]
-    return {f"w{c}": tune.uniform(low, high) if c in searched else 1.0
-            for c in range(NUM_CLASSES)}
-
-
-def comparison(client, parent_id: str, experiment_id: str, space: str, metric: str) -> dict:
-    """Best / seed / uniform trials: their weights and, at each one's best epoch, val_acc,
-    hard_acc and the accuracy of each hard class. Read back from the MLflow child runs."""
-    runs = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'",
-                              max_results=10_000)
-    scored = [r for r in runs if f"best_{metric}" in r.data.metrics]
-    if not scored:
-        return {}
-    rows = {"best": max(scored, key=lambda r: r.data.metrics[f"best_{metric}"])}
-    for label, point in starting_points(space).items():
-        for r in scored:
-            if all(abs(float(r.data.params.get(k, "nan")) - v) < 1e-9
-                   for k, v in point.items()):
-                rows[label] = r
-                break
-    keys = ["val_acc", "hard_acc", *(f"val_acc_{c}" for c in HARD_CLASSES)]
-    return {label: {"run_id": r.info.run_id,
-                    "weights": [float(r.data.params[f"w{c}"]) for c in range(NUM_CLASSES)],
-                    **{k: r.data.metrics.get(f"best_{k}") for k in keys}}
-            for label, r in rows.items()}
-
-
-def format_comparison(table: dict) -> str:
-    cols = ["val_acc", "hard_acc", *(f"val_acc_{c}" for c in HARD_CLASSES)]
-    head = ["", *cols, "weights"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, row in table.items():
-        cells = [f"{row[k]:.4f}" if row[k] is not None else "n/a" for k in cols]
-        weights = "[" + ", ".join(f"{w:.2f}" for w in row["weights"]) + "]"
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {weights} |")
-    return "\n".join(lines)
+    return parser_for(WeightsOptions, prog="python -m search.weights", description=(
+        "Search the per-class loss weights of one model with Optuna."))
 
 
 @dataclass(frozen=True)
@@ -286,24 +233,6 @@ def make_search(options: WeightsOptions, s: Settings, ws: Workspace, split) -> S
         trials_done=lambda ws: len(study_trials(ws, s.name)),
         report=lambda results, client, parent_id, ws: report(
             client, parent_id, ws, s.name, options.space, metric))
-
-
-def report(client, parent_id: str, ws: Workspace, name: str, space: str, metric: str) -> None:
-    """The end of a weights search: best / seed / uniform weights, printed and recorded."""
-    state = ws.load_state(name) or {}
-    table = comparison(client, parent_id, state.get("experiment_id"), space, metric)
-    if not table:
-        return
-    text = format_comparison(table)
-    print(f"\nbest / seed / uniform weights (validation, at each trial's best epoch by "
-          f"{metric}):\n{text}")
-    best = table["best"]
-    for c, w in enumerate(best["weights"]):
-        client.log_metric(parent_id, f"best_w{c}", w)
-    client.set_tag(parent_id, "best.weights", str([round(w, 4) for w in best["weights"]]))
-    client.log_text(parent_id, text + "\n", "weights_comparison.md")
-    client.log_dict(parent_id, table, "weights_comparison.json")
-    print(f"Optuna study:   optuna-dashboard {storage_url(ws)}   (study {name!r})")
 
 
 WEIGHTS_MODEL = "resnet18"  # the seed hand-tuned the class weights of its ResNet

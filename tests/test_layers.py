@@ -1,11 +1,13 @@
 """The architecture of docs/architecture.md, held: the layer contracts pass, the analysis runs
-without Ray, each command's typed options agree with its parser, and the ASHA rungs that the
-analysis computes without Ray are the ones Ray's scheduler uses."""
+without Ray, each command's parser (derived from its typed options) lists and parses exactly
+them, and the ASHA rungs that the analysis computes without Ray are the ones Ray's scheduler
+uses."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import blocked_ray
+
+from trainables.cli import options_from
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,29 +45,40 @@ def test_every_analysis_module_imports_without_ray(tmp_path):
 def _commands():
     from analysis import report
     from search import grid, weights
+    from trainables import data, train
     from tunefuse import pipeline
 
-    return [(grid.parser, grid.GridOptions, ["--model", "cnn"]),
-            (weights.parser, weights.WeightsOptions, ["--model", "resnet18"]),
-            (pipeline.parser, pipeline.PipelineOptions, []),
-            (report.parser, report.ReportOptions, [])]
+    return {"grid": (grid.parser, grid.GridOptions, ["--model", "cnn"]),
+            "weights": (weights.parser, weights.WeightsOptions, ["--model", "resnet18"]),
+            "pipeline": (pipeline.parser, pipeline.PipelineOptions, []),
+            "report": (report.parser, report.ReportOptions, []),
+            "train": (train.parser, train.TrainOptions, []),
+            "data": (data.parser, data.SummaryOptions, [])}
 
 
-@pytest.mark.parametrize("index", range(4), ids=["grid", "weights", "pipeline", "report"])
-def test_each_command_s_options_are_its_flags_with_the_same_defaults(index):
-    """A flag the parser has and the options class lacks (or the other way round) would be
-    lost between main(argv) and run(options); a default that differs would make the pipeline
-    (which builds options, not argv) behave unlike the command line."""
-    make_parser, cls, required = _commands()[index]
+def _spelling(name: str) -> list[str]:
+    """How --help spells the flag of an options field: -q and -v for the verbosity, else
+    --FIELD-NAME."""
+    return ["-q", "-v"] if name == "verbosity" else ["--" + name.replace("_", "-")]
+
+
+@pytest.mark.parametrize("command", ["grid", "weights", "pipeline", "report", "train", "data"])
+def test_each_command_s_help_lists_its_options_and_parses_to_their_defaults(command):
+    """Each command's parser is derived from its options class (trainables/flags.py): its
+    --help lists the flag of every field, it parses into nothing but the class's fields, and
+    no arguments (but the required --model) give the class's defaults, so the pipeline, which
+    builds options and not argv, runs a stage as its command line would."""
+    make_parser, cls, required = _commands()[command]
     p = make_parser()
+    help_ = p.format_help()
+    names = [f.name for f in dataclasses.fields(cls)]
+    for name in names:
+        for spelling in _spelling(name):
+            assert re.search(rf"(?<![\w-]){re.escape(spelling)}(?![\w-])", help_), \
+                (command, spelling)
     dests = {a.dest for a in p._actions if not isinstance(a, argparse._HelpAction)}
-    names = {f.name for f in dataclasses.fields(cls)}
-    assert dests == names, (sorted(dests - names), sorted(names - dests))
-    parsed = vars(p.parse_args(required))
-    for f in dataclasses.fields(cls):
-        if f.name == "model":  # required on the command line
-            continue
-        assert parsed[f.name] == f.default, (f.name, parsed[f.name], f.default)
+    assert dests == set(names), (sorted(dests - set(names)), sorted(set(names) - dests))
+    assert options_from(cls, p.parse_args(required)) == cls()
 
 
 def test_the_rungs_without_ray_are_ray_s():

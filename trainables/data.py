@@ -30,6 +30,7 @@ import torch
 from trainables.classes import CLASSES, NUM_CLASSES
 from trainables.cli import ArgParser, at_least, exit_now, output
 from trainables.download import download_files
+from trainables.flags import Options, flag, parser_for
 from trainables.idx import DataError, read_idx
 
 __all__ = ["CLASSES", "NUM_CLASSES", "DataError", "DataSplit", "download_files", "load_split",
@@ -227,18 +228,20 @@ def train_size_arg(text: str) -> int | None:
 seed_arg = at_least(0, "0 or more")  # numpy's generators take no seed below 0
 
 
-def add_data_args(parser: argparse.ArgumentParser) -> None:
-    """The data flags shared by every tunefuse command."""
-    g = parser.add_argument_group("data")
-    g.add_argument("--data-dir", help=f"folder holding the four IDX files (default: ${ENV_VAR}, "
-                   f"then {SYSTEM_DIR}, then {cache_dir()})")
-    g.add_argument("--download", action="store_true",
-                   help="download the files (checksums verified) when they are not found")
-    g.add_argument("--train-size", type=train_size_arg, default=DEFAULT_TRAIN_SIZE,
-                   help=f"labelled images to use, split 9:1 into train/val, or 'all' "
-                   f"(default {DEFAULT_TRAIN_SIZE}, the seed's protocol)")
-    g.add_argument("--seed", type=seed_arg, default=DEFAULT_SEED,
-                   help=f"seed of the split (default {DEFAULT_SEED})")
+@dataclass(frozen=True)
+class DataOptions(Options):
+    """The data flags of every command that loads the split, typed."""
+
+    data_dir: str | None = flag(None, group="data", help=lambda: (
+        f"folder holding the four IDX files (default: ${ENV_VAR}, then {SYSTEM_DIR}, then "
+        f"{cache_dir()})"))
+    download: bool = flag(False, group="data", action="store_true",
+                          help="download the files (checksums verified) when they are not found")
+    train_size: int | None = flag(DEFAULT_TRAIN_SIZE, group="data", type=train_size_arg,
+                                  help="labelled images to use, split 9:1 into train/val, or "
+                                       "'all' (default %(default)s, the seed's protocol)")
+    seed: int = flag(DEFAULT_SEED, group="data", type=seed_arg,
+                     help="seed of the split (default %(default)s)")
 
 
 def format_summary(split: DataSplit) -> str:
@@ -275,14 +278,21 @@ def format_summary(split: DataSplit) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class SummaryOptions(DataOptions):
+    """The flags of ``python -m trainables.data``."""
+
+    summary: bool = flag(False, action="store_true", help="print the source, fingerprint, split "
+                         "sizes and class histogram (the default action)")
+
+
+def parser() -> ArgParser:
+    return parser_for(SummaryOptions, prog="python -m trainables.data", description="Check "
+                      "the Fashion-MNIST files and summarise the split.")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgParser(prog="python -m trainables.data",
-                       description="Check the Fashion-MNIST files and summarise the split.")
-    parser.add_argument("--summary", action="store_true",
-                        help="print the source, fingerprint, split sizes and class histogram "
-                        "(the default action)")
-    add_data_args(parser)
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     with output(args.verbosity):
         try:
             split = load_split(args.data_dir, args.train_size, args.seed, args.download)

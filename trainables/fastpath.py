@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from trainables.flags import flag
 from trainables.models import card
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -60,17 +61,18 @@ class FastPath:
 FP32 = FastPath()  # the plain path: fp32, contiguous (NCHW), eager
 
 
-def add_fast_path_args(parser) -> None:
-    """--precision, --memory-format and --compile, for every command that trains."""
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="bf16 autocast or fp32; auto: bf16 where the device has it "
-                             "natively (default auto)")
-    parser.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
-                        help="auto: channels_last (default auto)")
-    parser.add_argument("--compile", choices=COMPILES, default="auto",
-                        help="torch.compile the training steps; auto: where measured faster "
-                             "(ResNet18 and Inception in fp32 on a CPU, training sets of "
-                             "10,000 images or more; default auto)")
+@dataclass(frozen=True)
+class FastPathFlags:
+    """The fast path's flags, for every command that trains (its options take each with
+    trainables/flags.py ``like``)."""
+
+    precision: str = flag("auto", choices=PRECISIONS, help="bf16 autocast or fp32; auto: bf16 "
+                          "where the device has it natively (default auto)")
+    memory_format: str = flag("auto", choices=MEMORY_FORMATS,
+                              help="auto: channels_last (default auto)")
+    compile: str = flag("auto", choices=COMPILES, help="torch.compile the training steps; auto: "
+                        "where measured faster (ResNet18 and Inception in fp32 on a CPU, "
+                        "training sets of 10,000 images or more; default auto)")
 
 
 # CUDA computes bf16 in its tensor cores from compute capability 8.0 (Ampere) on; older GPUs

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass
+
+from trainables.flags import flag
 
 SCHEDULES = ("cosine", "step", "multistep", "wsd")
 DECAY_SHAPES = ("linear", "cosine")  # wsd's decay to zero
@@ -68,13 +71,15 @@ def fraction(text: str) -> float:
     return value
 
 
-def add_schedule_args(p, schedule: str = "cosine") -> None:
-    """--schedule, --decay-fraction and --decay-shape, for every command that trains."""
-    p.add_argument("--schedule", choices=SCHEDULES, default=schedule,
-                   help="SGD's rate after the warm-up: cosine, step, multistep, or wsd "
-                        f"(constant, then a decay to zero; default {schedule})")
-    p.add_argument("--decay-fraction", type=fraction, default=DECAY_FRACTION,
-                   help=f"wsd: the share of the SGD epochs that decay (default "
-                        f"{DECAY_FRACTION})")
-    p.add_argument("--decay-shape", choices=DECAY_SHAPES, default=DECAY_SHAPE,
-                   help=f"wsd: the decay's shape (default {DECAY_SHAPE})")
+@dataclass(frozen=True)
+class ScheduleFlags:
+    """The schedule's flags, for every command that trains (its options take each with
+    trainables/flags.py ``like``)."""
+
+    schedule: str = flag("cosine", choices=SCHEDULES, help="SGD's rate after the warm-up: "
+                         "cosine, step, multistep, or wsd (constant, then a decay to zero; "
+                         "default %(default)s)")
+    decay_fraction: float = flag(DECAY_FRACTION, type=fraction, help="wsd: the share of the "
+                                 "SGD epochs that decay (default %(default)s)")
+    decay_shape: str = flag(DECAY_SHAPE, choices=DECAY_SHAPES,
+                            help="wsd: the decay's shape (default %(default)s)")

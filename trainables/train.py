@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,10 +30,11 @@ from trainables.cli import (
     ArgParser,
     at_least,
     exit_now,
+    options_from,
     output,
     verbosity,
 )
-from trainables.data import CLASSES, DataError, add_data_args, load_split
+from trainables.data import CLASSES, DataError, DataOptions, load_split
 from trainables.engine import (
     SEED_CLASS_WEIGHTS,
     ConfigError,
@@ -43,10 +45,11 @@ from trainables.engine import (
     evaluate,
     run_epoch,
 )
-from trainables.fastpath import add_fast_path_args
+from trainables.fastpath import FastPathFlags
 from trainables.files import write_reason
+from trainables.flags import flag, like, parser_for
 from trainables.models import list_models
-from trainables.schedule import add_schedule_args
+from trainables.schedule import ScheduleFlags
 
 
 def class_weights_arg(text: str) -> tuple[float, ...]:
@@ -74,43 +77,53 @@ positive_int = at_least(1)
 non_negative_int = at_least(0, "0 or more")
 
 
+@dataclass(frozen=True)
+class TrainOptions(DataOptions):
+    """The flags of ``python -m trainables.train``, typed (TrainConfig's defaults)."""
+
+    model: str = flag(TrainConfig.model, choices=list_models)
+    epochs: int = flag(TrainConfig.epochs, type=positive_int,
+                       help="epochs in all, warm-up included (default %(default)s)")
+    batch_size: int = flag(TrainConfig.batch_size, type=positive_int)
+    width: int | None = flag(None, type=positive_int, help="channel width (resnet18, inception)")
+    class_weights: tuple[float, ...] | None = flag(
+        None, type=class_weights_arg, metavar="seed|uniform|w0,...,w9",
+        help="per-class loss weights (default: none, plain cross-entropy)")
+    augment: str | None = flag(None, choices=augment.POLICIES, help="default: offline for cnn, "
+                               "online for the others (the seed's choice)")
+    warmup_epochs: int = flag(TrainConfig.warmup_epochs, type=non_negative_int)
+    warmup_lr: float = flag(TrainConfig.warmup_lr, type=float)
+    lr: float = flag(TrainConfig.lr, type=float, help="SGD's rate after the warm-up")
+    schedule: str = like(ScheduleFlags, "schedule")
+    decay_fraction: float = like(ScheduleFlags, "decay_fraction")
+    decay_shape: str = like(ScheduleFlags, "decay_shape")
+    weight_decay: float = flag(TrainConfig.weight_decay, type=float)
+    dropout: float = flag(TrainConfig.dropout, type=float)
+    device: str = flag("auto", help="auto, cpu, cuda or cuda:N")
+    threads: int | None = flag(None, type=positive_int, help="CPU threads (torch.set_num_threads)")
+    precision: str = like(FastPathFlags, "precision")
+    memory_format: str = like(FastPathFlags, "memory_format")
+    compile: str = like(FastPathFlags, "compile")
+    out: Path | None = flag(None, type=Path, help="output folder (default "
+                            "outputs/train/MODEL-TIME)")
+
+
 def parser() -> ArgParser:
-    p = ArgParser(prog="python -m trainables.train",
-                  description="Train one model with the seed's recipe; report val/test accuracy.")
-    d = TrainConfig()
-    p.add_argument("--model", choices=list_models(), default=d.model)
-    p.add_argument("--epochs", type=positive_int, default=d.epochs,
-                   help=f"epochs in all, warm-up included (default {d.epochs})")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    p.add_argument("--width", type=positive_int, help="channel width (resnet18, inception)")
-    p.add_argument("--class-weights", type=class_weights_arg, metavar="seed|uniform|w0,...,w9",
-                   help="per-class loss weights (default: none, plain cross-entropy)")
-    p.add_argument("--augment", choices=augment.POLICIES,
-                   help="default: offline for cnn, online for the others (the seed's choice)")
-    p.add_argument("--warmup-epochs", type=non_negative_int, default=d.warmup_epochs)
-    p.add_argument("--warmup-lr", type=float, default=d.warmup_lr)
-    p.add_argument("--lr", type=float, default=d.lr, help="SGD's rate after the warm-up")
-    add_schedule_args(p)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--dropout", type=float, default=d.dropout)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=positive_int, help="CPU threads (torch.set_num_threads)")
-    add_fast_path_args(p)
-    p.add_argument("--out", type=Path, help="output folder (default outputs/train/MODEL-TIME)")
-    add_data_args(p)
-    return p
+    return parser_for(TrainOptions, prog="python -m trainables.train", description="Train one "
+                      "model with the seed's recipe; report val/test accuracy.")
 
 
-def config_from(args: argparse.Namespace) -> TrainConfig:
+def config_from(options: TrainOptions) -> TrainConfig:
     return TrainConfig(
-        model=args.model, model_kwargs={"width": args.width} if args.width else {},
-        batch_size=args.batch_size, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
-        warmup_lr=args.warmup_lr, lr=args.lr, weight_decay=args.weight_decay,
-        schedule=args.schedule, decay_fraction=args.decay_fraction,
-        decay_shape=args.decay_shape, dropout=args.dropout, class_weights=args.class_weights,
-        augment=args.augment or "auto", seed=args.seed, device=args.device,
-        num_threads=args.threads, precision=args.precision, memory_format=args.memory_format,
-        compile=args.compile,
+        model=options.model, model_kwargs={"width": options.width} if options.width else {},
+        batch_size=options.batch_size, epochs=options.epochs,
+        warmup_epochs=options.warmup_epochs, warmup_lr=options.warmup_lr, lr=options.lr,
+        weight_decay=options.weight_decay, schedule=options.schedule,
+        decay_fraction=options.decay_fraction, decay_shape=options.decay_shape,
+        dropout=options.dropout, class_weights=options.class_weights,
+        augment=options.augment or "auto", seed=options.seed, device=options.device,
+        num_threads=options.threads, precision=options.precision,
+        memory_format=options.memory_format, compile=options.compile,
     )
 
 
@@ -122,22 +135,22 @@ def write_error(e: Exception, out: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    with output(args.verbosity):
-        return run(args)
+    options = options_from(TrainOptions, parser().parse_args(argv))
+    with output(options.verbosity):
+        return run(options)
 
 
-def run(args) -> int:
-    """Train one model as ``args`` (main's flags) say; the exit code."""
+def run(options: TrainOptions) -> int:
+    """Train one model as ``options`` (main's flags) say; the exit code."""
     try:
-        cfg = config_from(args)
-        split = load_split(args.data_dir, args.train_size, args.seed, args.download)
+        cfg = config_from(options)
+        split = load_split(options.data_dir, options.train_size, options.seed, options.download)
         check_batch(cfg.batch_size, len(split.y_train), "lower --batch-size")
         state = build(cfg, split)
     except (ConfigError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    out = args.out or Path("outputs/train") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = options.out or Path("outputs/train") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:  # an --out that cannot be written fails now, not after the training
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"

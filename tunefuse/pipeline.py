@@ -24,64 +24,61 @@ import sys
 import time
 from dataclasses import dataclass
 
-from analysis.inference import TTA
+from analysis.report import ReportOptions
 from search.claims import check_owner, claim_pipeline
 from search.options import (
     ALIASES,
     REFUSED,
     SearchOptions,
-    add_search_args,
     check_resources,
     check_resume,
     load_data,
+    name_flag,
 )
 from search.profiles import PROFILES
 from search.workspace import Workspace, redact
 from trainables.cli import EXIT_USAGE, ArgParser, at_least, exit_now, options_from, output
 from trainables.engine import check_batch
+from trainables.flags import flag, like, parser_for
 from trainables.models import list_models
 from tunefuse.stages import PipelineState, plan, run_pipeline
 
 DEFAULT_MODELS = ("cnn", "resnet18", "inception")
+# The fusion methods a pipeline's report runs (not weighted: its --weights name members that
+# exist only once the searches end). To be asked of analysis/ when it lists its methods with
+# whether a pipeline can run each; until then, this tuple is the one place that says so.
+PIPELINE_METHODS = ("uniform", "greedy", "nll")
 
 
 @dataclass(frozen=True)
 class PipelineOptions(SearchOptions):
-    """The flags of the pipeline, typed; the searches' own (SearchOptions) reach every stage."""
+    """The flags of the pipeline, typed; the searches' own (SearchOptions) reach every stage,
+    the report's fusion flags (analysis/report.py ``ReportOptions``' fields, None: the
+    profile's) its report (tunefuse/stages.py ``report_options``)."""
 
-    models: str = ",".join(DEFAULT_MODELS)
-    no_weights: bool = False
-    top_k: int | None = None
-    per_model_cap: int | None = None
-    method: str | None = None
-    calibrate: bool | None = None
-    tta: str | None = None
-    no_register: bool = False
+    models: str = flag(",".join(DEFAULT_MODELS), group="pipeline", help=(
+        "comma-separated models to grid-search (default %(default)s)"))
+    no_weights: bool = flag(False, group="pipeline", action="store_true",
+                            help="skip the class-weight search")
+    top_k: int | None = like(ReportOptions, "top_k", None, group="pipeline", help=(
+        "members to fuse with uniform (default: the profile's); greedy and nll weigh every "
+        "candidate"))
+    per_model_cap: int | None = like(ReportOptions, "per_model_cap", group="pipeline",
+                                     type=at_least(1))
+    method: str | None = like(ReportOptions, "method", None, group="pipeline",
+                              choices=PIPELINE_METHODS, help="fusion (default: the profile's)")
+    calibrate: bool | None = like(ReportOptions, "calibrate", None, group="pipeline")
+    tta: str | None = like(ReportOptions, "tta", None, group="pipeline", help=(
+        "members' test-time augmentation (default: the profile's)"))
+    no_register: bool = like(ReportOptions, "no_register", group="pipeline",
+                             help="do not register the fused model in MLflow")
+    name: str | None = name_flag("the profile's name")
 
 
 def parser() -> ArgParser:
-    p = ArgParser(prog="python -m search.pipeline",
-                  description="Grid-search three architectures, search ResNet18's class "
-                              "weights, fuse the best checkpoints and write the report.")
-    g = p.add_argument_group("pipeline")
-    g.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                   help="comma-separated models to grid-search (default "
-                        f"{','.join(DEFAULT_MODELS)})")
-    g.add_argument("--no-weights", action="store_true", help="skip the class-weight search")
-    g.add_argument("--top-k", type=int,
-                   help="members to fuse with uniform (default: the profile's); greedy and nll "
-                        "weigh every candidate")
-    g.add_argument("--per-model-cap", type=at_least(1), help="at most N members per architecture")
-    g.add_argument("--method", choices=("uniform", "greedy", "nll"),
-                   help="fusion (default: the profile's)")
-    g.add_argument("--calibrate", action="store_true", default=None,
-                   help="temperature-scale each member on validation first")
-    g.add_argument("--tta", choices=TTA,
-                   help="members' test-time augmentation (default: the profile's)")
-    g.add_argument("--no-register", action="store_true",
-                   help="do not register the fused model in MLflow")
-    add_search_args(p, "the profile's name")
-    return p
+    return parser_for(PipelineOptions, prog="python -m search.pipeline", description=(
+        "Grid-search three architectures, search ResNet18's class weights, fuse the best "
+        "checkpoints and write the report."))
 
 
 def model_list(options: PipelineOptions) -> list[str]:

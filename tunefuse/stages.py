@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 from analysis import report
 from analysis.publish import FUSION_EXPERIMENT
@@ -22,6 +22,7 @@ from search.workspace import Workspace
 from trainables import failpoints
 from trainables.cli import EXIT_INTERRUPTED, EXIT_OFFLINE, EXIT_OK
 from trainables.files import write_json
+from trainables.flags import carried
 
 
 @dataclass
@@ -53,6 +54,19 @@ class PipelineState:
         write_json(self.path, state)
 
 
+@dataclass(frozen=True)
+class PipelineRun:
+    """What every stage of one run of a pipeline runs with."""
+
+    options: object  # tunefuse/pipeline.py PipelineOptions
+    ws: Workspace
+    client: object
+    store: PipelineState
+    state: dict
+    stages: list
+    profile: object
+
+
 def fmt_time(seconds: float) -> str:
     m, s = divmod(round(seconds), 60)
     return f"{m // 60}h {m % 60:02d}m" if m >= 60 else f"{m}m {s:02d}s"
@@ -67,6 +81,7 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
            else ""), flush=True)
     started = time.time()
     dashboard = None
+    ctx = PipelineRun(options, ws, client, store, state, stages, profile)
     for i, stage in enumerate(stages, 1):
         rec = records[stage.name]
         if rec["status"] == "done":
@@ -77,7 +92,7 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
               flush=True)
         t0 = time.time()
         with without_footers():  # where to look: once, at the end (print_summary)
-            code = attempt(options, ws, client, store, state, stage, stages, profile, resume)
+            code = attempt(ctx, stage, resume)
         if code == EXIT_OK and (ws.load_state(stage.name) or {}).get("mlflow_offline"):
             code = EXIT_OFFLINE
         dashboard = dashboard or dashboard_url()
@@ -106,21 +121,20 @@ def why_stopped(code: int) -> str:
     return f"ended with exit code {code}; fix the cause above, then"
 
 
-def attempt(options, ws, client, store, state, stage: Stage, stages, profile,
-            resume: bool) -> int:
+def attempt(ctx: PipelineRun, stage: Stage, resume: bool) -> int:
     """Run one stage, its state saved as running first; its exit code."""
-    rec = next(s for s in state["stages"] if s["name"] == stage.name)
-    if stage.kind == "report" and report_done(ws, client, stage, rec):
+    rec = next(s for s in ctx.state["stages"] if s["name"] == stage.name)
+    if stage.kind == "report" and report_done(ctx.ws, ctx.client, stage, rec):
         print(f"the report {stage.name} was written before the interruption; kept",
               flush=True)
         return EXIT_OK  # it ended before a kill, and the state did not say so yet
     if stage.kind == "report" and "started" in rec:
-        close_killed_reports(client, stage)
+        close_killed_reports(ctx.client, stage)
     rec["status"] = "running"
     rec.setdefault("started", time.time())
-    store.save(state)
+    ctx.store.save(ctx.state)
     try:
-        code = run_stage(options, ws, client, state, stage, stages, profile, resume)
+        code = run_stage(ctx, stage, resume)
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     # the stage has ended; the pipeline's state does not say so yet
@@ -152,25 +166,22 @@ def close_killed_reports(client, stage: Stage) -> None:
         client.set_terminated(run.info.run_id, "KILLED")
 
 
-def run_stage(options, ws, client, state, stage: Stage, stages, profile, resume: bool) -> int:
+def run_stage(ctx: PipelineRun, stage: Stage, resume: bool) -> int:
     if stage.kind == "report":
-        return report.run(report_options(options, stages, profile))
-    return kind(stage.kind).run_stage(StageRun(options, ws, client, state, stage.name,
-                                               stage.model, profile, resume))
+        return report.run(report_options(ctx.options, ctx.stages, ctx.profile))
+    return kind(stage.kind).run_stage(StageRun(ctx.options, ctx.ws, ctx.client, ctx.state,
+                                               stage.name, stage.model, ctx.profile, resume))
 
 
 def report_options(options, stages, profile) -> report.ReportOptions:
-    """The report stage's options: the pipeline's flags where given, else the profile's."""
-    return report.ReportOptions(
-        workspace=options.workspace, tracking_uri=options.tracking_uri, name=stages[-1].name,
-        experiments=",".join(s.name for s in stages if s.kind != "report"),
-        top_k=options.top_k or profile.fusion_top_k,
-        method=options.method or profile.fusion_method,
-        per_model_cap=options.per_model_cap or profile.fusion_per_model_cap,
-        calibrate=bool(options.calibrate if options.calibrate is not None
-                       else profile.fusion_calibrate),
-        tta=options.tta or profile.fusion_tta,
-        no_register=options.no_register, data_dir=options.data_dir)
+    """The report stage's options: every flag the pipeline shares with the report (its fusion
+    flags, the workspace, the data) as given, a fusion flag left to the profile (None) the
+    profile's (its ``fusion_`` field of that name); the report fuses the pipeline's searches."""
+    given = carried(report.ReportOptions, options, name=stages[-1].name,
+                    experiments=",".join(s.name for s in stages if s.kind != "report"))
+    return replace(given, **{f.name: getattr(profile, f"fusion_{f.name}") for f in fields(given)
+                             if getattr(given, f.name) is None
+                             and hasattr(profile, f"fusion_{f.name}")})
 
 
 def stage_best(ws: Workspace, client, stage: Stage) -> tuple[int | None, float | None]:

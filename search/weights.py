@@ -28,6 +28,7 @@ import math
 import sys
 import warnings
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import optuna
 from ray import tune
@@ -70,7 +71,7 @@ from trainables.data import NUM_CLASSES
 from trainables.engine import HARD_CLASSES, SEED_CLASS_WEIGHTS, ConfigError
 from trainables.models import card, list_models
 
-SPACES = {"full": tuple(range(NUM_CLASSES)), "hard-pairs": HARD_CLASSES}
+SPACES = MappingProxyType({"full": tuple(range(NUM_CLASSES)), "hard-pairs": HARD_CLASSES})
 UNIFORM = (1.0,) * NUM_CLASSES
 OBJECTIVES = ("val_acc", "hard_acc")  # hard_acc: mean val accuracy of classes 0, 2, 4, 6
 
@@ -220,8 +221,9 @@ def settings(options: WeightsOptions, ws: Workspace, num_samples: int) -> Settin
                     width, warmup, found)
 
 
-def run(options: WeightsOptions) -> int:
-    """Run (or resume) the class-weight search; the exit code."""
+def run(options: WeightsOptions, context=None) -> int:
+    """Run (or resume) the class-weight search; the exit code. ``context``: the command's run
+    context (search/driver.py)."""
     profile = PROFILES[options.profile]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -243,7 +245,7 @@ def run(options: WeightsOptions) -> int:
           f"{s.epochs} epochs (defaults from {source}" +
           (f"; {', '.join(given)} as given)" if given else ")") +
           f"; {s.num_samples} trials, objective {options.objective}", flush=True)
-    return run_search(options, make_search(options, s, ws, split), split)
+    return run_search(options, make_search(options, s, ws, split), split, context)
 
 
 def make_search(options: WeightsOptions, s: Settings, ws: Workspace, split) -> Search:
@@ -331,7 +333,7 @@ def run_stage(stage: StageRun) -> int:
           f"{capped}, width {win['width']}", flush=True)
     return run(for_stage(WeightsOptions, stage.options, model=stage.model, name=stage.name,
                          resume=stage.resume, batch_size=win["batch_size"], epochs=epochs,
-                         width=win["width"]))
+                         width=win["width"]), context=stage.context)
 
 
 KIND = register_kind(SearchKind("weights", stages=stages, run_stage=run_stage))

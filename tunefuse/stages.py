@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from analysis import report
 from analysis.publish import FUSION_EXPERIMENT
 from analysis.render import headline_lines, seed_table
-from search.cluster import dashboard_url
+from search.context import RunContext
 from search.kinds import StageRun, kind, kinds
-from search.summary import where_to_look, without_footers
+from search.summary import where_to_look
 from search.workspace import Workspace
 from trainables import failpoints
 from trainables.cli import EXIT_INTERRUPTED, EXIT_OFFLINE, EXIT_OK
@@ -66,7 +66,9 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
           (f"; {len(stages) - len(todo)} stage(s) already done" if len(todo) < len(stages)
            else ""), flush=True)
     started = time.time()
-    dashboard = None
+    # one run context for every stage: one cluster and its dashboard; where to look, once, at
+    # the end (print_summary), not after each stage's search
+    context = RunContext(options.verbosity, footers=False)
     for i, stage in enumerate(stages, 1):
         rec = records[stage.name]
         if rec["status"] == "done":
@@ -76,11 +78,10 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
               f"{' ' + stage.model if stage.model else ''}){' - resuming' if resume else ''}",
               flush=True)
         t0 = time.time()
-        with without_footers():  # where to look: once, at the end (print_summary)
-            code = attempt(options, ws, client, store, state, stage, stages, profile, resume)
+        code = attempt(options, ws, client, store, state, stage, stages, profile, resume,
+                       context)
         if code == EXIT_OK and (ws.load_state(stage.name) or {}).get("mlflow_offline"):
             code = EXIT_OFFLINE
-        dashboard = dashboard or dashboard_url()
         rec["seconds"] = rec.get("seconds", 0.0) + time.time() - t0
         if code != EXIT_OK:
             rec["status"] = "interrupted" if code == EXIT_INTERRUPTED else "failed"
@@ -94,7 +95,7 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
         store.save(state)
     state["finished"] = time.time()
     store.save(state)
-    print_summary(ws, client, state, stages, time.time() - started, dashboard)
+    print_summary(ws, client, state, stages, time.time() - started, context.dashboard)
     return EXIT_OK
 
 
@@ -107,7 +108,7 @@ def why_stopped(code: int) -> str:
 
 
 def attempt(options, ws, client, store, state, stage: Stage, stages, profile,
-            resume: bool) -> int:
+            resume: bool, context: RunContext) -> int:
     """Run one stage, its state saved as running first; its exit code."""
     rec = next(s for s in state["stages"] if s["name"] == stage.name)
     if stage.kind == "report" and report_done(ws, client, stage, rec):
@@ -120,7 +121,7 @@ def attempt(options, ws, client, store, state, stage: Stage, stages, profile,
     rec.setdefault("started", time.time())
     store.save(state)
     try:
-        code = run_stage(options, ws, client, state, stage, stages, profile, resume)
+        code = run_stage(options, ws, client, state, stage, stages, profile, resume, context)
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     # the stage has ended; the pipeline's state does not say so yet
@@ -152,11 +153,12 @@ def close_killed_reports(client, stage: Stage) -> None:
         client.set_terminated(run.info.run_id, "KILLED")
 
 
-def run_stage(options, ws, client, state, stage: Stage, stages, profile, resume: bool) -> int:
+def run_stage(options, ws, client, state, stage: Stage, stages, profile, resume: bool,
+              context: RunContext) -> int:
     if stage.kind == "report":
         return report.run(report_options(options, stages, profile))
     return kind(stage.kind).run_stage(StageRun(options, ws, client, state, stage.name,
-                                               stage.model, profile, resume))
+                                               stage.model, profile, resume, context))
 
 
 def report_options(options, stages, profile) -> report.ReportOptions:
@@ -170,7 +172,8 @@ def report_options(options, stages, profile) -> report.ReportOptions:
         calibrate=bool(options.calibrate if options.calibrate is not None
                        else profile.fusion_calibrate),
         tta=options.tta or profile.fusion_tta,
-        no_register=options.no_register, data_dir=options.data_dir)
+        no_register=options.no_register, data_dir=options.data_dir,
+        verbosity=options.verbosity)
 
 
 def stage_best(ws: Workspace, client, stage: Stage) -> tuple[int | None, float | None]:

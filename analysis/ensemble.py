@@ -18,8 +18,10 @@ code, so the model loads where this repository is not installed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,6 @@ from mlflow.utils import logging_utils
 from analysis.fusion import apply_temperature, fuse, normalise
 from analysis.inference import TTA, predict_probs
 from trainables import checkpoint
-from trainables.cli import VERBOSE, verbosity
 from trainables.data import CLASSES, IMAGE_SHAPE, NUM_CLASSES
 from trainables.files import sha256_file
 
@@ -208,17 +209,23 @@ def log_ensemble(run_id: str, checkpoint_paths, weights, temperatures, registere
     return f"models:/{registered_name}/{version}", version
 
 
-def _log(artifacts: dict[str, str], registered_name: str):
-    # MLflow prints "Successfully registered model" and "Created version" itself, past its
-    # loggers; the report says which model and version, so only -v shows them
+@contextlib.contextmanager
+def mlflow_prints(shown: bool) -> Iterator[None]:
+    """MLflow prints "Successfully registered model" and "Created version" itself, past its
+    loggers: shown in the block only when ``shown`` (a report says which model and version
+    itself, so only its -v shows them)."""
     stream = logging_utils.MLFLOW_LOGGING_STREAM
     was = stream.enabled
-    stream.enabled = was and verbosity() >= VERBOSE
+    stream.enabled = was and shown
     try:
-        return mlflow.pyfunc.log_model(
-            name=ARTIFACT_NAME, python_model=FusedEnsemble(), artifacts=artifacts,
-            code_paths=CODE_PATHS, signature=signature(), pip_requirements=pip_requirements(),
-            input_example=np.zeros((1, *IMAGE_SHAPE), np.uint8),
-            registered_model_name=registered_name)
+        yield
     finally:
         stream.enabled = was
+
+
+def _log(artifacts: dict[str, str], registered_name: str):
+    return mlflow.pyfunc.log_model(
+        name=ARTIFACT_NAME, python_model=FusedEnsemble(), artifacts=artifacts,
+        code_paths=CODE_PATHS, signature=signature(), pip_requirements=pip_requirements(),
+        input_example=np.zeros((1, *IMAGE_SHAPE), np.uint8),
+        registered_model_name=registered_name)

@@ -8,8 +8,9 @@ import os
 import shutil
 from pathlib import Path
 
-from analysis.ensemble import log_ensemble
+from analysis.ensemble import log_ensemble, mlflow_prints
 from search.workspace import Workspace
+from trainables.cli import VERBOSE
 
 FUSION_EXPERIMENT = "fusion"
 
@@ -72,10 +73,11 @@ def log_to_mlflow(args, ws, client, summary, out: Path, members, weights, temps,
                 client.log_artifact(run_id, str(path), "report")
         model_uri = None
         if not args.no_register:
-            model_uri, _ = log_ensemble(run_id, [str(paths[c.run_id]) for c in members],
-                                        weights, [temps[c.run_id] for c in members],
-                                        args.registered_name, ws.tracking_uri,
-                                        fused_temperature, args.tta)
+            with mlflow_prints(args.verbosity >= VERBOSE):
+                model_uri, _ = log_ensemble(run_id, [str(paths[c.run_id]) for c in members],
+                                            weights, [temps[c.run_id] for c in members],
+                                            args.registered_name, ws.tracking_uri,
+                                            fused_temperature, args.tta)
     except BaseException as e:  # its report never came; not left RUNNING
         client.set_terminated(run_id, ended(e))
         raise

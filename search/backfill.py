@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mlflow.entities import Metric, RunTag
 
-from search import offline
+from search.context import Opened
 from search.records import (
     BEST_KEYS,
     asha_tags,
@@ -71,11 +71,12 @@ def kept_checkpoint(result, metric: str) -> tuple[str | None, dict]:
     return ckpt.path, m
 
 
-def catch_up(uri: str, search, results, client, experiment_id: str, parent_id: str,
+def catch_up(opened: Opened, search, results, parent_id: str,
              datasets: list[dict] | None = None) -> None:
     """``backfill``, through search/offline.py's guard; one line when it added anything."""
-    added = offline.tracked(uri, backfill, results, client, experiment_id, parent_id,
-                            search.metric, search.scheduler, datasets=datasets)
+    added = opened.offline.tracked(opened.ws.tracking_uri, backfill, results, opened.client,
+                                   opened.experiment_id, parent_id, search.metric,
+                                   search.scheduler, datasets=datasets)
     if added and any(added.values()):
         print(f"experiment {search.name}: recorded in MLflow what it had missed: "
               f"{added['epochs']} epoch(s), {added['runs']} new trial run(s), "

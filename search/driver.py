@@ -1,9 +1,11 @@
-"""Running one search: the workspace, its saved state, the parent run, the Tuner, the end.
+"""Running one search: the workspace, its saved state, the parent run, its Tune runs, the end.
 
 An experiment kind (search/grid.py, search/weights.py) defines its search space, scheduler and
-searcher as a ``Search`` and calls ``run_search``; resources and the cluster (search/cluster.py),
-the plan printed before training (search/plan.py), lineage (search/lineage.py), resume,
-failures and the summary (search/summary.py) are done here once for all of them.
+searcher as a ``Search`` (search/context.py) and calls ``run_search``; the cluster
+(search/cluster.py) and what each trial takes of it (search/sizing.py), the plan printed before
+training (search/plan.py), lineage (search/lineage.py), the Tuner of each part of the
+experiment, made or restored (search/tuner.py), resume, failures and the summary
+(search/summary.py) are done here once for all of them.
 """
 
 from __future__ import annotations
@@ -13,94 +15,47 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import ray
 from mlflow.entities import Param
 from ray import tune
-from ray.tune import ExperimentAnalysis
 
-from search import offline, plan, throughput, tunestate
+from search import plan, throughput
 from search.backfill import catch_up
 from search.claims import WORKSPACE_TAG, check_owner, claim_search
-from search.cluster import (
-    check_cluster,
-    check_storage,
-    job_submission_id,
-    joined,
-    resources,
-    room,
-    start_ray,
-)
+from search.cluster import check_storage, job_submission_id, joined, room, start_ray
+from search.context import Opened, RunContext, Search
 from search.kinds import FUSION_TAG
 from search.lineage import MLflowLineage
+from search.offline import TRACKING_ERRORS
 from search.options import AUTO, UsageError, check_resume, cluster_address
-from search.progress import ProgressView, TrialLines
 from search.records import log_datasets, split_datasets
-from search.spare import spare_cores
+from search.sizing import check_cluster, resources
 from search.summary import resource_text, summarise
+from search.tuner import Build, StateError, interrupted, make_tuner, restorable, restore
 from search.workspace import Workspace, WorkspaceError, git_commit, redact
 from trainables import failpoints
 from trainables.cli import EXIT_INTERRUPTED, EXIT_STATE, EXIT_USAGE
 from trainables.files import first_line
-from trainables.trainable import METRIC, MODE, ClassifierTrainable
+from trainables.trainable import ClassifierTrainable
+
+__all__ = ["Search", "StateError", "interrupted", "run_search"]  # what kinds and tests import
 
 
-@dataclass
-class Search:
-    """What an experiment kind hands to run_search."""
-
-    name: str
-    kind: str  # "grid", "weights"
-    param_space: dict
-    scheduler: object
-    num_samples: int = 1  # trials in all, over every part of the experiment
-    params: dict | None = None  # the search's arguments, for the parent run
-    tags: dict | None = None
-    metric: str = METRIC  # what the scheduler, the searcher and checkpoint keeping maximise
-    columns: tuple[str, ...] = ("batch_size", "epochs")  # config keys in the trial table
-    # make_searcher(ws, first) -> a Tune searcher; first is False for a later part, which
-    # must not repeat the starting points. None: Tune's grid/random variant generator.
-    make_searcher: Callable[[Workspace, bool], object] | None = None
-    # trials_done(ws) -> trials the experiment has run so far, over all its parts; when it
-    # is short of num_samples after a resumed part ends, a new part runs the rest.
-    trials_done: Callable[[Workspace], int] | None = None
-    # report(results, client, parent_id, ws): extra lines and records at the end
-    report: Callable | None = None
-    resources: tuple[float, float] | None = None  # (CPUs, GPUs) a trial takes, once resolved
-    fuses: bool = True  # its finished trials are fusion candidates (search/kinds.py)
-
-
-@dataclass
-class Opened:
-    """What a search has once its checks passed (``_open``): its workspace, saved state
-    (None: a new search), MLflow client, dashboard; then its MLflow experiment and the
-    hardware its trials run on."""
-
-    ws: Workspace
-    state: dict | None
-    client: object
-    dashboard: str | None
-    experiment_id: str = ""
-    hardware: str = ""
-
-
-class StateError(Exception):
-    """Tune's saved experiment state is there but cannot be read; one line, exit 4."""
-
-
-def run_search(options, search: Search, split, on_start=None) -> int:
-    """Run (or resume) one Tune experiment with its MLflow lineage; returns the exit code."""
+def run_search(options, search: Search, split, context: RunContext | None = None) -> int:
+    """Run (or resume) one Tune experiment with its MLflow lineage; returns the exit code.
+    ``context``: the run context of the command (search/context.py): a pipeline's stage is
+    handed the pipeline's (``StageRun.context``); a search of its own makes one here."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    context = context or RunContext(options.verbosity)
     with contextlib.ExitStack() as claims:  # what it holds alone, until it ends
-        return _run(options, search, split, on_start, claims)
+        return _run(options, search, split, context, claims)
 
 
-def _run(options, search: Search, split, on_start, claims: contextlib.ExitStack) -> int:
+def _run(options, search: Search, split, context: RunContext,
+         claims: contextlib.ExitStack) -> int:
     try:
-        opened = _open(options, search, split, claims)
+        opened = _open(options, search, split, context, claims)
     except (WorkspaceError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -108,7 +63,7 @@ def _run(options, search: Search, split, on_start, claims: contextlib.ExitStack)
         print(f"error: {e}", file=sys.stderr)
         return EXIT_STATE
     ws, state, client = opened.ws, opened.state, opened.client
-    offline.back_online(ws.tracking_uri)  # it answered: this search records again
+    opened.offline.back_online(ws.tracking_uri)  # it answered: this search records again
     hardware = throughput.hardware(search.resources, cluster_address(options))
     job = job_submission_id()  # a search submitted as a Ray Job: which one
     search.tags = {**(search.tags or {}), "hardware": hardware,  # on a new parent run
@@ -121,22 +76,21 @@ def _run(options, search: Search, split, on_start, claims: contextlib.ExitStack)
         ws.save_state(search.name, state)
     opened.state, opened.experiment_id, opened.hardware = state, experiment_id, hardware
     try:
-        return _search(options, search, split, on_start, opened)
+        return _search(options, search, split, opened)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside Tune's run (which handles its own)
         parent_id = state.get("parent_run_id") or _parent_of(client, experiment_id, state)
         if parent_id is None:  # nothing recorded yet but the state file: --resume starts it
             print(f"\nexperiment {search.name} interrupted before it recorded anything; run "
                   "the same command with --resume", file=sys.stderr)
             return EXIT_INTERRUPTED
-        return stop_interrupted(client, parent_id, search, ws, state)
+        return stop_interrupted(parent_id, search, opened)
 
 
-def _search(options, search: Search, split, on_start, opened: Opened) -> int:
+def _search(options, search: Search, split, opened: Opened) -> int:
     """The search once its state exists: its parent run, Tune's run, the summary."""
-    ws, state, client, dashboard = opened.ws, opened.state, opened.client, opened.dashboard
-    experiment_id, hardware = opened.experiment_id, opened.hardware
+    ws, state, client = opened.ws, opened.state, opened.client
     if state.get("parent_run_id") is None:
-        state["parent_run_id"] = parent_run(client, experiment_id, search, split, state,
+        state["parent_run_id"] = parent_run(client, opened.experiment_id, search, split, state,
                                              ws.root)
         ws.save_state(search.name, state)
     else:
@@ -146,44 +100,44 @@ def _search(options, search: Search, split, on_start, opened: Opened) -> int:
         log_datasets(client, state["parent_run_id"], split_datasets(split))  # if none yet
     parent_id = state["parent_run_id"]
 
-    if on_start:
-        on_start(ws, dashboard)
     print(f"experiment {search.name}: MLflow {redact(ws.tracking_uri)} (parent run "
-          f"{parent_id}), Ray dashboard {dashboard or 'n/a'}; each trial takes "
+          f"{parent_id}), Ray dashboard {opened.dashboard or 'n/a'}; each trial takes "
           f"{resource_text(search.resources)}"
           + (" (auto)" if AUTO in (options.cpus_per_trial, options.gpus_per_trial) else ""),
           flush=True)
-    found = show_plan(options, search, split, client, parent_id, hardware, ws.tracking_uri)
+    found = show_plan(options, search, split, parent_id, opened)
     cpus, gpus = search.resources
     trainable = tune.with_resources(
         tune.with_parameters(ClassifierTrainable, split=split), {"cpu": cpus, "gpu": gpus})
-    lineage = MLflowLineage(ws.tracking_uri, experiment_id, parent_id, search.scheduler,
-                            metric=search.metric, datasets=split_datasets(split))
+    lineage = MLflowLineage(ws.tracking_uri, opened.experiment_id, parent_id, search.scheduler,
+                            metric=search.metric, datasets=split_datasets(split),
+                            offline=opened.offline)
+    build = Build(search, trainable, lineage, options, ws, opened.context, found)
     try:
-        results, code = _fit(options, search, ws, state, trainable, lineage, client, found)
+        results, code = _fit(build, opened)
     except StateError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_STATE
     if code is not None:
         return code
     if options.resume:  # what MLflow missed (a server that went away), from Tune's results
-        catch_up(ws.tracking_uri, search, results, client, experiment_id, parent_id,
-                 split_datasets(split))
-    code = summarise(results, client, parent_id, ws, dashboard, search)
-    offline.note(ws, search.name, state)
+        catch_up(opened, search, results, parent_id, split_datasets(split))
+    code = summarise(results, parent_id, search, opened)
+    opened.offline.note(ws, search.name, state)
     return code
 
 
-def show_plan(options, search: Search, split, client, parent_id: str, hardware: str,
-              tracking_uri: str) -> plan.Plan:
+def show_plan(options, search: Search, split, parent_id: str, opened: Opened) -> plan.Plan:
     """Print the search's plan (search/plan.py) before it trains and record its figures as the
     parent run's plan_* params; the plan. A resumed search prints it again; the params stay
     those of the start (MLflow keeps a param's first value)."""
+    client = opened.client
+
     def earlier(config: dict):
         try:
-            return throughput.earlier_throughput(client, hardware, config,
+            return throughput.earlier_throughput(client, opened.hardware, config,
                                                  search.resources[1], len(split.y_train))
-        except offline.TRACKING_ERRORS as e:
+        except TRACKING_ERRORS as e:
             print(f"plan: earlier trials unreadable ({first_line(e)})", file=sys.stderr)
             return None
 
@@ -200,11 +154,12 @@ def show_plan(options, search: Search, split, client, parent_id: str, hardware: 
             client.log_batch(parent_id, params=[Param(k, str(v)[:500])
                                                 for k, v in found.params().items()])
 
-    offline.tracked(tracking_uri, record)
+    opened.offline.tracked(opened.ws.tracking_uri, record)
     return found
 
 
-def _open(options, search: Search, split, claims: contextlib.ExitStack):
+def _open(options, search: Search, split, context: RunContext,
+          claims: contextlib.ExitStack) -> Opened:
     """The workspace, the search's saved state (None: a new search), the MLflow client and the
     dashboard, with every check that must pass before anything is recorded; what the search
     holds alone is taken into ``claims`` (search/claims.py)."""
@@ -222,63 +177,42 @@ def _open(options, search: Search, split, claims: contextlib.ExitStack):
             interrupted(os.path.join(ws.storage_path, part))
     client = ws.client()
     check_owner(client, ws, search.name)
-    dashboard = start_ray(options)  # before anything is recorded: a cluster that refuses us
+    start_ray(options, context)  # before anything is recorded: a cluster that refuses us
     # the CUDA question asked once: the check's answer sizes the trials
     search.resources = resources(options, check_cluster(options))
     if joined(options):  # a cluster of several nodes, perhaps: do they all see the storage?
         check_storage(ws.storage_path)
-    return Opened(ws, state, client, dashboard)
+    return Opened(ws, state, client, context)
 
 
-def _fit(options, search: Search, ws: Workspace, state: dict, trainable, lineage, client,
-         found: plan.Plan | None = None):
+def _fit(build: Build, opened: Opened):
     """Run the experiment's parts: (Tune's results, None) when it ended, else (results, the
     exit code of an interruption or an unreadable state)."""
-    parts = state.get("parts", [search.name])
+    search, ws, state = build.search, opened.ws, opened.state
+    names = state.get("parts", [search.name])
     parent_id = state["parent_run_id"]
     results = []
-    for part in parts[:-1]:  # earlier parts of an extended experiment: finished, read only
+    for part in names[:-1]:  # earlier parts of an extended experiment: finished, read only
         results += list(tune.Tuner.restore(os.path.join(ws.storage_path, part),
-                                           trainable=trainable).get_results())
-    path = os.path.join(ws.storage_path, parts[-1])
-    if not (options.resume and restorable(path)):
-        results += list(_tuner(search, trainable, lineage, ws, options, parts[-1],
-                               search.num_samples, first=True, found=found).fit())
-        return results, stopped(path, client, parent_id, search, ws, state)
-    results += list(_restore(path, trainable).fit())
-    if (code := stopped(path, client, parent_id, search, ws, state)) is not None:
+                                           trainable=build.trainable).get_results())
+    path = os.path.join(ws.storage_path, names[-1])
+    if not (build.options.resume and restorable(path)):
+        results += list(make_tuner(build, names[-1], search.num_samples, first=True).fit())
+        return results, stopped(path, parent_id, search, opened)
+    results += list(restore(path, build.trainable, opened.context).fit())
+    if (code := stopped(path, parent_id, search, opened)) is not None:
         return results, code
     missing = search.num_samples - search.trials_done(ws) if search.trials_done else 0
     if missing <= 0:
         return results, None
     # a finished search asked for more trials: a new part runs them
-    part = f"{search.name}-part{len(parts) + 1}"
+    part = f"{search.name}-part{len(names) + 1}"
     print(f"experiment {search.name}: {missing} more trial(s) in part {part}", flush=True)
-    state["parts"] = [*parts, part]
+    state["parts"] = [*names, part]
     ws.save_state(search.name, state)
-    results += list(_tuner(search, trainable, lineage, ws, options, part, missing,
-                           first=False, found=found).fit())
+    results += list(make_tuner(build, part, missing, first=False).fit())
     path = os.path.join(ws.storage_path, part)
-    return results, stopped(path, client, parent_id, search, ws, state)
-
-
-def restorable(path: str) -> bool:
-    """Whether Tune saved an experiment state at ``path`` to restore. A Tuner writes its
-    tuner.pkl when it is made and its first experiment state only once it runs: a search
-    killed between the two has nothing to restore (no trial has reported) and starts again."""
-    return tune.Tuner.can_restore(path) and bool(list(Path(path).glob("experiment_state*.json")))
-
-
-def _restore(path: str, trainable):
-    try:
-        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
-                                  resume_errored=True)
-    except StateError:
-        raise
-    except Exception as e:
-        raise StateError(f"Tune cannot restore {path} ({first_line(e)}); start the experiment "
-                         "again under a new --name (its MLflow runs stay as they are)"
-                         ) from None
+    return results, stopped(path, parent_id, search, opened)
 
 
 def _parent_of(client, experiment_id: str, state: dict) -> str | None:
@@ -315,26 +249,7 @@ def parent_run(client, experiment_id: str, search: Search, split, state: dict,
     return parent_id
 
 
-def interrupted(path: str) -> bool:
-    """Whether the Tune run saved at ``path`` was stopped (Ctrl-C) with trials still open.
-    Nothing saved yet means it never got going (stopped at once); a saved state that cannot
-    be read is a StateError, not an interruption."""
-    if put := tunestate.repair(path):  # a kill in the middle of Tune's copy of its state
-        print(f"{Path(path).name}: Tune's saved state was cut short by the kill "
-              f"({', '.join(put)}); resuming from its last complete copy", file=sys.stderr)
-    if not list(Path(path).glob("experiment_state*.json")):
-        return True
-    try:
-        trials = ExperimentAnalysis(path).trials
-    except Exception as e:
-        raise StateError(f"Tune cannot restore {path}: its saved state cannot be read "
-                         f"({first_line(e)}); start the experiment again under a new --name "
-                         "(its MLflow runs stay as they are)") from None
-    return any(t.status not in ("TERMINATED", "ERROR") for t in trials)
-
-
-def stopped(path: str, client, parent_id: str, search: Search, ws: Workspace,
-            state: dict) -> int | None:
+def stopped(path: str, parent_id: str, search: Search, opened: Opened) -> int | None:
     """None when the Tune run at ``path`` ended; else the search's exit code."""
     try:
         if not interrupted(path):
@@ -342,11 +257,12 @@ def stopped(path: str, client, parent_id: str, search: Search, ws: Workspace,
     except StateError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_STATE
-    return stop_interrupted(client, parent_id, search, ws, state)
+    return stop_interrupted(parent_id, search, opened)
 
 
-def stop_interrupted(client, parent_id: str, search: Search, ws: Workspace,
-                     state: dict) -> int:
+def stop_interrupted(parent_id: str, search: Search, opened: Opened) -> int:
+    client = opened.client
+
     def record():
         # the parent and the trial runs left open, KILLED rather than RUNNING: a run of an
         # interrupted search is not running; --resume reopens those it continues
@@ -360,47 +276,8 @@ def stop_interrupted(client, parent_id: str, search: Search, ws: Workspace,
         client.set_tag(parent_id, "interrupted", when)
         client.set_terminated(parent_id, "KILLED")
 
-    offline.tracked(ws.tracking_uri, record)
-    offline.note(ws, search.name, state)
+    opened.offline.tracked(opened.ws.tracking_uri, record)
+    opened.offline.note(opened.ws, search.name, opened.state)
     print(f"\nexperiment {search.name} interrupted; its state is saved. Continue it with the "
           "same command and --resume (finished trials are not run again)", file=sys.stderr)
     return EXIT_INTERRUPTED
-
-
-def _tuner(search: Search, trainable, lineage, ws: Workspace, options, name: str,
-           num_samples: int, first: bool, found: plan.Plan | None = None):
-    searcher = search.make_searcher(ws, first) if search.make_searcher else None
-    # one row per trial under its MLflow run's name, with ETAs (search/progress.py)
-    view = ProgressView(name, search.metric, search.columns, search.scheduler, found)
-    # the cores of trials that ended go to the trials left (search/spare.py); a part of an
-    # extended experiment plans its own trials
-    scheduler = search.scheduler
-    if search.resources is not None:
-        scheduler = spare_cores(scheduler, search.resources, options.cpus_per_trial == AUTO,
-                                len(plan.trial_configs(search.param_space, num_samples)),
-                                ray.cluster_resources().get("CPU", 0), joined(options))
-    tuner = tune.Tuner(
-        trainable, param_space=search.param_space,
-        tune_config=tune.TuneConfig(
-            metric=search.metric, mode=MODE, scheduler=scheduler,
-            search_alg=searcher, num_samples=num_samples,
-            max_concurrent_trials=options.max_concurrent or None,
-            reuse_actors=scheduler is search.scheduler),  # a grown trial needs a new worker
-        run_config=tune.RunConfig(
-            name=name, storage_path=ws.storage_path, verbose=1, progress_reporter=view,
-            callbacks=[lineage, TrialLines(name, search.metric, search.columns,
-                                           search.scheduler, view),
-                       tunestate.StateCopies(os.path.join(ws.storage_path, name))],
-            # each result says whether to checkpoint (should_checkpoint): every epoch whose
-            # weights the trial holds, not the epochs it replays (trainables/trainable.py).
-            # Not at the end as well (Tune's default for a class trainable): a trial that ASHA
-            # stopped while it replayed its trunk holds no weights of that epoch, and its
-            # untrained state would be kept as the checkpoint of the epoch it reported
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=search.metric,
-                checkpoint_score_order=MODE, checkpoint_frequency=0,
-                checkpoint_at_end=False),
-            failure_config=tune.FailureConfig(max_failures=options.max_failures)))
-    # Tune wrote tuner.pkl; no experiment state yet (restorable)
-    failpoints.reach("tuner-created", experiment=name)
-    return tuner

@@ -92,9 +92,9 @@ def warmup(options) -> int:
         else options.warmup_epochs
 
 
-def run(options: GridOptions, space_overrides: dict | None = None) -> int:
+def run(options: GridOptions, space_overrides: dict | None = None, context=None) -> int:
     """Run (or resume) the grid; the exit code. ``space_overrides`` replaces entries of the
-    search space (tests)."""
+    search space (tests); ``context``: the command's run context (search/driver.py)."""
     model = ALIASES.get(options.model, options.model)
     options = replace(options, model=model)
     profile = PROFILES[options.profile]
@@ -123,13 +123,13 @@ def run(options: GridOptions, space_overrides: dict | None = None) -> int:
                     scheduler=scheduler, params=params, tags={
                         "profile": profile.name, "scheduler": options.scheduler,
                         "model": model})
-    return run_search(options, search, split)
+    return run_search(options, search, split, context)
 
 
 def run_stage(stage: StageRun) -> int:
     """A pipeline's grid stage: one model's grid, the pipeline's shared flags."""
     return run(for_stage(GridOptions, stage.options, model=stage.model, name=stage.name,
-                         resume=stage.resume))
+                         resume=stage.resume), context=stage.context)
 
 
 # a pipeline runs one grid per model, first

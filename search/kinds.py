@@ -27,8 +27,9 @@ NOT_SEARCHES = ("trial", "fusion")  # the other values of the `kind` tag: a tria
 @dataclass(frozen=True)
 class StageRun:
     """What a pipeline stage of a kind runs with: the pipeline's options, its workspace, MLflow
-    client and state, the stage's experiment name and model, the profile, and whether the
-    stage continues an earlier run of it (--resume)."""
+    client and state, the stage's experiment name and model, the profile, whether the
+    stage continues an earlier run of it (--resume), and the pipeline's run context
+    (search/context.py), which the stage's searches take (``run_search(..., context)``)."""
 
     options: object
     ws: object
@@ -38,6 +39,7 @@ class StageRun:
     model: str | None
     profile: object
     resume: bool
+    context: object = None
 
 
 @dataclass(frozen=True)

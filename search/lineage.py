@@ -22,7 +22,7 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from search.offline import remember, resolve, tracked_hook
+from search.offline import Offline, tracked_hook
 from search.records import (
     BEST_KEYS,
     asha_tags,
@@ -35,15 +35,21 @@ from search.records import (
     scalar_metrics,
     trial_run_name,
 )
+from search.workspace import mlflow_client
 from trainables import failpoints
 from trainables.trainable import METRIC
 
 
 class MLflowLineage(tune.Callback):
+    """The lineage of one search (module docstring). ``offline``: the MLflow stores of its
+    command that stopped answering (search/offline.py; its own when None)."""
+
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
-                 scheduler=None, metric: str = METRIC, datasets: list[dict] | None = None):
+                 scheduler=None, metric: str = METRIC, datasets: list[dict] | None = None,
+                 offline: Offline | None = None):
+        self._offline = offline or Offline()
         # the URI without its password: Tune pickles this callback into the storage path
-        self.tracking_uri = remember(tracking_uri)
+        self.tracking_uri = self._offline.remember(tracking_uri)
         self.datasets = datasets  # records.split_datasets: plain dicts, logged on each run
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -61,15 +67,26 @@ class MLflowLineage(tune.Callback):
         self.node: dict[str, str] = {}  # trial_id -> the node of its latest result
         self.fast_logged: set[str] = set()  # trials whose fast_path param is logged
 
-    def __getstate__(self):  # Tune pickles callbacks with the experiment; the client stays out
-        state = dict(self.__dict__)
-        state["_client"] = None
+    def __getstate__(self):  # Tune pickles callbacks with the experiment; the client and
+        state = dict(self.__dict__)  # the URI with its password (the offline's) stay out
+        state.update(_client=None, _offline=None)
         return state
+
+    def attach(self, context) -> None:
+        """The callback Tune restored for a resumed search: its command's stores
+        (``context``: its search/context.py RunContext), which know this one's URI."""
+        self._offline = context.offline
+
+    @property
+    def offline(self) -> Offline:
+        if getattr(self, "_offline", None) is None:  # restored and not attached
+            self._offline = Offline()
+        return self._offline
 
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            self._client = MlflowClient(resolve(self.tracking_uri))
+            self._client = mlflow_client(self.offline.resolve(self.tracking_uri))
         return self._client
 
     def _run_for(self, trial, trials=None) -> str:

@@ -23,7 +23,7 @@ import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from types import SimpleNamespace
+from types import MappingProxyType, SimpleNamespace
 
 from search.throughput import Throughput, model_of
 from trainables.augment import default_policy
@@ -31,7 +31,7 @@ from trainables.engine import TrainConfig, branch_epoch
 from trainables.trunk import trunk_group
 
 OFFLINE_FACTOR = 3  # augment.expand_offline: the originals, flipped and erased, blurred
-LABELS = {"batch_size": "batch", "epochs": "epochs"}
+LABELS = MappingProxyType({"batch_size": "batch", "epochs": "epochs"})
 SAMPLED = "<sampled>"  # a searcher's or sampler's value, different in every trial
 
 

@@ -9,6 +9,7 @@ sized for 2 hours on a 2-core CPU; ``smoke`` is a tiny subset for tests (about a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from trainables.models import card
 
@@ -50,7 +51,7 @@ class Profile:
         return card(model).width_in(self.name)
 
 
-PROFILES = {
+PROFILES = MappingProxyType({
     # smoke: flips, as quick and standard (the seed's offline expansion triples the CNN's
     # epochs, its online augmentation costs a share of each; tests/test_augment.py and
     # tests/test_engine.py check both)
@@ -107,4 +108,4 @@ PROFILES = {
                     (20, 30, 40, 50, 60, 70, 80, 90, 100, 200), warmup_epochs=5,
                     grace_period=10, reduction_factor=3,
                     weights_trials=40, weights_batch_size=64, weights_epochs=50),
-}
+})

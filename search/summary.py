@@ -1,34 +1,22 @@
-"""The end of a search: its trial table, the best config, failures, where to look; the parent
-run's summary tags; and reading a finished search's winner back from them."""
+"""The end of a search: its trial table, the best config, failures, where to look (unless its
+command's run context says the command prints that itself: a pipeline, once, at its end); the
+parent run's summary tags; and reading a finished search's winner back from them."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
-from search import offline
 from search.backfill import trial_id
+from search.context import Opened
 from search.records import cell, flat_params, trial_run_name
 from search.workspace import redact
 from trainables.cli import EXIT_NONE_FINISHED, EXIT_OK
 
 # the config keys that name a trial's setting in the best line and the parent's best.* tags
 BEST_KEYS = ("model", "model_kwargs", "batch_size", "epochs", "class_weights", "augment")
-_FOOTERS = [True]  # whether a search ends with where to look (where_to_look)
-
-
-@contextlib.contextmanager
-def without_footers() -> Iterator[None]:
-    """Searches that end without the lines of where to look: the pipeline prints them once, at
-    its end, not after each of its searches."""
-    _FOOTERS.append(False)
-    try:
-        yield
-    finally:
-        _FOOTERS.pop()
 
 
 def config_of(result) -> dict:
@@ -83,9 +71,10 @@ def print_table(rows, failed, metric: str, columns) -> None:
             print(f"  {name}: {why}")
 
 
-def summarise(results, client, parent_id: str, ws, dashboard: str | None, search) -> int:
+def summarise(results, parent_id: str, search, opened: Opened) -> int:
     """Print the trial table, the best config, failures and where to look; close the parent."""
     metric, cols = search.metric, search.columns
+    client, ws = opened.client, opened.ws
     rows, finished, failed = trial_rows(results, metric, cols)
     print_table(rows, failed, metric, cols)
     keys = (*BEST_KEYS, *(k for k in cols if k not in ("batch_size", "epochs")))
@@ -108,13 +97,13 @@ def summarise(results, client, parent_id: str, ws, dashboard: str | None, search
         client.set_tag(parent_id, "trials_failed", str(len(failed)))
         client.set_terminated(parent_id, "FINISHED" if finished else "FAILED")
 
-    offline.tracked(ws.tracking_uri, record)
+    opened.offline.tracked(ws.tracking_uri, record)
     if search.resources:
         print(f"resources: each trial took {resource_text(search.resources)}"
               + grown_text(results, search.resources[0]))
-    if _FOOTERS[-1]:
+    if opened.context.footers:
         print()
-        where_to_look(ws.tracking_uri, dashboard)
+        where_to_look(ws.tracking_uri, opened.dashboard)
     return EXIT_OK if finished else EXIT_NONE_FINISHED
 
 

@@ -167,8 +167,9 @@ def settings(options: WeightsOptions, ws: Workspace, num_samples: int) -> Settin
                     width, warmup, found)
 
 
-def run(options: WeightsOptions) -> int:
-    """Run (or resume) the class-weight search; the exit code."""
+def run(options: WeightsOptions, context=None) -> int:
+    """Run (or resume) the class-weight search; the exit code. ``context``: the command's run
+    context (search/driver.py)."""
     profile = PROFILES[options.profile]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -190,7 +191,7 @@ def run(options: WeightsOptions) -> int:
           f"{s.epochs} epochs (defaults from {source}" +
           (f"; {', '.join(given)} as given)" if given else ")") +
           f"; {s.num_samples} trials, objective {options.objective}", flush=True)
-    return run_search(options, make_search(options, s, ws, split), split)
+    return run_search(options, make_search(options, s, ws, split), split, context)
 
 
 def make_search(options: WeightsOptions, s: Settings, ws: Workspace, split) -> Search:
@@ -260,7 +261,7 @@ def run_stage(stage: StageRun) -> int:
           f"{capped}, width {win['width']}", flush=True)
     return run(for_stage(WeightsOptions, stage.options, model=stage.model, name=stage.name,
                          resume=stage.resume, batch_size=win["batch_size"], epochs=epochs,
-                         width=win["width"]))
+                         width=win["width"]), context=stage.context)
 
 
 KIND = register_kind(SearchKind("weights", stages=stages, run_stage=run_stage))

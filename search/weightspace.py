@@ -6,6 +6,8 @@ at its end the best / seed / uniform comparison, from the trials' MLflow runs
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 from ray import tune
 
 from search.study import storage_url
@@ -13,7 +15,7 @@ from search.workspace import Workspace
 from trainables.data import NUM_CLASSES
 from trainables.engine import HARD_CLASSES, SEED_CLASS_WEIGHTS
 
-SPACES = {"full": tuple(range(NUM_CLASSES)), "hard-pairs": HARD_CLASSES}
+SPACES = MappingProxyType({"full": tuple(range(NUM_CLASSES)), "hard-pairs": HARD_CLASSES})
 UNIFORM = (1.0,) * NUM_CLASSES
 OBJECTIVES = ("val_acc", "hard_acc")  # hard_acc: mean val accuracy of classes 0, 2, 4, 6
 

@@ -18,19 +18,44 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from urllib.parse import urlsplit, urlunsplit
-
-# Fail fast on a tracking server that does not answer (MLflow retries for minutes by default).
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-# Not MLflow's "View run NAME at: URL" line per finished run: noise for a search's trials, and
-# it would print a password given in --tracking-uri.
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 from mlflow.tracking import MlflowClient
 
 from trainables.files import first_line, write_json
+
+# What every MLflow client of the project runs with (mlflow_client), where the environment does
+# not say otherwise. Fail fast on a tracking server that does not answer (MLflow retries for
+# minutes by default); no artifact progress bars; not MLflow's "View run NAME at: URL" line per
+# finished run: noise for a search's trials, and it would print a password given in
+# --tracking-uri. MLflow reads them at each request.
+MLFLOW_ENV = MappingProxyType({
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+})
+
+
+class NoDatabaseErrors(logging.Filter):
+    """A database named as the store (postgresql://...): MLflow logs its error with a traceback
+    before raising it; the command says it in one line instead (MLflow's retry warnings
+    stay)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+def mlflow_client(uri: str) -> MlflowClient:
+    """An MLflow client of ``uri``, in a process set up for MLflow first (MLFLOW_ENV,
+    NoDatabaseErrors): every MLflow client of a command is made here."""
+    for name, value in MLFLOW_ENV.items():
+        os.environ.setdefault(name, value)
+    db = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, NoDatabaseErrors) for f in db.filters):
+        db.addFilter(NoDatabaseErrors())
+    return MlflowClient(uri)
 
 
 class WorkspaceError(Exception):
@@ -84,7 +109,7 @@ class Workspace:
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its table-creation notes
         try:  # a database named directly is connected to (and retried) here already
             self._create_sqlite_store()
-            client = MlflowClient(self.tracking_uri)
+            client = mlflow_client(self.tracking_uri)
             client.search_experiments(max_results=1)
         except Exception as e:
             reason = scrub(first_line(e, 10_000))[:200]
@@ -107,7 +132,7 @@ class Workspace:
                 stale.unlink(missing_ok=True)
         tmp = db.with_name(f"{db.name}.init-{os.getpid()}")
         tmp.unlink(missing_ok=True)
-        MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)
+        mlflow_client(f"sqlite:///{tmp}").search_experiments(max_results=1)
         try:
             os.link(tmp, db)  # only if no other process made it meanwhile
         except FileExistsError:

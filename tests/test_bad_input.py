@@ -35,7 +35,7 @@ from conftest import (
 )
 
 from analysis import predict, report
-from search import claims, cluster, grid, options, weights
+from search import claims, grid, options, sizing, weights
 from trainables import data, train
 from tunefuse import pipeline
 
@@ -223,10 +223,10 @@ def test_a_cluster_without_the_resources_a_trial_asks_for(monkeypatch):
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
     args = grid.parser().parse_args(["--model", "cnn", "--gpus-per-trial", "0.5"])
     with pytest.raises(options.UsageError, match=r"--gpus-per-trial 0\.5 is more than the 0 GPUs"):
-        cluster.check_cluster(args)
+        sizing.check_cluster(args)
     args = grid.parser().parse_args(["--model", "cnn", "--cpus-per-trial", "16"])
     with pytest.raises(options.UsageError, match="--cpus-per-trial 16 is more than the 8 CPUs"):
-        cluster.check_cluster(args)
+        sizing.check_cluster(args)
 
 
 # --- what another search holds (search/claims.py) ---------------------------------------------

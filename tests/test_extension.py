@@ -107,7 +107,7 @@ def run_stage(stage: StageRun) -> int:
     return run_search(options, Search(
         name=stage.name, kind=KIND.name, fuses=KIND.fuses, param_space=space, scheduler=None,
         params={"model": stage.model, "seed": options.seed,
-                "train_size": len(split.y_train) + len(split.y_val)}), split)
+                "train_size": len(split.y_train) + len(split.y_val)}), split, stage.context)
 
 
 KIND = register_kind(SearchKind(

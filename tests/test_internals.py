@@ -52,8 +52,11 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from search import backfill, driver
 from search.asha import ScheduleAwareASHA
+from search.context import RunContext
 from search.lineage import error_line
+from search.progress import ProgressView
 from search.study import DurableOptunaSearch, SeededTPESampler
+from search.tuner import Build, make_tuner, restore, restored_parts
 from trainables import trainable as project_trainable
 from trainables.trainable import CHECKPOINT_FILE
 
@@ -503,9 +506,10 @@ def grid_run(local_ray, tmp_path_factory):
                                "kind": tune.grid_search(["ok", "dead", "flaky"]),
                                "epochs": 3, "marks": str(marks)})
     args = SimpleNamespace(max_concurrent=0, max_failures=1)
+    build = Build(search, Toy, seen, args, SimpleNamespace(storage_path=str(root)),
+                  RunContext())
     with mock.patch.object(tune, "Tuner", lambda trainable, **kw: kw):
-        kw = driver._tuner(search, Toy, seen, SimpleNamespace(storage_path=str(root)), args,
-                           "toy", 1, first=True)
+        kw = make_tuner(build, "toy", 1, first=True)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         results = list(tune.Tuner(Toy, **kw).fit())
@@ -627,6 +631,21 @@ def test_the_driver_s_tuner_shows_its_progress_view_and_reads_trial_statuses(gri
     assert driver.interrupted(str(tmp_path / "never-ran"))
 
 
+def test_a_restored_tuner_s_view_and_callbacks_get_the_resumed_command_s_context(grid_run):
+    """Tune restores the progress view and the callbacks from its tuner.pkl and takes no new
+    ones: search/tuner.py's restore hands them the resumed command's run context (its -v
+    here), found in the restored Tuner's run config."""
+    from trainables.cli import VERBOSE
+
+    parts = restored_parts(restore(str(grid_run.path), Toy, RunContext(VERBOSE)))
+    views = [p for p in parts if isinstance(p, ProgressView)]
+    assert len(views) == 1 and views[0].level == VERBOSE, changed(
+        "Tuner._local_tuner.get_run_config() (the restored reporter and callbacks)", RAY,
+        "search/tuner.py (restored_parts)") + f"; found {parts}"
+    assert any(isinstance(p, Seen) for p in parts), parts
+    assert grid_run.view.level != VERBOSE  # the view of the run itself: not that one
+
+
 def test_the_tune_and_ray_api_the_driver_calls():
     import inspect
 
@@ -637,7 +656,7 @@ def test_the_tune_and_ray_api_the_driver_calls():
             f"ray.exceptions.{name}", RAY, "search/cluster.py (start_ray)")
     restore = inspect.signature(tune.Tuner.restore).parameters
     assert {"trainable", "resume_unfinished", "resume_errored"} <= set(restore), changed(
-        "tune.Tuner.restore's arguments", RAY, "search/driver.py (run_search)")
+        "tune.Tuner.restore's arguments", RAY, "search/tuner.py (restore)")
     assert callable(tune.Tuner.can_restore)
 
 

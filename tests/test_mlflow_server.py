@@ -326,11 +326,12 @@ def test_an_unreachable_store_is_said_once_and_never_waited_on(capsys):
     import pickle
     from types import SimpleNamespace
 
-    from search import offline
     from search.lineage import MLflowLineage
+    from search.offline import Offline
 
     uri = f"http://tunefuse:{HTTP_PASSWORD}@127.0.0.1:{free_port()}"
-    lineage = MLflowLineage(uri, "1", "parent")
+    offline = Offline()  # the command's (search/context.py RunContext)
+    lineage = MLflowLineage(uri, "1", "parent", offline=offline)
     trial = SimpleNamespace(trial_id="abc12_00000", config={"model": "cnn", "batch_size": 64,
                                                             "epochs": 2}, error_file=None)
     started = time.time()
@@ -357,7 +358,7 @@ def test_the_pipeline_stops_after_a_stage_that_trained_without_mlflow(tmp_path, 
     --resume with the server back records it before going on."""
     from search.profiles import PROFILES
     from search.workspace import Workspace
-    from trainables.cli import EXIT_OFFLINE
+    from trainables.cli import EXIT_OFFLINE, NORMAL
     from tunefuse import stages as pipeline
 
     ws = Workspace.open(tmp_path / "ws")
@@ -371,7 +372,8 @@ def test_the_pipeline_stops_after_a_stage_that_trained_without_mlflow(tmp_path, 
         return 0
 
     monkeypatch.setattr(pipeline, "run_stage", trained_offline)
-    code = pipeline.run_pipeline(None, ws, None, store, state, stages, PROFILES["smoke"])
+    code = pipeline.run_pipeline(SimpleNamespace(verbosity=NORMAL), ws, None, store, state,
+                                 stages, PROFILES["smoke"])
     assert code == EXIT_OFFLINE == 3
     assert [s["status"] for s in store.load()["stages"]] == ["failed", "pending"]
     assert "MLflow went away (above); when it is back, re-run the same command with " \

@@ -25,9 +25,10 @@ from conftest import (
 )
 
 from search import plan as plans
+from search.context import RunContext
 from search.progress import ProgressView, TrialLines, clock, stop_text
 from search.records import trial_run_name
-from trainables.cli import NORMAL, QUIET, VERBOSE, ArgParser, OneLineErrors, output, verbosity
+from trainables.cli import NORMAL, QUIET, VERBOSE, ArgParser, OneLineErrors, output
 
 HINT = "Continue it with the same command and --resume"
 
@@ -185,8 +186,10 @@ def test_on_a_terminal_the_view_is_redrawn_in_place(monkeypatch):
 
 
 def test_quiet_shows_nothing_and_verbose_shows_tunes_table(capsys, monkeypatch):
+    """The view shows what its command's verbosity says: -q nothing; the same view (Tune keeps
+    it with the experiment) attached to a command resumed with -v, Tune's own table."""
     a = Trial("abc12_00000", 64, 4)
-    view = ProgressView("g", "val_acc", ("batch_size",), Stops())
+    view = ProgressView("g", "val_acc", ("batch_size",), Stops(), level=QUIET)
     lines = TrialLines("g", "val_acc", ("batch_size",), Stops(), view)
     with output(QUIET):
         view.setup(start_time=0.0, total_samples=1, metric="val_acc", mode="max")
@@ -195,13 +198,12 @@ def test_quiet_shows_nothing_and_verbose_shows_tunes_table(capsys, monkeypatch):
         assert not view.should_report([a], done=True)
         a.status = "TERMINATED"
         lines.on_trial_complete(0, [], a)
-        assert verbosity() == QUIET
     assert capsys.readouterr().out == ""
-    assert verbosity() == NORMAL
     from ray.tune import CLIReporter
 
     monkeypatch.setattr(CLIReporter, "report", lambda self, trials, done, *info: print(
         "Tune's table with", *info))
+    view.attach(RunContext(VERBOSE))  # search/tuner.py restore: the resumed command's
     with output(VERBOSE):
         assert view.should_report([a], done=True)
         view.report([a], True, "ScheduleAwareASHA: a bracket")

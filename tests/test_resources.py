@@ -12,7 +12,7 @@ from unittest import mock
 import pytest
 from conftest import ROOT
 
-from search import cluster
+from search import sizing
 from search.grid import GridOptions
 from search.options import AUTO, UsageError, base_config, check_resources, resource_arg
 from trainables.engine import TrainConfig
@@ -29,57 +29,57 @@ from trainables.trainable import on_this_worker
     ({"CPU": 16.0, "GPU": 1.0}, (1.0, 0.0), (1.0, 0.0)),  # numbers are kept
 ])
 def test_auto_resources_are_sized_to_the_cluster(have, given, expected, monkeypatch):
-    monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: have)
+    monkeypatch.setattr(sizing.ray, "cluster_resources", lambda: have)
     options = GridOptions(cpus_per_trial=given[0], gpus_per_trial=given[1])
-    cuda = cluster.CudaCheck(lambda: cluster.CudaAnswer(True, "2.14.1+cu130", "13.0"))
-    assert cluster.resources(options, cuda) == expected
+    cuda = sizing.CudaCheck(lambda: sizing.CudaAnswer(True, "2.14.1+cu130", "13.0"))
+    assert sizing.resources(options, cuda) == expected
 
 
-CPU_ONLY = cluster.CudaAnswer(False, "2.14.1+cpu", None, "a CPU-only build")
+CPU_ONLY = sizing.CudaAnswer(False, "2.14.1+cpu", None, "a CPU-only build")
 
 
-def asked(answer: cluster.CudaAnswer) -> tuple[cluster.CudaCheck, list]:
+def asked(answer: sizing.CudaAnswer) -> tuple[sizing.CudaCheck, list]:
     """A CUDA check that answers ``answer``, and the list of its questions."""
     questions: list = []
-    return cluster.CudaCheck(lambda: questions.append(1) or answer), questions
+    return sizing.CudaCheck(lambda: questions.append(1) or answer), questions
 
 
 @pytest.mark.parametrize("given", [(AUTO, AUTO), (AUTO, 0.0), (1.0, 0.0), (AUTO, 0.5)])
 def test_the_cluster_is_asked_about_cuda_only_for_gpu_trials(given, monkeypatch, capsys):
-    monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 8.0})
+    monkeypatch.setattr(sizing.ray, "cluster_resources", lambda: {"CPU": 8.0})
     options = GridOptions(cpus_per_trial=given[0], gpus_per_trial=given[1])
     cuda, questions = asked(CPU_ONLY)
     if given[1] == 0.5:  # no GPU at all: refused as before, without a question
         with pytest.raises(UsageError, match=r"0\.5 is more than the 0 GPUs"):
-            cluster.check_cluster(options, cuda)
+            sizing.check_cluster(options, cuda)
     else:
-        cluster.check_cluster(options, cuda)
-        assert cluster.resources(options, cuda) == (1.0, 0.0)
-    monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 8.0, "GPU": 1.0})
-    cluster.check_cluster(GridOptions(gpus_per_trial=0.0), cuda)  # 0 asks for no GPU
+        sizing.check_cluster(options, cuda)
+        assert sizing.resources(options, cuda) == (1.0, 0.0)
+    monkeypatch.setattr(sizing.ray, "cluster_resources", lambda: {"CPU": 8.0, "GPU": 1.0})
+    sizing.check_cluster(GridOptions(gpus_per_trial=0.0), cuda)  # 0 asks for no GPU
     assert questions == [] and capsys.readouterr().err == ""
 
 
 def test_gpus_without_cuda_are_asked_about_once_and_not_given(monkeypatch, capsys):
-    monkeypatch.setattr(cluster.ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 2.0})
+    monkeypatch.setattr(sizing.ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 2.0})
     cuda, questions = asked(CPU_ONLY)
-    assert cluster.check_cluster(GridOptions(), cuda) is cuda
-    assert cluster.resources(GridOptions(), cuda) == (1.0, 0.0)  # a CPU each, side by side
+    assert sizing.check_cluster(GridOptions(), cuda) is cuda
+    assert sizing.resources(GridOptions(), cuda) == (1.0, 0.0)  # a CPU each, side by side
     assert questions == [1]  # once per driver: resources() reuses check_cluster's answer
     note = capsys.readouterr().err
     assert note == ("the Ray cluster counts 2 GPUs but PyTorch there cannot use CUDA (torch "
                     "2.14.1+cpu, a CPU-only build); trials run on the CPUs (install a CUDA "
                     "build of PyTorch, or pass --gpus-per-trial 0 to silence this)\n")
     with pytest.raises(UsageError) as e:
-        cluster.check_cluster(GridOptions(gpus_per_trial=1.0), cuda)
+        sizing.check_cluster(GridOptions(gpus_per_trial=1.0), cuda)
     assert str(e.value) == ("--gpus-per-trial 1: the Ray cluster counts 2 GPUs but PyTorch "
                             "there cannot use CUDA (torch 2.14.1+cpu, a CPU-only build); "
                             "install a CUDA build of PyTorch on the GPU nodes or pass "
                             "--gpus-per-trial 0")
     # no answer in time (a busy cluster): GPUs as Ray counts them, as before, said once
-    late = cluster.CudaCheck(lambda: cluster.CudaAnswer(None, reason="no answer in 120 s"))
-    cluster.check_cluster(GridOptions(gpus_per_trial=0.5), late)
-    assert cluster.resources(GridOptions(), late) == (2.0, 0.25)  # 16 CPUs, 8 trials
+    late = sizing.CudaCheck(lambda: sizing.CudaAnswer(None, reason="no answer in 120 s"))
+    sizing.check_cluster(GridOptions(gpus_per_trial=0.5), late)
+    assert sizing.resources(GridOptions(), late) == (2.0, 0.25)  # 16 CPUs, 8 trials
     assert "did not say whether PyTorch there can use CUDA (no answer in 120 s)" in \
         capsys.readouterr().err
 
@@ -107,17 +107,17 @@ def test_a_cluster_whose_gpu_pytorch_cannot_use(fake_gpu_cluster, capsys):
     back to the CPUs with a note, a number is refused."""
     import torch
 
-    cuda = cluster.check_cluster(GridOptions())
+    cuda = sizing.check_cluster(GridOptions())
     answer = cuda.answer()
     assert answer.usable is False and answer.torch == torch.__version__, answer
     assert answer.cuda == torch.version.cuda and answer.reason, answer
-    assert cluster.resources(GridOptions(), cuda) == (1.0, 0.0)
+    assert sizing.resources(GridOptions(), cuda) == (1.0, 0.0)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(
         "the Ray cluster counts 1 GPU but PyTorch there cannot use CUDA (torch "
         f"{torch.__version__}, {answer.reason}); trials run on the CPUs"), err
     with pytest.raises(UsageError) as e:
-        cluster.check_cluster(GridOptions(gpus_per_trial=0.25), cuda)
+        sizing.check_cluster(GridOptions(gpus_per_trial=0.25), cuda)
     message = str(e.value)
     assert "\n" not in message and message.startswith("--gpus-per-trial 0.25: the Ray cluster "
                                                       "counts 1 GPU but PyTorch there cannot")

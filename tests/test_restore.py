@@ -297,8 +297,8 @@ def test_a_trial_resumed_on_another_fast_path_keeps_recording(tmp_path):
 
     from mlflow.tracking import MlflowClient
 
-    from search import offline
     from search.lineage import MLflowLineage
+    from search.offline import Offline
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -310,10 +310,11 @@ def test_a_trial_resumed_on_another_fast_path_keeps_recording(tmp_path):
         lineage.on_trial_result(0, [trial], trial, {"epoch": n, "val_acc": 0.5 + n / 100,
                                                     "fast_path": fast})
 
-    first = MLflowLineage(uri, exp, parent)
+    offline = Offline()  # the command's (search/context.py RunContext)
+    first = MLflowLineage(uri, exp, parent, offline=offline)
     for n in (1, 2):
         epoch(first, n, "cpu, fp32, channels_last")
-    again = MLflowLineage(uri, exp, parent)  # the search resumed with --resume
+    again = MLflowLineage(uri, exp, parent, offline=offline)  # resumed with --resume
     for n in (2, 3, 4):
         epoch(again, n, "cpu, fp32, contiguous")
     assert not offline.is_offline(uri), offline.reason(uri)

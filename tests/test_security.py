@@ -253,7 +253,7 @@ def serve(argv: list[str], env: dict, port: int, ready: str, cwd: Path) -> list:
         stop_tree(proc)
 
 
-def test_the_ray_dashboard_listens_on_loopback_only(monkeypatch):
+def test_the_ray_dashboard_listens_on_loopback_only():
     """search/cluster.py's start_ray, as `python -m search.grid` calls it. Only the dashboard
     is the project's promise: Ray's GCS, raylet, workers, agents and metrics exporters listen
     beyond loopback by design (docs/cluster.md, *What listens where*); the table lists them."""
@@ -261,15 +261,15 @@ def test_the_ray_dashboard_listens_on_loopback_only(monkeypatch):
     from ray.dashboard.consts import DASHBOARD_METRIC_PORT
 
     from search import cluster
+    from search.context import RunContext
     from search.grid import parser
 
     port = free_port()
     args = parser().parse_args(["--model", "cnn", "--num-cpus", "1", "--dashboard-port",
                                 str(port)])
-    monkeypatch.setattr(cluster, "_DASHBOARD", [])
     with mock.patch.dict(os.environ, {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}):
         try:
-            url = cluster.start_ray(args)
+            url = cluster.start_ray(args, RunContext())
             assert url == f"http://127.0.0.1:{port}"
             # it answers once up (ray.init does not wait for it), and its API wants the
             # token (the page itself is public)

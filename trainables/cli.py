@@ -1,5 +1,9 @@
 """What every tunefuse command shares on its command line: the exit codes, the one-line
-argument errors, the argument types and the verbosity (-q, -v)."""
+argument errors, the argument types and the verbosity (-q, -v).
+
+The verbosity is the command's parsed flag (``options.verbosity``), passed to what depends on
+it; ``output`` applies it to the process (the libraries' loggers, standard output) for the
+command's ``with`` block."""
 
 from __future__ import annotations
 
@@ -155,12 +159,6 @@ LIBRARY_MODULES = r"(ray|mlflow|optuna|torch|torchvision|alembic|sqlalchemy|pyda
 # fault (trainables/trainable.py).
 REPORTED = (("Trial task failed", None), ("Trials did not complete", None),
             ("Error handling checkpoint", FileNotFoundError))
-_LEVEL = [NORMAL]
-
-
-def verbosity() -> int:
-    """The verbosity of the command running in this process (``output``)."""
-    return _LEVEL[-1]
 
 
 class OneLineErrors(logging.Handler):
@@ -215,7 +213,6 @@ def output(level: int) -> Iterator[None]:
     (sigterm_as_ctrl_c)."""
     loggers = [logging.getLogger(name) for name in LIBRARIES]
     saved = [(lg, lg.handlers[:], lg.propagate) for lg in loggers]
-    _LEVEL.append(level)
     term = sigterm_as_ctrl_c()
     try:
         with contextlib.ExitStack() as stack:
@@ -231,7 +228,6 @@ def output(level: int) -> Iterator[None]:
                 stack.enter_context(contextlib.redirect_stdout(sink))
             yield
     finally:
-        _LEVEL.pop()
         if term is not None:
             signal.signal(signal.SIGTERM, term)
         for lg, handlers, propagate in saved:

@@ -23,6 +23,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -36,12 +37,12 @@ from trainables.idx import DataError, read_idx
 __all__ = ["CLASSES", "NUM_CLASSES", "DataError", "DataSplit", "download_files", "load_split",
            "locate", "split_indices"]
 
-FILES = {
+FILES = MappingProxyType({
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
-}
+})
 IMAGE_SHAPE = (28, 28)
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "TUNEFUSE_DATA"

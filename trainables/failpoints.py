@@ -15,6 +15,14 @@ the driver does. The points are listed in docs/crash-windows.md.
 ``TUNEFUSE_RENDEZVOUS=FOLDER:N`` is the other test hook: every trial waits at its start until N
 trials have started, so that a test which needs trials running at the same time (one on each
 node of a cluster) does not depend on the first one still running when the next one starts.
+
+The hit counts (``_hits``, under ``_lock``) are the one state of this module, and they are the
+process's by nature, as its environment and signal handlers are: ``NAME@K`` means the K-th time
+*this process* reaches the point, whichever object reaches it (a worker that Tune reuses for
+several trials, the driver's lineage callback restored from Tune's pickle, a pipeline's
+stages), and the points sit in objects of every layer that Tune pickles and restores. An object
+passed to each of them would have to be the process's one anyway; nothing but a test that sets
+``TUNEFUSE_FAILPOINT`` ever counts.
 """
 
 from __future__ import annotations

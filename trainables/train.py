@@ -32,7 +32,6 @@ from trainables.cli import (
     exit_now,
     options_from,
     output,
-    verbosity,
 )
 from trainables.data import CLASSES, DataError, DataOptions, load_split
 from trainables.engine import (
@@ -163,19 +162,20 @@ def run(options: TrainOptions) -> int:
     print(f"{cfg.model} {cfg.model_args()} on {state.device}, {len(state.x_train)} training "
           f"images ({cfg.augment}), {len(split.y_val)} val, data {split.fingerprint[:16]}")
     started = time.perf_counter()
-    if not train(state, cfg):
+    if not train(state, cfg, quiet=args.verbosity <= QUIET):
         with contextlib.suppress(OSError):
             out.rmdir()  # only when empty: a previous run's files stay
         return 1
     return finish(state, cfg, split, out, started)
 
 
-def train(state, cfg: TrainConfig) -> bool:
-    """Every epoch, one line each; False when the loss stopped being finite."""
+def train(state, cfg: TrainConfig, quiet: bool = False) -> bool:
+    """Every epoch, one line each (and a progress bar, unless ``quiet``: -q); False when the
+    loss stopped being finite."""
     while state.epoch < cfg.epochs:
         with tqdm(total=len(state.x_train), unit="img", leave=False, file=sys.stderr,
                   desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
-                  disable=True if verbosity() <= QUIET else None) as bar:
+                  disable=True if quiet else None) as bar:
             try:
                 m = run_epoch(state, on_batch=bar.update)
             except NonFiniteLoss as e:

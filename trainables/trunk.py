@@ -24,6 +24,7 @@ import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 
 from trainables import checkpoint, failpoints
 from trainables.engine import DECAY_ONLY, SGD_ONLY, TrainConfig, TrainState, branch_epoch
@@ -31,7 +32,7 @@ from trainables.fastpath import FastPath
 from trainables.files import write_json
 
 # What neither the trunk nor any result depends on.
-RESOURCES = {"device": "", "num_threads": None, "eval_batch_size": None}
+RESOURCES = MappingProxyType({"device": "", "num_threads": None, "eval_batch_size": None})
 
 
 def _shared_part(config: dict) -> dict:

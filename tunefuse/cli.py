@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+from types import MappingProxyType
 
 from trainables.cli import exit_now
 
 # subcommand -> (the module whose main(argv) it runs, what it does)
-SUBCOMMANDS = {
+SUBCOMMANDS = MappingProxyType({
     "run": ("tunefuse.pipeline", "the whole study: the grids, the class weights, the report"),
     "grid": ("search.grid", "one batch size x epochs grid of one model (Ray Tune, ASHA)"),
     "weights": ("search.weights", "ResNet18's class weights searched with Optuna"),
@@ -26,7 +27,7 @@ SUBCOMMANDS = {
     "predict": ("analysis.predict", "label images with a checkpoint or the shipped ensemble"),
     "train": ("trainables.train", "train one model, no Ray, no MLflow"),
     "data": ("trainables.data", "find, check and summarise the Fashion-MNIST files"),
-}
+})
 
 
 def usage() -> str:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, fields, replace
 from analysis import report
 from analysis.publish import FUSION_EXPERIMENT
 from analysis.render import headline_lines, seed_table
-from search.cluster import dashboard_url
+from search.context import RunContext
 from search.kinds import StageRun, kind, kinds
-from search.summary import where_to_look, without_footers
+from search.summary import where_to_look
 from search.workspace import Workspace
 from trainables import failpoints
 from trainables.cli import EXIT_INTERRUPTED, EXIT_OFFLINE, EXIT_OK
@@ -65,6 +65,7 @@ class PipelineRun:
     state: dict
     stages: list
     profile: object
+    context: RunContext  # verbosity, the dashboard, no footers (search/context.py)
 
 
 def fmt_time(seconds: float) -> str:
@@ -80,8 +81,10 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
           (f"; {len(stages) - len(todo)} stage(s) already done" if len(todo) < len(stages)
            else ""), flush=True)
     started = time.time()
-    dashboard = None
-    ctx = PipelineRun(options, ws, client, store, state, stages, profile)
+    # one run context for every stage: one cluster and its dashboard; where to look, once, at
+    # the end (print_summary), not after each stage's search
+    ctx = PipelineRun(options, ws, client, store, state, stages, profile,
+                      RunContext(options.verbosity, footers=False))
     for i, stage in enumerate(stages, 1):
         rec = records[stage.name]
         if rec["status"] == "done":
@@ -91,11 +94,9 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
               f"{' ' + stage.model if stage.model else ''}){' - resuming' if resume else ''}",
               flush=True)
         t0 = time.time()
-        with without_footers():  # where to look: once, at the end (print_summary)
-            code = attempt(ctx, stage, resume)
+        code = attempt(ctx, stage, resume)
         if code == EXIT_OK and (ws.load_state(stage.name) or {}).get("mlflow_offline"):
             code = EXIT_OFFLINE
-        dashboard = dashboard or dashboard_url()
         rec["seconds"] = rec.get("seconds", 0.0) + time.time() - t0
         if code != EXIT_OK:
             rec["status"] = "interrupted" if code == EXIT_INTERRUPTED else "failed"
@@ -109,7 +110,7 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
         store.save(state)
     state["finished"] = time.time()
     store.save(state)
-    print_summary(ws, client, state, stages, time.time() - started, dashboard)
+    print_summary(ws, client, state, stages, time.time() - started, ctx.context.dashboard)
     return EXIT_OK
 
 
@@ -170,7 +171,8 @@ def run_stage(ctx: PipelineRun, stage: Stage, resume: bool) -> int:
     if stage.kind == "report":
         return report.run(report_options(ctx.options, ctx.stages, ctx.profile))
     return kind(stage.kind).run_stage(StageRun(ctx.options, ctx.ws, ctx.client, ctx.state,
-                                               stage.name, stage.model, ctx.profile, resume))
+                                               stage.name, stage.model, ctx.profile, resume,
+                                               ctx.context))
 
 
 def report_options(options, stages, profile) -> report.ReportOptions:

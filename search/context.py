@@ -1,0 +1,79 @@
+"""What a search runs with: its command's run context, its kind's ``Search``, and what it holds
+once its checks passed (``Opened``).
+
+A command makes one ``RunContext`` where it starts and passes it down: a search of its own
+(``python -m search.grid``) makes it in ``run_search`` (search/driver.py), the pipeline makes one
+for all its stages (tunefuse/stages.py), which a kind's stage hands on (``StageRun.context``,
+search/kinds.py). Nothing of it lives in a module: two commands in one process (the tests)
+share nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from search.offline import Offline
+from search.workspace import Workspace
+from trainables.cli import NORMAL
+from trainables.trainable import METRIC
+
+
+@dataclass
+class RunContext:
+    """One command's run: its verbosity (-q, -v: what the progress view shows), whether its
+    searches end with where to look (a pipeline prints that once, at its end), the dashboard
+    of the Ray cluster it connected to (search/cluster.py start_ray: the stages of a pipeline
+    share one cluster), and the MLflow stores that stopped answering (search/offline.py)."""
+
+    level: int = NORMAL
+    footers: bool = True
+    dashboard: str | None = None
+    offline: Offline = field(default_factory=Offline)
+
+
+@dataclass
+class Search:
+    """What an experiment kind hands to run_search."""
+
+    name: str
+    kind: str  # "grid", "weights"
+    param_space: dict
+    scheduler: object
+    num_samples: int = 1  # trials in all, over every part of the experiment
+    params: dict | None = None  # the search's arguments, for the parent run
+    tags: dict | None = None
+    metric: str = METRIC  # what the scheduler, the searcher and checkpoint keeping maximise
+    columns: tuple[str, ...] = ("batch_size", "epochs")  # config keys in the trial table
+    # make_searcher(ws, first) -> a Tune searcher; first is False for a later part, which
+    # must not repeat the starting points. None: Tune's grid/random variant generator.
+    make_searcher: Callable[[Workspace, bool], object] | None = None
+    # trials_done(ws) -> trials the experiment has run so far, over all its parts; when it
+    # is short of num_samples after a resumed part ends, a new part runs the rest.
+    trials_done: Callable[[Workspace], int] | None = None
+    # report(results, client, parent_id, ws): extra lines and records at the end
+    report: Callable | None = None
+    resources: tuple[float, float] | None = None  # (CPUs, GPUs) a trial takes, once resolved
+    fuses: bool = True  # its finished trials are fusion candidates (search/kinds.py)
+
+
+@dataclass
+class Opened:
+    """What a search has once its checks passed (search/driver.py ``_open``): its workspace,
+    saved state (None: a new search), MLflow client and its command's run context; then its
+    MLflow experiment and the hardware its trials run on."""
+
+    ws: Workspace
+    state: dict | None
+    client: object
+    context: RunContext
+    experiment_id: str = ""
+    hardware: str = ""
+
+    @property
+    def dashboard(self) -> str | None:
+        return self.context.dashboard
+
+    @property
+    def offline(self) -> Offline:
+        return self.context.offline

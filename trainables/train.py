@@ -162,7 +162,7 @@ def run(options: TrainOptions) -> int:
     print(f"{cfg.model} {cfg.model_args()} on {state.device}, {len(state.x_train)} training "
           f"images ({cfg.augment}), {len(split.y_val)} val, data {split.fingerprint[:16]}")
     started = time.perf_counter()
-    if not train(state, cfg, quiet=args.verbosity <= QUIET):
+    if not train(state, cfg, quiet=options.verbosity <= QUIET):
         with contextlib.suppress(OSError):
             out.rmdir()  # only when empty: a previous run's files stay
         return 1

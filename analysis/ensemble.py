@@ -42,9 +42,9 @@ from trainables.files import sha256_file
 
 ARTIFACT_NAME = "ensemble"  # the model's name under its run
 FUSION_ARTIFACT = "fusion"
-PROB_COLUMNS = [f"p{c}" for c in range(NUM_CLASSES)]
+PROB_COLUMNS = tuple(f"p{c}" for c in range(NUM_CLASSES))
 ROOT = Path(__file__).resolve().parents[1]
-CODE_PATHS = [str(ROOT / "trainables"), str(ROOT / "analysis")]
+CODE_PATHS = (str(ROOT / "trainables"), str(ROOT / "analysis"))
 # What the model needs at load time; pinned to this environment so that MLflow does not infer
 # (slowly, and by importing the model) and a serving environment gets what was tested.
 REQUIREMENTS = ("torch", "numpy", "pandas", "mlflow")
@@ -132,7 +132,7 @@ def fused_probs(ckpts, weights, temperatures, images, models=None,
 
 def to_frame(probs: np.ndarray) -> pd.DataFrame:
     """The model's answer: ``label`` (int64 arg-max) then ``p0``..``p9``."""
-    frame = pd.DataFrame(np.asarray(probs, dtype=np.float64), columns=PROB_COLUMNS)
+    frame = pd.DataFrame(np.asarray(probs, dtype=np.float64), columns=list(PROB_COLUMNS))
     frame.insert(0, "label", np.asarray(probs).argmax(1).astype(np.int64))
     return frame
 
@@ -226,6 +226,6 @@ def mlflow_prints(shown: bool) -> Iterator[None]:
 def _log(artifacts: dict[str, str], registered_name: str):
     return mlflow.pyfunc.log_model(
         name=ARTIFACT_NAME, python_model=FusedEnsemble(), artifacts=artifacts,
-        code_paths=CODE_PATHS, signature=signature(), pip_requirements=pip_requirements(),
+        code_paths=list(CODE_PATHS), signature=signature(), pip_requirements=pip_requirements(),
         input_example=np.zeros((1, *IMAGE_SHAPE), np.uint8),
         registered_model_name=registered_name)

@@ -1,18 +1,19 @@
-"""The report's figures as PNG files (matplotlib, no display needed) and the curves behind them.
+"""The report's figures as PNG files and the curves behind them.
 
+matplotlib's object API: each figure is a ``Figure`` of its own, saved to PNG by the Agg
+renderer, with neither pyplot's global list of figures nor a global backend switch.
 ROC and precision/recall curves are one-vs-rest per class, from scikit-learn.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 from sklearn import metrics
 from sklearn.exceptions import UndefinedMetricWarning
 
@@ -42,44 +43,63 @@ def pr_curve(scores: np.ndarray, positive: np.ndarray):
     return recall[::-1], precision[::-1], float(ap)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
-def _plot_per_class(curve, probs, y, classes, path: Path, *, score: str, xlabel: str,
-                    ylabel: str, title: str, legend: str, **axes) -> tuple[Path, list[float]]:
+@dataclass(frozen=True)
+class PerClass:
+    """A one-vs-rest figure: its curve (scores, positives) -> (x, y, area), what the area is
+    called, the axes' labels and limits, where the legend goes, and whether the chance
+    diagonal is drawn."""
+
+    curve: Callable[[np.ndarray, np.ndarray], tuple]
+    score: str
+    xlabel: str
+    ylabel: str
+    legend: str
+    ylim: tuple[float, float] | None = None
+    diagonal: bool = False
+
+
+ROC = PerClass(roc_curve, "AUC", "false positive rate", "true positive rate", "lower right",
+               diagonal=True)
+PR = PerClass(pr_curve, "AP", "recall", "precision", "lower left", ylim=(0, 1.02))
+
+
+def _plot_per_class(kind: PerClass, probs, y, classes, path: Path,
+                    title: str) -> tuple[Path, list[float]]:
     """One curve per class (one vs rest); returns the figure and each class's area."""
-    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    fig = Figure(figsize=(6.4, 5.6))
+    ax = fig.subplots()
     areas = []
     for c, name in enumerate(classes):
-        x, yy, area = curve(probs[:, c], y == c)
+        x, yy, area = kind.curve(probs[:, c], y == c)
         areas.append(area)
-        ax.plot(x, yy, lw=1.2, label=f"{name} ({score} {area:.4f})")
-    if curve is roc_curve:
+        ax.plot(x, yy, lw=1.2, label=f"{name} ({kind.score} {area:.4f})")
+    if kind.diagonal:
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, **axes)
-    ax.legend(fontsize=7, loc=legend)
+    ax.set(xlabel=kind.xlabel, ylabel=kind.ylabel, title=title)
+    if kind.ylim:
+        ax.set(ylim=kind.ylim)
+    ax.legend(fontsize=7, loc=kind.legend)
     return _save(fig, path), areas
 
 
 def plot_roc(probs, y, classes, path: Path, title: str) -> tuple[Path, list[float]]:
-    return _plot_per_class(roc_curve, probs, y, classes, path, score="AUC",
-                           xlabel="false positive rate", ylabel="true positive rate",
-                           title=title, legend="lower right")
+    return _plot_per_class(ROC, probs, y, classes, path, title)
 
 
 def plot_pr(probs, y, classes, path: Path, title: str) -> tuple[Path, list[float]]:
-    return _plot_per_class(pr_curve, probs, y, classes, path, score="AP", xlabel="recall",
-                           ylabel="precision", title=title, legend="lower left",
-                           ylim=(0, 1.02))
+    return _plot_per_class(PR, probs, y, classes, path, title)
 
 
 def plot_confusion(probs, y, classes, path: Path, title: str) -> Path:
     cm = fusion.confusion(probs.argmax(1), y, len(classes))
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig = Figure(figsize=(7, 6))
+    ax = fig.subplots()
     im = ax.imshow(cm, cmap="Blues")
     for i in range(len(classes)):
         for j in range(len(classes)):
@@ -94,7 +114,8 @@ def plot_confusion(probs, y, classes, path: Path, title: str) -> Path:
 
 def plot_reliability(curves: dict[str, np.ndarray], y, path: Path, title: str) -> Path:
     """One line per classifier: accuracy against confidence, per bin."""
-    fig, ax = plt.subplots(figsize=(5.6, 5.2))
+    fig = Figure(figsize=(5.6, 5.2))
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="perfect calibration")
     for label, probs in curves.items():
         _, bins = fusion.reliability(probs, y)
@@ -112,7 +133,8 @@ def plot_grid_heatmaps(grids: dict[str, list[dict]], path: Path) -> Path | None:
     grids = {m: rows for m, rows in grids.items() if rows}
     if not grids:
         return None
-    fig, axes = plt.subplots(1, len(grids), figsize=(4.8 * len(grids), 4), squeeze=False)
+    fig = Figure(figsize=(4.8 * len(grids), 4))
+    axes = fig.subplots(1, len(grids), squeeze=False)
     for ax, (model, rows) in zip(axes[0], sorted(grids.items()), strict=True):
         bs = sorted({r["batch_size"] for r in rows})
         ep = sorted({r["epochs"] for r in rows})
@@ -138,8 +160,8 @@ def plot_asha(survival: dict[str, list[tuple[int, int, int]]], path: Path) -> Pa
     survival = {k: v for k, v in survival.items() if v}
     if not survival:
         return None
-    fig, axes = plt.subplots(1, len(survival), figsize=(4.4 * len(survival), 3.6),
-                             squeeze=False)
+    fig = Figure(figsize=(4.4 * len(survival), 3.6))
+    axes = fig.subplots(1, len(survival), squeeze=False)
     for ax, (name, rungs) in zip(axes[0], sorted(survival.items()), strict=True):
         x = np.arange(len(rungs))
         reached = [r for _, r, _ in rungs]

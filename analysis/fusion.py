@@ -3,22 +3,9 @@
 Plain numpy over arrays of probabilities (N, C), one per member; nothing here sees a model.
 Every weight and temperature is fitted on validation arrays only: the functions that fit take
 the validation probabilities and labels and nothing else (docs/seed.md, "Fusion": softmax outputs
-averaged with weights, arg-max is the label).
-
-    uniform   the seed's average
-    weighted  given weights, normalised to sum to 1
-    greedy    Caruana et al. (2004) ensemble selection with replacement over the whole pool:
-              start from the best single member, repeatedly add the member (possibly again)
-              that most improves validation (accuracy, then NLL), keep the best prefix; the
-              weights are how often each member was picked. Never below the best member on
-              validation accuracy.
-    nll       the mixture weights over the whole pool that minimise the fused validation NLL
-              (the log-loss of sum_k w_k p_k), found by EM: the fused log-likelihood is concave
-              in the weights, so EM's monotone steps reach its maximum; members left with less
-              than MIN_WEIGHT are dropped and the rest refitted. A smooth, proper objective:
-              accuracy on a few thousand validation images moves in steps of one image, which
-              greedy's accuracy-first choice follows into noise (docs/profiles.md, "Fusion").
-    calibrate each member temperature-scaled (one scalar T minimising validation NLL) first
+averaged with weights, arg-max is the label). The methods that choose the weights (uniform,
+weighted, greedy, nll) are files of their own under analysis/methods/; ``calibrate``
+temperature-scales each member (one scalar T minimising validation NLL) first.
 
 Whatever the method, the fused output then gets a temperature of its own, fitted the same way
 (analysis/summary.py): averaging softens, so a fusion of sharp members comes out
@@ -37,8 +24,6 @@ import math
 import numpy as np
 
 EPS = 1e-12
-METHODS = ("uniform", "weighted", "greedy", "nll")
-MIN_WEIGHT = 0.01  # nll: lighter members change almost no prediction and still cost inference
 
 
 def log_probs(probs: np.ndarray) -> np.ndarray:
@@ -101,74 +86,6 @@ def fuse(member_probs, weights) -> np.ndarray:
     if len(w) != len(stack):
         raise ValueError(f"{len(w)} weights for {len(stack)} members")
     return np.tensordot(w, stack, axes=1)
-
-
-def greedy_weights(val_probs, y_val: np.ndarray, rounds: int = 50) -> np.ndarray:
-    """Caruana ensemble selection with replacement, fitted on validation only."""
-    stack = np.asarray(val_probs, dtype=np.float64)
-    k = len(stack)
-
-    def score(p):  # higher is better: accuracy first, then lower NLL
-        return (accuracy(p, y_val), -nll(p, y_val))
-
-    counts = np.zeros(k)
-    total = np.zeros_like(stack[0])
-    best_score, best_counts = None, None
-    for _ in range(rounds):
-        n = counts.sum()
-        candidates = [score((total + stack[i]) / (n + 1)) for i in range(k)]
-        i = max(range(k), key=lambda j: candidates[j])
-        counts[i] += 1
-        total += stack[i]
-        if best_score is None or candidates[i] > best_score:
-            best_score, best_counts = candidates[i], counts.copy()
-    return best_counts / best_counts.sum()
-
-
-def nll_weights(val_probs, y_val: np.ndarray, tol: float = 1e-10, max_iter: int = 5000,
-                min_weight: float = MIN_WEIGHT) -> np.ndarray:
-    """The convex weights minimising the validation NLL of the fused probabilities (EM for
-    the weights of a mixture of fixed members), fitted on validation only. Members whose
-    weight ends below ``min_weight`` are dropped and the others refitted, so every kept member
-    weighs at least that (unless one alone is left)."""
-    stack = np.asarray(val_probs, dtype=np.float64)
-    if stack.ndim != 3 or not len(stack):
-        raise ValueError("nll_weights needs at least one member's (N, C) probabilities")
-    # each member's probability of the true label, floored as log_probs floors
-    right = np.maximum(stack[:, np.arange(len(y_val)), y_val], EPS)  # (K, N)
-    keep = np.arange(len(stack))
-    while True:
-        w = _em_weights(right[keep], tol, max_iter)
-        light = w < min_weight
-        if not light.any() or light.all():
-            break
-        keep = keep[~light]
-    out = np.zeros(len(stack))
-    out[keep] = w
-    return out / out.sum()
-
-
-def _em_weights(right: np.ndarray, tol: float, max_iter: int) -> np.ndarray:
-    """EM for mixture weights over fixed members: ``right`` (K, N) holds each member's
-    probability of each example's label. Each step is w_k <- mean_n(w_k r_kn / sum_j w_j r_jn);
-    the log-likelihood never falls, and it stops once a step gains less than ``tol``."""
-    k = len(right)
-    w = np.full(k, 1 / k)
-    mixed = w @ right
-    last = np.log(mixed).mean()
-    for _ in range(max_iter):
-        w = w * (right / mixed).mean(axis=1)
-        w /= w.sum()
-        mixed = w @ right
-        ll = np.log(mixed).mean()
-        if ll - last < tol:
-            break
-        last = ll
-    return w
-
-
-# the methods that weigh every candidate, and their fits (validation probabilities, labels)
-POOLED = {"greedy": greedy_weights, "nll": nll_weights}
 
 
 def _confidence_bins(probs: np.ndarray, y: np.ndarray, bins: int):

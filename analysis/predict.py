@@ -33,11 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-# Fail fast on a tracking server that does not answer (MLflow retries for minutes by default).
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-
-from analysis.images import InputError, conversion_line, read_input
+from analysis.images import InputError, read_input
+from analysis.pngs import conversion_line
 from trainables.classes import NUM_CLASSES
 from trainables.cli import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, ArgParser, exit_now, output
 from trainables.files import first_line, write_reason
@@ -112,7 +109,15 @@ def write_predictions(path: Path, ids: list, frame, probs: bool) -> None:
                          "space or choose a writable --output") from None
 
 
+def fail_fast() -> None:
+    """A tracking server that does not answer fails the command at once (MLflow retries for
+    minutes by default); settings the environment already has are kept."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
 def main(argv: list[str] | None = None) -> int:
+    fail_fast()
     parser = ArgParser(prog="python -m analysis.predict",
                        description="Label 28x28 grayscale images with a logged model.",
                        epilog="PNGs of any mode or size are converted to 28x28 grayscale "

@@ -44,8 +44,15 @@ def publish(out: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def log_to_mlflow(args, ws, client, summary, out: Path, members, weights, temps, paths,
-                  fused_temperature: float = 1.0):
+def log_to_mlflow(args, ws, client, summary: dict, out: Path, fused, paths: dict):
+    """The report's MLflow run in the experiment ``fusion``: its flags (``args``, the report's
+    options) and the fusion (``fused``, analysis/summary.py Fused: members, weights,
+    temperatures) as params, the summary's scores as metrics, the files of ``out`` as
+    artifacts, and, unless --no-register, the ensemble of the members' local checkpoints
+    (``paths``, by run id) logged and registered. (run id, model URI or None); the run stays
+    RUNNING for the caller to end."""
+    members, weights, temps = fused.members, fused.weights, fused.temperatures
+    fused_temperature = fused.fused_temperature
     exp_id = ws.experiment_id(client, FUSION_EXPERIMENT)
     run = client.create_run(exp_id, run_name=summary["name"], tags={
         "kind": "fusion", "method": args.method,

@@ -1,20 +1,24 @@
-"""The report's search-cost section in markdown (analysis/render.py places it and turns it into
-HTML): per search, the epochs an exhaustive run of its trials computes against those computed,
-what shared warm-ups, shared trunks and ASHA saved, and its wall time; the numbers are
-analysis/summary.py's (``search_costs``)."""
+"""The report's search-cost section, a part of the report's model (analysis/document.py;
+analysis/render.py places it, its templates render it): per search, the epochs an exhaustive
+run of its trials computes against those computed, what shared warm-ups, shared trunks and
+ASHA saved, and its wall time; the numbers are analysis/summary.py's (``search_costs``)."""
 
 from __future__ import annotations
 
-HEADER = ("| search | trials | exhaustive epochs | computed epochs | computed / exhaustive | "
-          "saved: shared warm-ups | saved: shared trunks | saved: ASHA | wall time | run |")
+from types import MappingProxyType
+
+from analysis.document import Inline, Paragraph, Section, Span, bold, code, inline, table
+
+HEADER = ("search", "trials", "exhaustive epochs", "computed epochs", "computed / exhaustive",
+          "saved: shared warm-ups", "saved: shared trunks", "saved: ASHA", "wall time", "run")
 # how a trial's computed epochs were counted, when not from its epochs_computed metric
-COUNTED = {
+COUNTED = MappingProxyType({
     "shared": "its logged epochs less those flagged shared",
     "warmup_reused": "its logged epochs less those flagged warmup_reused",
     "warmup_reused_tag": "its logged epochs less the warm-up its warmup_reused tag says it "
                          "reused",
     "logged": "every epoch it logged",
-}
+})
 
 
 def duration(seconds: float | None) -> str:
@@ -31,55 +35,56 @@ def ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def cost_lead(total: dict) -> str:
+def cost_lead(total: dict) -> Inline:
     """Two sentences: what the searches computed of an exhaustive run, and what saved the
     rest."""
     saved, n = total["saved_epochs"], total["searches"]
     when = "; some are still running" if total["running"] else \
         f", in {duration(total['wall_seconds'])} of wall time"
-    return (f"The {n} search{'es' if n != 1 else ''} ({_count(total['trials'], 'trial')}) "
-            f"computed **{total['computed_epochs']} of the {total['exhaustive_epochs']} "
-            f"epochs** an exhaustive run of their trials computes ({ratio(total['ratio'])})"
-            f"{when}. Shared warm-ups saved {saved['shared_warmup']} epochs, shared trunks "
-            f"{saved['shared_trunk']}, ASHA's early stops {saved['asha']} "
-            f"({_count(total['stopped_by_asha'], 'trial')} stopped).")
+    return inline(
+        f"The {n} search{'es' if n != 1 else ''} ({_count(total['trials'], 'trial')}) "
+        "computed ", bold(f"{total['computed_epochs']} of the {total['exhaustive_epochs']} "
+                          "epochs"),
+        f" an exhaustive run of their trials computes ({ratio(total['ratio'])}){when}. Shared "
+        f"warm-ups saved {saved['shared_warmup']} epochs, shared trunks "
+        f"{saved['shared_trunk']}, ASHA's early stops {saved['asha']} "
+        f"({_count(total['stopped_by_asha'], 'trial')} stopped).")
 
 
 def _count(n: int, what: str) -> str:
     return f"{n} {what}{'s' if n != 1 else ''}"
 
 
-def _row(name: str, r: dict, run: str) -> str:
+def _row(name: str | Span, r: dict, run: str | Span) -> tuple:
     s, status = r["saved_epochs"], r.get("status", "FINISHED")
     wall = duration(r["wall_seconds"]) + ("" if status in ("FINISHED", "RUNNING") else
                                           f" ({status.lower()})")  # stopped, not resumed
-    return (f"| {name} | {r['trials']} | {r['exhaustive_epochs']} | {r['computed_epochs']} | "
-            f"{ratio(r['ratio'])} | {s['shared_warmup']} | {s['shared_trunk']} | {s['asha']} | "
-            f"{wall} | {run} |")
+    return (name, str(r["trials"]), str(r["exhaustive_epochs"]), str(r["computed_epochs"]),
+            ratio(r["ratio"]), str(s["shared_warmup"]), str(s["shared_trunk"]), str(s["asha"]),
+            wall, run)
 
 
-def cost_section(summary: dict) -> list[str]:
-    """The section's markdown lines; none when the summary has no search cost."""
+def cost_section(summary: dict) -> Section | None:
+    """The section; None when the summary has no search cost."""
     cost = summary.get("search_cost") or {}
     rows = cost.get("searches") or []
     if not rows:
-        return []
-    lines = ["## Search cost", "", cost_lead(cost["total"]), "", HEADER,
-             "|" + " --- |" * (HEADER.count("|") - 1)]
-    lines += [_row(r["experiment"], r, f"`{r['run_id'][:8]}`") for r in rows]
+        return None
+    lines = [_row(r["experiment"], r, code(r["run_id"][:8])) for r in rows]
     if len(rows) > 1:
-        t = cost["total"]
-        lines.append(_row("**all searches**", t, ""))
-    lines += ["", "Exhaustive: every trial trained to its full length on its own. Computed: "
-              "the epochs the trials trained (an epoch taken from a shared trunk counts 0, a "
-              "restored trial catching up counts each epoch it trained again). Shared warm-ups "
-              "and trunks: the epochs a trial took from another's computation, within its "
-              "warm-up and after it (the wsd schedule's constant-rate phase). ASHA: the epochs "
-              "its early stops left out. Wall time: the search's MLflow run, start to end "
-              "(a resumed search counts the pause too)."]
+        lines.append(_row(bold("all searches"), cost["total"], ""))
+    blocks = [Paragraph(cost_lead(cost["total"])), table(HEADER, lines), Paragraph(inline(
+        "Exhaustive: every trial trained to its full length on its own. Computed: the epochs "
+        "the trials trained (an epoch taken from a shared trunk counts 0, a restored trial "
+        "catching up counts each epoch it trained again). Shared warm-ups and trunks: the "
+        "epochs a trial took from another's computation, within its warm-up and after it (the "
+        "wsd schedule's constant-rate phase). ASHA: the epochs its early stops left out. Wall "
+        "time: the search's MLflow run, start to end (a resumed search counts the pause "
+        "too)."))]
     notes = [f"{_count(n, 'trial')} of {r['experiment']} by {COUNTED[k]}"
              for r in rows for k, n in r["counted_from"].items() if k in COUNTED]
     if notes:
-        lines += ["", "Runs recorded before the per-epoch epochs_computed metric: computed "
-                  "epochs counted for " + "; ".join(notes) + "."]
-    return [*lines, ""]
+        blocks.append(Paragraph(inline(
+            "Runs recorded before the per-epoch epochs_computed metric: computed epochs "
+            "counted for " + "; ".join(notes) + ".")))
+    return Section("Search cost", tuple(blocks))

@@ -10,41 +10,27 @@ diagram, the grids' val accuracy heat maps, ASHA survival per rung) with each se
 epochs and wall time, logs all of it to an MLflow run in the experiment ``fusion`` tagged with
 its members' run ids, and registers the fused model (an MLflow pyfunc) in the model registry.
 Selection, weights and temperatures use the validation set only; the test set is only scored.
-What is computed lives in analysis/summary.py, how it reads in analysis/render.py, where it
-goes in analysis/publish.py.
+This module is the command: its options, and the members chosen before anything is written;
+the run that fuses and writes is analysis/fusion_run.py, the methods analysis/methods/; what
+is computed lives in analysis/summary.py, how it reads in analysis/render.py, where it goes in
+analysis/publish.py.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from tqdm import tqdm
-
-from analysis import figures as fig
-from analysis import fusion
-from analysis.grids import cost_rows, grid_rows
-from analysis.inference import TTA, cached_probs
-from analysis.publish import (
-    FUSION_EXPERIMENT,
-    ended,
-    fetch_checkpoint,
-    log_to_mlflow,
-    publish,
-    staging,
-)
-from analysis.render import headline_lines, markdown, seed_table, to_html
-from analysis.select import SelectionError, distinct, gather, same_data, top_k
-from analysis.summary import Fused, fuse_members, search_costs, summarise
+from analysis import fusion, methods
+from analysis.fusion_run import make
+from analysis.inference import TTA
+from analysis.publish import staging
+from analysis.select import Selection, SelectionError, distinct, gather, same_data, top_k
 from search.workspace import Workspace, WorkspaceError, redact
-from trainables.classes import CLASSES
 from trainables.cli import (
     EXIT_INTERRUPTED,
-    EXIT_OK,
     EXIT_USAGE,
     ArgParser,
     at_least,
@@ -68,15 +54,12 @@ class ReportOptions(DataOptions):
                                     "workspace)")
     experiments: str | None = flag(None, help="comma-separated experiment names (default: every "
                                    "grid and weights experiment)")
-    top_k: int = flag(4, type=int, help="members to fuse with uniform and weighted (default "
-                      "%(default)s); greedy and nll weigh every candidate")
+    top_k: int = flag(4, type=int, help=lambda: methods.top_k_help("%(default)s"))
     per_model_cap: int | None = flag(None, type=int, help="at most N members per architecture")
-    method: str = flag("uniform", choices=lambda: fusion.METHODS, help=(
-        "uniform: the seed's average; weighted: --weights; greedy: Caruana selection over "
-        "every candidate; nll: the weights over every candidate that minimise the fused "
-        "validation log-loss"))
-    weights: str | None = flag(None, help="comma-separated fusion weights, one per member "
-                               "(--method weighted)")
+    method: str = flag("uniform", choices=lambda: methods.names(), help=lambda: "; ".join(
+        f"{m.name}: {m.help}" for m in methods.methods()))
+    weights: str | None = flag(None, help=lambda: "comma-separated fusion weights, one per "
+                               f"member (--method {_weighted_methods()})")
     calibrate: bool = flag(False, action="store_true",
                            help="temperature-scale each member on validation first")
     tta: str = flag("none", choices=TTA, help="test-time augmentation of every member: flip "
@@ -95,9 +78,15 @@ def parser() -> ArgParser:
         "Fuse the best checkpoints of the workspace's searches; report."))
 
 
-def _weights_arg(text: str | None, k: int) -> list[float]:
+def _weighted_methods() -> str:
+    """The methods that take --weights, for a message: "weighted"."""
+    return " or ".join(m.name for m in methods.methods() if m.takes_weights)
+
+
+def _weights_arg(text: str | None, method: str, k: int) -> list[float]:
+    """--weights, checked: one finite, non-negative number per member, not all zero."""
     if not text:
-        raise SelectionError(f"--method weighted needs --weights, one number per member "
+        raise SelectionError(f"--method {method} needs --weights, one number per member "
                              f"({k}, as --top-k)")
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -108,24 +97,11 @@ def _weights_arg(text: str | None, k: int) -> list[float]:
         raise SelectionError(f"--weights has {len(values)} values for {k} members; give one "
                              "per member (--top-k)")
     try:
-        return fusion.normalise(values).tolist()
+        fusion.normalise(values)
     except ValueError:
         raise SelectionError(f"--weights must be finite, non-negative and not all zero, got "
                              f"{text!r}; e.g. 0.4,0.3,0.2,0.1") from None
-
-
-@dataclass
-class Selection:
-    """The candidates a report fuses, chosen on validation, and the data they were scored on."""
-
-    ws: Workspace
-    client: object
-    names: list[str] | None  # the experiments asked for (None: all)
-    group: list  # the candidates on the best one's data, ranked
-    others: list  # those trained on other data, left out
-    members: list
-    weights: list[float] | None  # --weights, for --method weighted
-    split: object
+    return values
 
 
 def select(options: ReportOptions) -> Selection:
@@ -147,10 +123,11 @@ def select(options: ReportOptions) -> Selection:
               "checkpoint another candidate already holds; each model is fused once")
     group = unique
     members = top_k(group, options.top_k, options.per_model_cap)
-    weights = _weights_arg(options.weights, len(members)) if options.method == "weighted" \
+    takes_weights = methods.method(options.method).takes_weights
+    weights = _weights_arg(options.weights, options.method, len(members)) if takes_weights \
         else None
-    if options.method != "weighted" and options.weights:
-        raise SelectionError("--weights is only for --method weighted")
+    if not takes_weights and options.weights:
+        raise SelectionError(f"--weights is only for --method {_weighted_methods()}")
     best = group[0]
     split = load_split(options.data_dir, best.train_size or None, best.seed, options.download)
     if split.fingerprint != best.fingerprint:
@@ -169,7 +146,7 @@ def run(options: ReportOptions) -> int:
         return EXIT_USAGE
     name = options.name or time.strftime("fusion-%Y%m%d-%H%M%S")
     try:
-        return report(options, name, sel)
+        return make(options, name, sel)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (trainables/cli.py): its run is KILLED
         print(f"\nreport {name} interrupted; nothing of it was published, earlier reports "
               "and runs are as they were: run it again", file=sys.stderr)
@@ -181,108 +158,6 @@ def run(options: ReportOptions) -> int:
         return EXIT_USAGE
     finally:  # nothing half-written stays behind
         shutil.rmtree(staging(sel.ws.root / "reports" / name), ignore_errors=True)
-
-
-def member_probs(sel: Selection, pool: list, device: str, tta: str = "none"
-                 ) -> tuple[dict, dict]:
-    """Each candidate's (val, test) probabilities and its local checkpoint, by run id."""
-    probs, paths = {}, {}
-    for cand in tqdm(pool, desc="member inference", unit="model", file=sys.stdout,
-                     disable=None):
-        paths[cand.run_id] = fetch_checkpoint(sel.client, sel.ws, cand)
-        probs[cand.run_id] = cached_probs(sel.ws.root / "cache" / "probs", paths[cand.run_id],
-                                          sel.split, device, tta)
-    return probs, paths
-
-
-def report(options: ReportOptions, name: str, sel: Selection) -> int:
-    ws, client, split = sel.ws, sel.client, sel.split
-    if sel.others:
-        print(f"note: {len(sel.others)} candidate(s) trained on other data (another "
-              "--train-size or --seed) are left out: fusion needs one validation set")
-    pool = sel.group if options.method in fusion.POOLED else sel.members
-    y_val, y_test = split.y_val.numpy(), split.y_test.numpy()
-    probs, paths = member_probs(sel, pool, options.device, options.tta)
-    fused = fuse_members(pool, sel.members, sel.weights, probs, y_val, options.method,
-                         options.calibrate)
-    best = sel.group[0]  # the best single candidate on validation
-    context = {
-        "name": name, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "workspace": str(ws.root), "tracking_uri": redact(ws.tracking_uri),
-        "experiments": sel.names or sorted({c.experiment for c in sel.group}),
-        "data": {"fingerprint": split.fingerprint, "val_images": len(y_val),
-                 "test_images": len(y_test), "train_size": split.train_size,
-                 "seed": split.seed},
-        "selection": {"top_k": options.top_k, "per_model_cap": options.per_model_cap,
-                      "candidates": len(sel.group), "left_out_other_data": len(sel.others),
-                      "ranked_by": "validation accuracy of each trial's best checkpoint"},
-        "tta": options.tta}
-    summary = summarise(fused, best, y_val, y_test, options.bootstrap, context,
-                        {rid: str(p) for rid, p in paths.items()})
-    final = ws.root / "reports" / name
-    out = staging(final)  # written here, moved into place once complete (publish)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    write(out, summary, fused, y_test, client)
-    run_id, model_uri = log_to_mlflow(options, ws, client, summary, out, fused.members,
-                                      fused.weights, fused.temperatures, paths,
-                                      fused.fused_temperature)
-    summary["mlflow"] = {"run_id": run_id, "model_uri": model_uri}
-    try:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        client.log_artifact(run_id, str(out / "summary.json"), "report")
-        publish(out, final)
-    except BaseException as e:  # its report never came; not left RUNNING
-        client.set_terminated(run_id, ended(e))
-        raise
-    client.set_terminated(run_id, "FINISHED")
-    print_result(summary, final, run_id, model_uri)
-    return EXIT_OK
-
-
-def write(out: Path, summary: dict, fused: Fused, y_test, client) -> None:
-    """The figures, report.md, report.html and summary.json, into ``out``."""
-    figures = {}
-    title = f"fusion ({fused.method}), test set"
-    figures["roc"], aucs = fig.plot_roc(fused.test, y_test, CLASSES, out / "roc.png",
-                                        "ROC, one vs rest: " + title)
-    figures["precision_recall"], aps = fig.plot_pr(fused.test, y_test, CLASSES, out / "pr.png",
-                                                   "precision / recall: " + title)
-    figures["confusion"] = fig.plot_confusion(fused.test, y_test, CLASSES,
-                                              out / "confusion.png", "confusion matrix: " + title)
-    curves = {m["label"]: fused.scaled[m["run_id"]][1] for m in summary["members"]}
-    curves["fusion"] = fused.test
-    figures["reliability"] = fig.plot_reliability(curves, y_test, out / "reliability.png",
-                                                  "reliability, test set")
-    exps = [e for e in map(client.get_experiment_by_name, summary["experiments"]) if e]
-    grids, survival = grid_rows(client, exps)
-    heat = fig.plot_grid_heatmaps(grids, out / "grid_heatmap.png")
-    if heat:
-        figures["grid_heatmap"] = heat
-    asha = fig.plot_asha(survival, out / "asha_rungs.png")
-    if asha:
-        figures["asha_rungs"] = asha
-    summary["fusion"]["test"]["roc_auc"] = aucs
-    summary["fusion"]["test"]["average_precision"] = aps
-    summary["asha_survival"] = {k: [{"rung": m, "reached": r, "continued": p}
-                                    for m, r, p in v] for k, v in survival.items()}
-    summary["search_cost"] = search_costs(cost_rows(client, exps))
-    md = markdown(summary, figures)
-    (out / "report.md").write_text(md)
-    (out / "report.html").write_text(to_html(md, figures))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-
-
-def print_result(summary: dict, final: Path, run_id: str, model_uri: str | None) -> None:
-    print("\n" + "\n".join(headline_lines(summary)))
-    rows = seed_table(summary)
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'model':<{width}}  {'validation':>10}  {'test':>8}")
-    for a, b, c in rows:
-        print(f"{a:<{width}}  {b:>10}  {c:>8}")
-    print(f"\nreport:   {final / 'report.html'}")
-    print(f"MLflow:   run {run_id} in experiment {FUSION_EXPERIMENT!r}" +
-          (f"; model {model_uri}" if model_uri else ""))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,21 @@ class Candidate:
         return f"{self.model} b{p.get('batch_size')} e{p.get('epochs')}"
 
 
+@dataclass
+class Selection:
+    """The candidates a report fuses, chosen on validation, and the data they were scored on
+    (analysis/report.py ``select``)."""
+
+    ws: object  # the workspace (search/workspace.py)
+    client: object
+    names: list[str] | None  # the experiments asked for (None: all)
+    group: list[Candidate]  # the candidates on the best one's data, ranked
+    others: list[Candidate]  # those trained on other data, left out
+    members: list[Candidate]
+    weights: list[float] | None  # --weights, for a method that takes them
+    split: object
+
+
 def search_experiments(client, names: list[str] | None = None) -> list:
     """The named experiments (each must exist), or every experiment holding a grid or weights
     search."""

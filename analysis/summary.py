@@ -1,9 +1,10 @@
 """What a report says, computed: the members' fusion and every number of the summary.
 
-``fuse_members`` applies the fusion method to the members' probabilities (temperature scaling,
-Caruana's greedy selection, NLL-fitted or given weights), then scales the fused output by a
-temperature of its own; ``summarise`` is a pure function from the fused members to the summary
-(summary.json) that analysis/render.py writes out. Selection and fitting use the validation set
+``fuse_members`` applies the fusion method (one of analysis/methods/: the seed's average,
+given weights, Caruana's greedy selection, NLL-fitted weights) to the members' probabilities,
+each temperature-scaled first where asked, then scales the fused output by a temperature of its
+own; ``summarise`` is a pure function from the fused members to the summary (summary.json) that
+analysis/render.py writes out. Selection and fitting use the validation set
 only; the test set is only scored.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis import fusion
+from analysis import fusion, methods
 
 # docs/seed.md, "Evaluation": the seed's own validation and test accuracies.
 SEED_RESULTS = (("4-CNN", 0.8963, 0.8953), ("ResNet", 0.9128, 0.8860),
@@ -41,20 +42,21 @@ class Fused:
 def fuse_members(pool: list, members: list, weights: list[float] | None,
                  probs: dict[str, tuple[np.ndarray, np.ndarray]], y_val: np.ndarray,
                  method: str, calibrate: bool) -> Fused:
-    """Fuse ``members`` (or, for greedy and nll, the members their fit weighs in ``pool``)
-    by ``method``; ``weights`` only for "weighted". Fitted on validation only."""
+    """Fuse ``members`` (or, for a method that weighs every candidate, the members its fit
+    weighs in ``pool``) by the registered ``method`` (analysis/methods/); ``weights`` only for
+    one that takes --weights. Fitted on validation only."""
+    how = methods.method(method)
     temps = {c.run_id: fusion.fit_temperature(probs[c.run_id][0], y_val) if calibrate
              else 1.0 for c in pool}
     scaled = {rid: tuple(fusion.apply_temperature(p, temps[rid]) for p in pair)
               if calibrate else pair for rid, pair in probs.items()}
-    if method in fusion.POOLED:
-        w_pool = fusion.POOLED[method]([scaled[c.run_id][0] for c in pool], y_val)
-        chosen = sorted((i for i in range(len(pool)) if w_pool[i] > 0),
-                        key=lambda i: (-w_pool[i], i))
-        members = [pool[i] for i in chosen]
-        weights = [float(w_pool[i]) for i in chosen]
-    elif method == "uniform":
-        weights = [1 / len(members)] * len(members)
+    weighed = pool if how.pooled else members
+    w = how.fit([scaled[c.run_id][0] for c in weighed], y_val, weights)
+    kept = range(len(weighed))
+    if how.pooled:  # the candidates it gave a weight, the heaviest first
+        kept = sorted((i for i in kept if w[i] > 0), key=lambda i: (-w[i], i))
+    members = [weighed[i] for i in kept]
+    weights = [float(w[i]) for i in kept]
     val = fusion.fuse([scaled[c.run_id][0] for c in members], weights)
     test = fusion.fuse([scaled[c.run_id][1] for c in members], weights)
     t = fusion.fit_temperature(val, y_val)

@@ -13,6 +13,8 @@ from conftest import run_module as run
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from analysis import figures, fusion
+from analysis.methods.greedy import greedy_weights
+from analysis.methods.nll import MIN_WEIGHT, nll_weights
 from analysis.select import Candidate, SelectionError, distinct, same_data, top_k
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +54,7 @@ def test_weights_and_probabilities_sum_to_one(data):
     rng, y = data
     ps = [member(rng, y, s) for s in (0.5, 1.5, 2.5, 1.0)]
     assert fusion.normalise([3, 1, 0, 4]).sum() == pytest.approx(1.0)
-    w = fusion.greedy_weights(ps, y)
+    w = greedy_weights(ps, y)
     assert w.sum() == pytest.approx(1.0) and (w >= 0).all()
     for weights in ([1, 1, 1, 1], [0.1, 0.2, 0.3, 0.4], w):
         assert np.allclose(fusion.fuse(ps, weights).sum(1), 1.0)
@@ -69,7 +71,7 @@ def test_greedy_never_worse_on_validation_than_the_best_member(seed):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 10, 500)
     ps = [member(rng, y, s) for s in rng.uniform(0.2, 2.0, 6)]
-    w = fusion.greedy_weights(ps, y)
+    w = greedy_weights(ps, y)
     best = max(fusion.accuracy(p, y) for p in ps)
     assert fusion.accuracy(fusion.fuse(ps, w), y) >= best
 
@@ -86,14 +88,14 @@ def test_nll_weights_minimise_the_fused_validation_nll(seed):
     ps = [member(rng, y, s) for s in rng.uniform(0.5, 3.0, 5)]
     useless = softmax(rng.normal(size=(len(y), 10)) * 4)  # confident and wrong at chance
     pool = [*ps, useless]
-    w = fusion.nll_weights(pool, y)
+    w = nll_weights(pool, y)
     assert w.sum() == pytest.approx(1.0) and w[-1] == 0
     kept = w > 0
-    assert (w[kept] >= fusion.MIN_WEIGHT).all()
+    assert (w[kept] >= MIN_WEIGHT).all()
     fused_nll = fusion.nll(fusion.fuse(pool, w), y)
     assert fused_nll < fusion.nll(fusion.fuse(pool, np.ones(len(pool))), y)
     assert fused_nll < min(fusion.nll(p, y) for p in pool)
-    assert fused_nll <= fusion.nll(fusion.fuse(pool, fusion.greedy_weights(pool, y)), y)
+    assert fused_nll <= fusion.nll(fusion.fuse(pool, greedy_weights(pool, y)), y)
     right = np.stack([p[np.arange(len(y)), y] for p in pool])
     gradient = (right / (w @ right)).mean(1)
     assert np.allclose(gradient[kept], 1.0, atol=1e-3)
@@ -107,8 +109,8 @@ def test_nll_weights_minimise_the_fused_validation_nll(seed):
                 v[j] -= eps
                 assert fusion.nll(fusion.fuse(pool, v), y) >= fused_nll - 1e-12
     # a member twice: the two copies together weigh what the one did
-    twice = fusion.nll_weights([*ps, ps[0]], y)
-    once = fusion.nll_weights(ps, y)
+    twice = nll_weights([*ps, ps[0]], y)
+    once = nll_weights(ps, y)
     assert twice[0] + twice[-1] == pytest.approx(once[0], abs=2e-3)
     assert np.allclose(twice[1:-1], once[1:], atol=2e-3)
 
@@ -200,7 +202,7 @@ def test_a_shared_warmup_checkpoint_is_fused_once():
     assert [c.run_id for c in top_k(distinct(cs), 2)] == ["e3", "late3"]
 
 
-@pytest.mark.parametrize("fit", [fusion.greedy_weights, fusion.nll_weights])
+@pytest.mark.parametrize("fit", [greedy_weights, nll_weights])
 def test_test_set_cannot_change_the_chosen_weights(fit):
     """Member A is better on validation, B on test: greedy and nll, fitted on validation,
     weigh A most; had the test set been used, the answer would be B."""

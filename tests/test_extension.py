@@ -1,7 +1,9 @@
 """Extension points, used as a newcomer would: a new model family is one new file under
 trainables/models/ plus one import line, and everything else picks up what its ModelCard
 declares (trainables/models/registry.py): `--model` and its alias, the profiles' widths, the
-default augmentation, the fast path's compile choice, the report."""
+default augmentation, the fast path's compile choice, the report. A search kind is one module
+of search/ and one line of search/kinds.py; a fusion method one file under analysis/methods/
+and one import line (analysis/methods/registry.py)."""
 
 from __future__ import annotations
 
@@ -135,3 +137,75 @@ def test_a_search_kind_added_as_one_module_runs_in_the_pipeline_and_reaches_the_
     summary = json.loads((ws / "reports" / "smoke" / "summary.json").read_text())
     members = {m["experiment"] for m in summary["members"]}
     assert members == {"smoke-grid-cnn", "smoke-toy"}, summary["members"]
+
+
+BEST = '''"""best: all the weight on the candidate most accurate on validation."""
+
+import numpy as np
+
+from analysis.fusion import accuracy
+from analysis.methods.registry import register_method
+
+
+@register_method("best", help="the single most accurate candidate on validation",
+                 words="the candidate most accurate on validation, alone", pooled=True)
+def best_weights(val_probs, y_val, given=None):
+    scores = [accuracy(p, y_val) for p in val_probs]
+    w = np.zeros(len(val_probs))
+    w[int(np.argmax(scores))] = 1.0
+    return w
+'''
+
+FUSE_WITH_BEST = '''
+import json
+import numpy as np
+from analysis import methods
+from analysis.render import build, markdown
+from analysis.select import Candidate
+from analysis.summary import fuse_members, summarise
+
+rng = np.random.default_rng(0)
+y_val, y_test = rng.integers(0, 10, 300), rng.integers(0, 10, 300)
+pool, probs = [], {}
+for k, noise in enumerate((3.0, 0.5, 2.0)):  # the second candidate is the most accurate
+    def member(y):
+        return np.eye(10)[y] + rng.random((len(y), 10)) * noise
+    p = [m / m.sum(1, keepdims=True) for m in (member(y_val), member(y_test))]
+    probs[f"r{k}"] = tuple(p)
+    pool.append(Candidate(f"r{k}", "grid-cnn", "grid", "cnn", 0.5, 1, "c.pt", "f", 1000, 0))
+fused = fuse_members(pool, pool[:1], None, probs, y_val, "best", calibrate=False)
+context = {"name": "toy", "created": "now", "workspace": "/ws", "experiments": ["grid-cnn"],
+           "data": {"fingerprint": "f" * 64, "val_images": 300, "test_images": 300}}
+summary = summarise(fused, pool[0], y_val, y_test, 20, context, dict.fromkeys(probs, "c.pt"))
+print(json.dumps({"pipeline": methods.names(pipeline=True),
+                  "members": [c.run_id for c in fused.members], "weights": fused.weights,
+                  "markdown": markdown(build(summary, {}))}))
+'''
+
+
+def test_a_fusion_method_added_as_one_file_and_one_import_line(tmp_path):
+    """A new fusion method is one file under analysis/methods/ plus its import line: the
+    report's --method offers it (with its help), the fusion weighs the pool with it, the
+    report's text describes it in its own words, and the pipeline is offered it
+    (analysis/methods/registry.py)."""
+    tree = tree_copy(tmp_path / "tree")
+    (tree / "analysis" / "methods" / "best.py").write_text(BEST)
+    init = tree / "analysis" / "methods" / "__init__.py"
+    text = init.read_text()
+    assert "# isort: on" in text
+    init.write_text(text.replace("# isort: on", "from analysis.methods import best  # noqa: "
+                                                "F401\n# isort: on"))
+    help_ = run(tree, "-m", "analysis.report", "--help")
+    assert help_.returncode == 0, help_.stderr[-2000:]
+    flat = " ".join(help_.stdout.split())
+    assert "{uniform,weighted,greedy,nll,best}" in flat, flat
+    assert "best: the single most accurate candidate on validation" in flat, flat
+    assert "greedy, nll and best weigh every candidate" in flat, flat
+    out = run(tree, "-c", FUSE_WITH_BEST)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout)
+    assert got["pipeline"] == ["uniform", "greedy", "nll", "best"]
+    # pooled: it weighed every candidate and kept the one it gave a weight
+    assert got["members"] == ["r1"] and got["weights"] == [1.0]
+    assert ("Fusion: **best** (the candidate most accurate on validation, alone), weights "
+            "[1.0]") in got["markdown"]

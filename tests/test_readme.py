@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.fusion import POOLED
+from analysis.methods import method
 from search.profiles import PROFILES
 from trainables.models import card
 
@@ -129,7 +129,7 @@ def check_row(row: dict[str, str], where: str) -> set[str]:
             assert (m[1], bool(m[3])) == (p.fusion_method, p.fusion_calibrate), what
             # greedy and nll weigh every candidate: no top k to state
             assert (int(m[2]) if m[2] else None) == \
-                (None if p.fusion_method in POOLED else p.fusion_top_k), what
+                (None if method(p.fusion_method).pooled else p.fusion_top_k), what
             assert ("flip" if m[4] else "none") == p.fusion_tta, what
             assert p.fusion_per_model_cap is None, what
         else:

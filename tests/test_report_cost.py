@@ -12,9 +12,9 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from analysis import report
+from analysis import fusion_run
 from analysis.grids import cost_rows
-from analysis.render import to_html
+from analysis.render import html_of, markdown_of
 from analysis.render_cost import cost_section, duration
 from analysis.select import Candidate
 from analysis.summary import Fused, search_costs, summarise, trial_cost
@@ -151,8 +151,9 @@ def test_trial_cost_fallbacks_one_by_one():
 
 def test_search_cost_section_in_markdown_and_html(store):
     cost = search_costs(cost_rows(store, covered(store)))
-    lines = cost_section({"search_cost": cost})
-    md = "\n".join(lines)
+    section = cost_section({"search_cost": cost})
+    md = markdown_of(section)
+    lines = md.splitlines()
     assert lines[0] == "## Search cost"
     assert ("The 2 searches (8 trials) computed **18 of the 32 epochs** an exhaustive run of "
             "their trials computes (56.2%); some are still running. Shared warm-ups saved 7 "
@@ -168,22 +169,22 @@ def test_search_cost_section_in_markdown_and_html(store):
     assert ("computed epochs counted for 1 trial of weights-resnet18 by its logged epochs "
             "less those flagged shared; 2 trials of weights-resnet18 by its logged epochs "
             "less the warm-up its warmup_reused tag says it reused.") in md
-    page = to_html(md, {})
+    page = html_of(section)
     assert "<h2>Search cost</h2>" in page and "<b>18 of the 32 epochs</b>" in page
     assert re.search(r"<tr><td>grid-resnet18</td><td>4</td><td>20</td><td>12</td>"
                      r"<td>60.0%</td><td>4</td><td>1</td><td>4</td><td>12m 34s</td>", page)
     assert "<td><b>all searches</b></td>" in page
     # a search interrupted and not resumed: its time until then, and its status
     cost["searches"][0]["status"] = "KILLED"
-    assert "| 4 | 12m 34s (killed) |" in "\n".join(cost_section({"search_cost": cost}))
+    assert "| 4 | 12m 34s (killed) |" in markdown_of(cost_section({"search_cost": cost}))
     # a summary without the section (an older report) renders none
-    assert cost_section({}) == [] and cost_section({"search_cost": {"searches": []}}) == []
+    assert cost_section({}) is None and cost_section({"search_cost": {"searches": []}}) is None
     assert [duration(s) for s in (42, 491, 3900, None)] == ["42s", "8m 11s", "1h 05m",
                                                             "running"]
 
 
 def test_report_writes_the_section_into_its_files(store, tmp_path):
-    """report.write, the step of the report command that reads the searches back: the
+    """fusion_run.write, the step of the report command that reads the searches back: the
     section reaches summary.json, report.md and report.html, after the detailed tables."""
     rng = np.random.default_rng(0)
     y_val, y_test = rng.integers(0, 10, 200), rng.integers(0, 10, 300)
@@ -204,7 +205,7 @@ def test_report_writes_the_section_into_its_files(store, tmp_path):
                         {m.run_id: "x.pt" for m in members})
     out = tmp_path / "out"
     out.mkdir()
-    report.write(out, summary, fused, y_test, store)
+    fusion_run.write(out, summary, fused, y_test, store)
     saved = json.loads((out / "summary.json").read_text())["search_cost"]
     assert [s["experiment"] for s in saved["searches"]] == ["grid-resnet18", "weights-resnet18"]
     assert (saved["total"]["exhaustive_epochs"], saved["total"]["computed_epochs"]) == (32, 18)

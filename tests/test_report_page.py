@@ -11,7 +11,8 @@ from pathlib import Path
 
 from conftest import wait_text
 
-from analysis.render import TITLES, figure_reading, headline, markdown, to_html
+from analysis.readings import TITLES, figure_reading
+from analysis.render import build, html, markdown, markdown_of
 from analysis.summary import SEED_RESULTS
 
 
@@ -60,12 +61,12 @@ def test_report_page_reads_headline_first_with_titled_figures(tmp_path):
     keys = ("roc", "precision_recall", "confusion", "reliability", "grid_heatmap",
             "asha_rungs")
     figures = {k: tiny_png(tmp_path / f"{k}.png") for k in keys}
-    md = markdown(summary, figures)
-    page = to_html(md, figures)
+    report = build(summary, figures)  # one model, two renderings
+    md, page = markdown(report), html(report)
 
     # the headline: fusion vs the best member (with its test accuracy, the gain's interval)
     # and vs the seed's fusion, before any table or figure
-    head = headline(summary)
+    head = markdown_of(report.headline)
     seed_fusion = next(t for n, _, t in SEED_RESULTS if "fusion" in n.lower())
     for part in ("91.20%", "90.00% for resnet, the best member on validation", "+1.20 points",
                  "[+0.60, +1.80]", "2000 resamples", "above zero", f"{100 * seed_fusion:.2f}%",
@@ -104,7 +105,8 @@ def test_report_page_reads_headline_first_with_titled_figures(tmp_path):
 def test_report_page_headline_says_when_the_interval_includes_zero():
     summary = hand_made_summary()
     summary["fusion"].update(test_gain=-0.001, test_gain_interval=[-0.004, 0.002])
-    assert "includes zero" in headline(summary) and "-0.10 points" in headline(summary)
+    head = markdown_of(build(summary, {}).headline)
+    assert "includes zero" in head and "-0.10 points" in head
     summary["fusion"]["test"].pop("roc_auc")  # a summary without the areas: no numbers made up
     assert "AUC" not in figure_reading("roc", summary)
 
@@ -141,11 +143,11 @@ def test_report_page_lays_out_figures_on_a_laptop_screen(smoke_pipeline, browser
 
 def test_report_says_how_the_fusion_was_fitted_and_scored():
     summary = hand_made_summary()
-    md = markdown(summary, {})
+    md = markdown(build(summary, {}))
     assert "Fusion: **uniform** with temperature scaling, weights [0.5, 0.5]" in md
     assert "TTA" not in md  # a report before --tta, or without it, says nothing of it
     summary["fusion"]["method"], summary["tta"] = "nll", "flip"
-    md = markdown(summary, {})
+    md = markdown(build(summary, {}))
     assert ("Fusion: **nll** (the weights that minimise the fused validation log-loss) with "
             "temperature scaling") in md
     assert "left-right mirror (flip TTA), on validation and test alike" in md

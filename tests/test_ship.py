@@ -32,8 +32,9 @@ from PIL import Image
 
 from analysis import predict
 from analysis.ensemble import PROB_COLUMNS, fused_probs, log_ensemble
-from analysis.images import FIX_PNG, read_images
+from analysis.images import read_images
 from analysis.inference import predict_probs
+from analysis.pngs import FIX_PNG, conversion_line
 from trainables import checkpoint, data
 from trainables.engine import TrainConfig, fit
 from trainables.idx import write_idx
@@ -110,7 +111,7 @@ def test_registered_model_equals_in_process_fusion(shipped, members, images, exp
     frame = model.predict(images[0])
     assert list(frame.columns) == ["label", *PROB_COLUMNS]
     assert frame["label"].dtype == np.int64
-    probs = frame[PROB_COLUMNS].to_numpy()
+    probs = frame[list(PROB_COLUMNS)].to_numpy()
     np.testing.assert_allclose(probs, expected, atol=1e-6, rtol=0)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-9)
     assert (frame["label"].to_numpy() == expected.argmax(1)).all()
@@ -130,7 +131,7 @@ def test_registered_model_equals_in_process_fusion(shipped, members, images, exp
                         columns=[f"pixel{i}" for i in range(1, 785)])
     for other in (flat, images[0].tolist()):
         got = inner.predict(None, other)
-        np.testing.assert_allclose(got[PROB_COLUMNS].to_numpy(), expected, atol=1e-9)
+        np.testing.assert_allclose(got[list(PROB_COLUMNS)].to_numpy(), expected, atol=1e-9)
 
 
 def test_registry_entry_signature_and_code(shipped, members):
@@ -183,7 +184,7 @@ def test_flip_tta_is_the_mean_over_the_mirrors_and_the_shipped_model_applies_it(
     run_id = client.create_run(client.get_experiment_by_name("ship").experiment_id).info.run_id
     uri, _ = log_ensemble(run_id, members, WEIGHTS, TEMPERATURES, f"{NAME}-tta", shipped["uri"],
                           fused_temperature=FUSED_T, tta="flip")
-    got = mlflow.pyfunc.load_model(uri).predict(x)[PROB_COLUMNS].to_numpy()
+    got = mlflow.pyfunc.load_model(uri).predict(x)[list(PROB_COLUMNS)].to_numpy()
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="unknown test-time augmentation"):
         log_ensemble(run_id, members, WEIGHTS, None, f"{NAME}-tta", shipped["uri"], tta="x")
@@ -358,7 +359,7 @@ def test_predict_every_format(kind, shipped, images, expected, tmp_path, capsys)
     ids = [f"img_{i:03d}.png" for i in range(20)] if kind == "png" else list(range(20))
     assert got["id"].tolist() == ids
     assert got["label"].tolist() == expected.argmax(1).tolist()
-    np.testing.assert_allclose(got[PROB_COLUMNS].to_numpy(), expected, atol=1e-9, rtol=0)
+    np.testing.assert_allclose(got[list(PROB_COLUMNS)].to_numpy(), expected, atol=1e-9, rtol=0)
     if kind.startswith("csv-label"):
         correct = int((expected.argmax(1) == y).sum())
         assert f"accuracy {correct / 20:.4f} ({correct}/20)" in stdout
@@ -582,8 +583,8 @@ def test_png_folder_converts_any_mode_and_size_as_pillow_does(tmp_path):
                 want = want.resize((28, 28), Image.Resampling.LANCZOS)
             np.testing.assert_array_equal(got, np.asarray(want))
     np.testing.assert_array_equal(read.images[0], arrays["a_plain.png"])  # untouched
-    assert reader.conversion_line(read) == ("converted 3 of 5 images to 28x28 grayscale "
-                                            "(1 RGB, 1 RGBA, 1 of 40x30, 1 of 56x56)")
+    assert conversion_line(read) == ("converted 3 of 5 images to 28x28 grayscale "
+                                     "(1 RGB, 1 RGBA, 1 of 40x30, 1 of 56x56)")
     with pytest.raises(reader.InputError, match=r"b_rgb\.png: is an RGB colour image \(mode "
                                                 r"RGB\), not 8-bit grayscale"):
         reader.read_input(folder, strict=True)

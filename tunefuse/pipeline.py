@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from analysis import methods
 from analysis.report import ReportOptions
 from search.claims import check_owner, claim_pipeline
 from search.options import (
@@ -44,10 +45,6 @@ from trainables.models import list_models
 from tunefuse.stages import PipelineState, plan, run_pipeline
 
 DEFAULT_MODELS = ("cnn", "resnet18", "inception")
-# The fusion methods a pipeline's report runs (not weighted: its --weights name members that
-# exist only once the searches end). To be asked of analysis/ when it lists its methods with
-# whether a pipeline can run each; until then, this tuple is the one place that says so.
-PIPELINE_METHODS = ("uniform", "greedy", "nll")
 
 
 @dataclass(frozen=True)
@@ -60,13 +57,13 @@ class PipelineOptions(SearchOptions):
         "comma-separated models to grid-search (default %(default)s)"))
     no_weights: bool = flag(False, group="pipeline", action="store_true",
                             help="skip the class-weight search")
-    top_k: int | None = like(ReportOptions, "top_k", None, group="pipeline", help=(
-        "members to fuse with uniform (default: the profile's); greedy and nll weigh every "
-        "candidate"))
+    top_k: int | None = like(ReportOptions, "top_k", None, group="pipeline",
+                             help=lambda: methods.top_k_help("the profile's", pipeline=True))
     per_model_cap: int | None = like(ReportOptions, "per_model_cap", group="pipeline",
                                      type=at_least(1))
     method: str | None = like(ReportOptions, "method", None, group="pipeline",
-                              choices=PIPELINE_METHODS, help="fusion (default: the profile's)")
+                              choices=lambda: methods.names(pipeline=True),
+                              help="fusion (default: the profile's)")
     calibrate: bool | None = like(ReportOptions, "calibrate", None, group="pipeline")
     tta: str | None = like(ReportOptions, "tta", None, group="pipeline", help=(
         "members' test-time augmentation (default: the profile's)"))

@@ -35,7 +35,8 @@ from analysis.ensemble import PROB_COLUMNS, fused_probs, log_ensemble
 from analysis.images import FIX_PNG, read_images
 from analysis.inference import predict_probs
 from trainables import checkpoint, data
-from trainables.engine import TrainConfig, fit
+from trainables.config import TrainConfig
+from trainables.engine import fit
 from trainables.idx import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,9 +14,10 @@ from ray.tune.schedulers import TrialScheduler
 from search.asha import ScheduleAwareASHA
 from search.records import asha_tags, scalar_metrics
 from trainables import data
-from trainables.engine import TrainConfig
+from trainables.config import TrainConfig
 from trainables.schedule import branch_epoch, decay_epochs, lr_at
-from trainables.trunk import Trunk, branch_points, trunk_group
+from trainables.trunk import branch_points, place
+from trainables.trunk_store import Trunk
 
 pytestmark = pytest.mark.usefixtures("torch_threads_kept")  # trials set torch's threads
 
@@ -49,7 +50,7 @@ def test_wsd_is_constant_then_decays_to_zero_batch_by_batch():
 
 
 def test_bad_decay_settings_are_refused():
-    from trainables.engine import ConfigError
+    from trainables.config import ConfigError
 
     with pytest.raises(ConfigError, match="decay fraction"):
         TrainConfig(schedule="wsd", decay_fraction=0)
@@ -196,8 +197,8 @@ def test_asha_compares_batch_sizes_on_the_trunk_and_cuts_a_trunk_with_its_branch
         asha.on_trial_add(None, t)
     # branch epochs: 4 -> 3, 8 -> 7, 12 -> 10; the trunk's rungs: 2, 4, 8 of the 12 epochs
     assert asha._trunk(trials[64, 12])[1:] == (10, [2, 4, 8])
-    assert trunk_group(trials[64, 4].config) == trunk_group(trials[64, 12].config)
-    assert trunk_group(trials[64, 4].config) != trunk_group(trials[128, 4].config)
+    assert place(trials[64, 4].config).trunk == place(trials[64, 12].config).trunk
+    assert place(trials[64, 4].config).trunk != place(trials[128, 4].config).trunk
 
     def report(b, e, epoch, acc):
         return asha.on_trial_result(None, trials[b, e], {"epoch": epoch, "val_acc": acc})
@@ -213,8 +214,8 @@ def test_asha_compares_batch_sizes_on_the_trunk_and_cuts_a_trunk_with_its_branch
     assert asha.stops["b256e4"]["epoch"] == 1
     # a trial of a trunk already ranked at a rung goes on without being ranked again
     assert report(64, 12, 2, 0.80) == TrialScheduler.CONTINUE
-    assert asha.trunk_rungs[2] == {trunk_group(trials[64, 4].config): 0.80,
-                                   trunk_group(trials[256, 4].config): 0.50}
+    assert asha.trunk_rungs[2] == {place(trials[64, 4].config).trunk: 0.80,
+                                   place(trials[256, 4].config).trunk: 0.50}
     # in its decay (after epoch 3), a 4-epoch trial is judged among 4-epoch trials only: the
     # 4-epoch trials have no rung in their decay, so it ends
     assert report(64, 4, 4, 0.10) == TrialScheduler.CONTINUE
@@ -283,7 +284,7 @@ def test_a_resumed_asha_replays_results_in_the_order_they_were_reported(tmp_path
     asha = ScheduleAwareASHA(grace_period=1, reduction_factor=2)
     for t in (second, first):  # as Tune restored them
         asha.on_trial_add(None, t)
-    assert asha.trunk_cuts[trunk_group(second.config)]["rung"] == 1
+    assert asha.trunk_cuts[place(second.config).trunk]["rung"] == 1
     assert "b64e2" not in asha.stops  # it had ended: a record of its stop is the lineage's
     late = FakeTrial("b64e3", 64, 3, lengths=(2, 3))
     late.config["warmup_epochs"] = 1

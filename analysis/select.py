@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 
 from search.kinds import fusion_candidates, search_parent
 from search.profiles import PROFILES
-from trainables.engine import DECAY_ONLY, SGD_ONLY, TrainConfig, branch_epoch
-from trainables.schedule import DECAY_FRACTION
+from trainables.trunk import Place, place, place_of_run
 
 
 class SelectionError(Exception):
@@ -36,6 +35,7 @@ class Candidate:
     train_size: int
     seed: int
     params: dict = field(default_factory=dict, compare=False)
+    place: Place | None = field(default=None, compare=False)  # None: asked from its params
 
     @property
     def label(self) -> str:
@@ -102,7 +102,7 @@ def gather(client, experiments: list[str] | None = None) -> list[Candidate]:
                 epoch=int(tags.get("best_epoch", 0)), checkpoint=tags["best_checkpoint"],
                 fingerprint=pp.get("data_fingerprint", ""),
                 train_size=_train_size(parent), seed=int(pp.get("seed", 0)),
-                params=dict(r.data.params)))
+                params=dict(r.data.params), place=place_of_run(tags, r.data.params)))
     return out
 
 
@@ -130,37 +130,19 @@ def same_data(candidates: list[Candidate]) -> tuple[list[Candidate], list[Candid
     return [c for c in ranked if c.fingerprint == fp], [c for c in ranked if c.fingerprint != fp]
 
 
-# Flat params that do not change a trial's weights during its trunk (besides SGD_ONLY or
-# DECAY_ONLY).
-NOT_WEIGHTS = ("device", "num_threads", "eval_batch_size", "trunk_cache", "trunk_lengths")
-
-
-def shared_epochs(params: dict) -> tuple[int, tuple[str, ...]]:
-    """The leading epochs a trial shares with its siblings (trainables/trunk.py), from its
-    MLflow params, and the params those epochs do not depend on."""
-    warmup = int(float(params.get("warmup_epochs") or 0))
-    if params.get("schedule") != "wsd":
-        return warmup, SGD_ONLY
-    cfg = TrainConfig(epochs=int(float(params["epochs"])), warmup_epochs=warmup,
-                      schedule="wsd", decay_fraction=float(params.get("decay_fraction",
-                                                                     DECAY_FRACTION)))
-    return branch_epoch(cfg), DECAY_ONLY
-
-
 def distinct(candidates: list[Candidate]) -> list[Candidate]:
     """The candidates, ranked, less those whose checkpoint holds another's weights.
 
     Trials that differ only in their length (or, for the warm-up, in SGD-phase settings)
-    share one trunk (trainables/trunk.py), so when a trial's best epoch falls inside it, its
-    kept checkpoint has the same weights as a sibling's kept at that epoch; fusing both would
-    count one model twice.
+    share their first epochs (trainables/trunk.py, as each trial's run recorded it), so when a
+    trial's best epoch falls among them, its kept checkpoint has the same weights as a
+    sibling's kept at that epoch; fusing both would count one model twice.
     """
     seen, out = set(), []
     for c in rank(candidates):
-        shared, after = shared_epochs(c.params)
-        if 0 < c.epoch <= shared:
-            key = (c.fingerprint, c.epoch, tuple(sorted(
-                (k, v) for k, v in c.params.items() if k not in after + NOT_WEIGHTS)))
+        where = c.place or place(c.params)
+        if 0 < c.epoch <= where.shared:
+            key = (c.fingerprint, c.epoch, where.group)
             if key in seen:
                 continue
             seen.add(key)

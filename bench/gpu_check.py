@@ -137,7 +137,7 @@ def one_line(e: BaseException) -> str:
 
 
 def config(model: str, kwargs: dict, batch: int, device: str, **kw):
-    from trainables.engine import TrainConfig
+    from trainables.config import TrainConfig
     return TrainConfig(model=model, model_kwargs=kwargs, batch_size=batch, device=device,
                        seed=0, **kw)
 
@@ -229,10 +229,7 @@ def syncs(s: Sizes, split) -> Iterator[Row]:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                train_one_epoch(state.model, state.optimizer, state.x_train[:n],
-                                state.y_train[:n], batch_size=cfg.batch_size, mean=state.mean,
-                                std=state.std, policy=cfg.augment, class_weights=None,
-                                generator=g, fast=state.fast)
+                train_one_epoch(state, g, images=n)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         counts.append(sum("synchroniz" in str(w.message) for w in seen))
@@ -457,17 +454,13 @@ def worker(model: str, width: int | None, batch: int, seconds: float, device: st
     cfg = config(model, {"width": width} if width else {}, batch, device, augment="flip")
     state = build(cfg, split)
     g = torch.Generator(state.device).manual_seed(0)
-    kw = dict(batch_size=batch, mean=state.mean, std=state.std, policy=cfg.augment,
-              class_weights=None, generator=g, fast=state.fast)
-    train_one_epoch(state.model, state.optimizer, state.x_train[:4 * batch],
-                    state.y_train[:4 * batch], **kw)  # kernels chosen before the clock
+    train_one_epoch(state, g, images=4 * batch)  # kernels chosen before the clock
     print("ready", flush=True)
     sys.stdin.readline()
     done, began = 0, time.perf_counter()
     while time.perf_counter() - began < seconds:
         n = 8 * batch
-        train_one_epoch(state.model, state.optimizer, state.x_train[:n], state.y_train[:n],
-                        **kw)
+        train_one_epoch(state, g, images=n)
         done += n
     print(f"img/s {done / (time.perf_counter() - began):.1f}", flush=True)
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from search.plan import epochs_at_most
 from search.profiles import PROFILES
-from trainables.engine import TrainConfig
+from trainables.config import TrainConfig
 from trainables.schedule import branch_epoch
 
 ARMS = (("(a) exhaustive, own warm-ups", ["--scheduler", "none", "--no-shared-warmups",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project, run as a script
@@ -27,14 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project, run
 import torch
 
 from search.profiles import PROFILES
+from trainables.config import TrainConfig
 from trainables.data import load_split
-from trainables.engine import (
-    TrainConfig,
-    TrainState,
-    build,
-    resolve_device,
-    train_one_epoch,
-)
+from trainables.engine import TrainState, build, resolve_device, train_one_epoch
 from trainables.fastpath import FP32, fast_path
 from trainables.models import card
 from trainables.models.layers import Dropout
@@ -72,17 +68,13 @@ def timed_epochs(state: TrainState, seconds: float, compiled=None) -> dict:
     """Warm up on 4 batches twice, then time one epoch over a slice sized to take ``seconds``."""
     cfg = state.cfg
     g = torch.Generator(state.device).manual_seed(0)
-    args = dict(batch_size=cfg.batch_size, mean=state.mean, std=state.std, policy=cfg.augment,
-                class_weights=None, generator=g, fast=state.fast, compiled=compiled)
+    state = replace(state, compiled=compiled, class_weights=None)
     probe = 4 * cfg.batch_size
-    train_one_epoch(state.model, state.optimizer, state.x_train[:probe],
-                    state.y_train[:probe], **args)
-    first = train_one_epoch(state.model, state.optimizer, state.x_train[:probe],
-                            state.y_train[:probe], **args)
+    train_one_epoch(state, g, images=probe)
+    first = train_one_epoch(state, g, images=probe)
     n = int(min(len(state.x_train), max(probe, first["images_per_s"] * seconds)))
     n = max(cfg.batch_size, n // cfg.batch_size * cfg.batch_size)
-    return train_one_epoch(state.model, state.optimizer, state.x_train[:n], state.y_train[:n],
-                           **args)
+    return train_one_epoch(state, g, images=n)
 
 
 def cases(full_width: bool, batch_sizes: list[int] | None, models: list[str],

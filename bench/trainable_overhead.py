@@ -17,8 +17,9 @@ import time
 
 import torch
 
+from trainables.config import TrainConfig
 from trainables.data import load_split
-from trainables.engine import TrainConfig, fit
+from trainables.engine import fit
 
 
 def main() -> None:

@@ -36,10 +36,9 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 
 from search.rungs import rung_epochs
 from trainables.cli import above_one, at_least, non_negative
-from trainables.engine import ConfigError, TrainConfig, branch_epoch
 from trainables.flags import flag
 from trainables.trainable import METRIC, MODE, TIME_ATTR
-from trainables.trunk import trunk_group
+from trainables.trunk import place
 
 
 class ScheduleAwareASHA(FIFOScheduler):
@@ -190,12 +189,10 @@ class ScheduleAwareASHA(FIFOScheduler):
         """The trial's trunk (None without one), its branch epoch, and the trunk's rungs."""
         if trial.trial_id not in self._trunks:
             wsd = trial.config.get("schedule") == "wsd"  # (a warm-up is compared per length)
-            trunk, branch, milestones = trunk_group(trial.config) if wsd else None, 0, []
+            where = place(trial.config)
+            trunk = where.trunk if wsd else None
+            branch, milestones = where.branch if trunk else 0, []
             if trunk is not None:
-                try:
-                    branch = branch_epoch(TrainConfig.from_dict(trial.config))
-                except ConfigError:
-                    trunk = None
                 lengths = trial.config.get("trunk_lengths") or [trial.config["epochs"]]
                 milestones = self.rungs(max(int(e) for e in lengths))
             self._trunks[trial.trial_id] = (trunk, branch, milestones)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from search import plan as plans
 from search.records import trial_run_name
+from trainables.trunk import ALONE, Place, Progress, epochs_left, place
 
 
 def clock(seconds: float | None) -> str:
@@ -49,8 +50,7 @@ class Row:
     computed: int = 0  # those epochs
     stop: str = ""  # why ASHA stopped it: "rung 4: 0.8213 < 0.8400"
     trunk_cut: bool = False  # ASHA cut its trunk: none of that trunk's trials goes on
-    trunk: str | None = None  # the trunk it shares (search/plan.py trunk_of), None: none
-    branch: int = 0  # its epochs the trunk computes
+    place: Place = ALONE  # among the trials it shares epochs with (trainables/trunk.py)
 
     def seconds_per_epoch(self) -> float | None:
         return self.computed_s / self.computed if self.computed else None
@@ -70,10 +70,9 @@ class TrialBoard:
     def row(self, trial) -> Row:
         if trial.trial_id not in self.rows:
             cfg = trial.config or {}
-            trunk = plans.trunk_of(cfg) if "epochs" in cfg else None
             self.rows[trial.trial_id] = Row(
                 trial_run_name(trial.trial_id, cfg), int(cfg.get("epochs") or 0),
-                trunk=trunk, branch=plans.branch(cfg) if trunk else 0)
+                place=place(cfg) if "epochs" in cfg else ALONE)
         return self.rows[trial.trial_id]
 
     def result(self, trial, result: dict) -> None:
@@ -130,22 +129,11 @@ class TrialBoard:
         """The epochs the unfinished trials still compute: a shared trunk once, from as far as
         any of its trials took it to the latest branch still to come, then each trial's own;
         nothing for the trials of a trunk ASHA cut (they stop at their next epoch)."""
-        reached: dict[str, int] = {}  # trunk -> the furthest epoch of it computed
-        for row in self.rows.values():
-            if row.trunk is not None:
-                reached[row.trunk] = max(reached.get(row.trunk, 0), min(row.epoch, row.branch))
-        cut = {row.trunk for row in self.rows.values() if row.trunk_cut and row.trunk}
-        latest: dict[str, int] = {}  # trunk -> the latest branch of its unfinished trials
-        left = 0
-        for row in self.rows.values():
-            if row.status in ("done", "stopped", "failed") or row.trunk in cut:
-                continue
-            if row.trunk is None:
-                left += max(0, row.epochs - row.epoch)
-                continue
-            latest[row.trunk] = max(latest.get(row.trunk, 0), row.branch)
-            left += max(0, row.epochs - max(row.branch, row.epoch))
-        return left + sum(max(0, b - reached.get(t, 0)) for t, b in latest.items())
+        cut = {r.place.trunk for r in self.rows.values() if r.trunk_cut and r.place.trunk}
+        return epochs_left(
+            Progress(r.place, r.epochs, r.epoch, r.status not in ("done", "stopped", "failed")
+                     and r.place.trunk not in cut)
+            for r in self.rows.values())
 
     def eta(self) -> float | None:
         per_epoch = self.seconds_per_epoch()

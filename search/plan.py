@@ -1,13 +1,10 @@
 """A search's plan, printed and recorded before it trains: its trials, the epochs they compute,
 and about how long that takes here.
 
-An exhaustive search computes every trial's ``epochs``. With shared trunks (``trunk_cache``,
-trainables/trunk.py) trials that differ only in what the part after their branch reads share
-their first ``branch_epoch`` epochs (trainables/schedule.py): under wsd the trials that differ in
-DECAY_ONLY (their length and decay), under the other schedules those that differ in SGD_ONLY
-(the warm-up is the trunk). A trunk is computed once, as far as its latest branch point, and each
-trial computes its own epochs after its branch. ASHA may stop trials sooner: these are the most
-a search computes.
+An exhaustive search computes every trial's ``epochs``. With shared trunks (``trunk_cache``)
+trials that differ only in what the part after their branch reads compute their first epochs
+once: which trials, how far, and the epochs that leaves are trainables/trunk.py's answers. ASHA
+may stop trials sooner: these are the most a search computes.
 
 The time is an estimate from earlier trials of the same model on the same hardware, read by
 search/throughput.py: their training images/s, per batch size, and their epochs' wall time
@@ -23,12 +20,12 @@ import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from types import MappingProxyType, SimpleNamespace
+from types import MappingProxyType
 
 from search.throughput import Throughput, model_of
 from trainables.augment import default_policy
-from trainables.engine import TrainConfig, branch_epoch
-from trainables.trunk import trunk_group
+from trainables.config import TrainConfig
+from trainables.trunk import epochs_at_most, epochs_exhaustive, groups, place
 
 OFFLINE_FACTOR = 3  # augment.expand_offline: the originals, flipped and erased, blurred
 LABELS = MappingProxyType({"batch_size": "batch", "epochs": "epochs"})
@@ -135,53 +132,6 @@ def describe(param_space: dict, num_samples: int = 1) -> str:
     return text
 
 
-# --- the epochs they compute ------------------------------------------------------------------
-
-def _schedule_of(config: dict) -> SimpleNamespace:
-    """What branch_epoch reads, from a flat config (TrainConfig's defaults where absent)."""
-    return SimpleNamespace(
-        epochs=int(config["epochs"]),
-        warmup_epochs=int(config.get("warmup_epochs", TrainConfig.warmup_epochs)),
-        schedule=config.get("schedule", TrainConfig.schedule),
-        decay_fraction=float(config.get("decay_fraction", TrainConfig.decay_fraction)))
-
-
-def branch(config: dict) -> int:
-    """The epochs of this trial that a trunk computes (0: none, every epoch its own)."""
-    if not config.get("trunk_cache"):
-        return 0
-    return branch_epoch(_schedule_of(config))
-
-
-def trunk_of(config: dict) -> str | None:
-    """Which trunk a trial shares (trainables/trunk.py trunk_group); None when it shares none,
-    its branch at epoch 0 included."""
-    if branch(config) == 0:
-        return None
-    return trunk_group(config)
-
-
-def trunks(configs: list[dict]) -> list[list[dict]]:
-    """The trials in groups that share a trunk (a trial that shares none is a group alone)."""
-    groups: dict = {}
-    for i, config in enumerate(configs):
-        groups.setdefault(trunk_of(config) or i, []).append(config)
-    return list(groups.values())
-
-
-def epochs_exhaustive(configs: list[dict]) -> int:
-    return sum(int(c["epochs"]) for c in configs)
-
-
-def group_epochs(group: list[dict]) -> int:
-    """A trunk's epochs once, as far as its latest branch, then each trial's own."""
-    return max(branch(c) for c in group) + sum(int(c["epochs"]) - branch(c) for c in group)
-
-
-def epochs_at_most(configs: list[dict]) -> int:
-    return sum(group_epochs(g) for g in trunks(configs))
-
-
 # --- trials side by side ----------------------------------------------------------------------
 
 def at_a_time(trials: int, resources: tuple[float, float], totals: dict,
@@ -274,7 +224,7 @@ def make(param_space: dict, num_samples: int, *, asha: bool, at_a_time: int,
     configs = trial_configs(param_space, num_samples)
     plan = Plan(trials=len(configs), space=describe(param_space, num_samples),
                 exhaustive=epochs_exhaustive(configs), at_most=epochs_at_most(configs),
-                shared=any(trunk_of(c) for c in configs), asha=asha, at_a_time=at_a_time)
+                shared=any(place(c).trunk for c in configs), asha=asha, at_a_time=at_a_time)
     models: dict = {}
     for c in configs:
         models.setdefault(model_of(c), c)
@@ -285,11 +235,12 @@ def make(param_space: dict, num_samples: int, *, asha: bool, at_a_time: int,
                        "machine")
     total = images = train_s = 0.0
     path = 0.0  # the longest chain one after the other: a start, a trunk, its longest branch
-    for group in trunks(configs):
-        head = max(group, key=branch)
-        parts = [_cost(head, branch(head), found, train_images, val_images)] + \
-            [_cost(c, int(c["epochs"]) - branch(c), found, train_images, val_images)
-             for c in group]
+    for group in groups(configs):
+        branch = [place(c).branch for c in group]
+        head = max(range(len(group)), key=branch.__getitem__)
+        parts = [_cost(group[head], branch[head], found, train_images, val_images)] + \
+            [_cost(c, int(c["epochs"]) - b, found, train_images, val_images)
+             for c, b in zip(group, branch, strict=True)]
         starts = [found[model_of(c)].start_s or 0.0 for c in group]
         total += sum(p[0] for p in parts) + sum(starts)
         images += sum(p[1] for p in parts)

@@ -15,6 +15,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 
 from trainables.classes import NUM_CLASSES
 from trainables.trainable import CHECKPOINT_FILE
+from trainables.trunk import place_tags
 
 SKIP_PARAMS = ("trunk_cache",)
 # metrics also logged as best_<key> for the epoch of a trial's best checkpoint
@@ -81,10 +82,11 @@ def error_line(trial) -> str:
 
 
 def new_trial_run(client, experiment_id: str, parent_id: str, trial_id: str, config: dict):
-    """A trial's child run, its params not logged yet (log_params)."""
+    """A trial's child run, its params not logged yet (log_params), its place among the trials
+    it shares its first epochs with recorded (trainables/trunk.py)."""
     return client.create_run(experiment_id, run_name=trial_run_name(trial_id, config), tags={
         "mlflow.parentRunId": parent_id, "trial_id": trial_id, "kind": "trial",
-        "config_key": config_key(config)})
+        "config_key": config_key(config), **place_tags(config)})
 
 
 def log_params(client, run_id: str, config: dict) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from trainables.engine import TrainConfig
+from trainables.config import TrainConfig
 from trainables.fastpath import fast_path
 
 EARLIER_RUNS = 24  # the most recent matching trials an estimate reads

@@ -16,16 +16,8 @@ import torch.nn.functional as F
 from conftest import need_compiler, need_real_data
 
 from trainables import checkpoint, data, fastpath
-from trainables.engine import (
-    ConfigError,
-    TrainConfig,
-    build,
-    evaluate,
-    fit,
-    lr_at,
-    run_epoch,
-    train_one_epoch,
-)
+from trainables.config import ConfigError, TrainConfig
+from trainables.engine import build, evaluate, fit, lr_at, run_epoch, train_one_epoch
 from trainables.models import card, list_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,11 +97,12 @@ def test_class_weights_weight_the_loss(split):
     expected = ((w[y] * nll).sum() / w[y].sum()).item()
 
     def loss_with(weight):
-        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        # one batch of the 300 images, not augmented, at a rate of 0, weighted by ``weight``
+        each = replace(state, cfg=replace(state.cfg, batch_size=len(x), augment="none"),
+                       optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+                       class_weights=weight)
         g = torch.Generator().manual_seed(0)
-        return train_one_epoch(model, opt, x, y, batch_size=len(x), mean=state.mean,
-                               std=state.std, policy="none", class_weights=weight,
-                               generator=g)["train_loss"]
+        return train_one_epoch(each, g, images=len(x))["train_loss"]
 
     assert loss_with(w) == pytest.approx(expected, rel=1e-5)
     assert loss_with(None) == pytest.approx(nll.mean().item(), rel=1e-5)

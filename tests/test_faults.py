@@ -12,7 +12,7 @@ import torch
 from conftest import need_real_data
 
 from trainables import checkpoint, data
-from trainables.engine import TrainConfig
+from trainables.config import TrainConfig
 from trainables.trainable import CHECKPOINT_FILE, ClassifierTrainable
 
 pytestmark = pytest.mark.usefixtures("torch_threads_kept")  # CONFIG sets 2 threads

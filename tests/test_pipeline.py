@@ -34,7 +34,7 @@ from conftest import (
     wait_text,
 )
 
-from trainables.engine import TrainConfig
+from trainables.config import TrainConfig
 from trainables.schedule import branch_epoch
 
 STAGES = ["smoke-grid-cnn", "smoke-grid-resnet18", "smoke-grid-inception",

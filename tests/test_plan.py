@@ -15,7 +15,8 @@ from search.throughput import Throughput
 from search.weights import Settings, WeightsOptions, make_search
 from search.workspace import Workspace
 from trainables import data
-from trainables.engine import TrainConfig
+from trainables import trunk as trunks
+from trainables.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("torch_threads_kept")  # trials set torch's threads
 
@@ -37,13 +38,13 @@ def test_wsd_shares_everything_but_each_decay():
     assert len(configs) == 8
     assert plan.describe(grid_space()) == "batch 64,128 x epochs 4,6,8,12"
     # decays of 1, 1, 1 and 2 epochs: branches at 3, 5, 7 and 10
-    assert sorted(plan.branch(c) for c in configs if c["batch_size"] == 64) == [3, 5, 7, 10]
-    groups = plan.trunks(configs)
+    assert sorted(trunks.place(c).branch for c in configs if c["batch_size"] == 64) == [3, 5, 7, 10]
+    groups = trunks.groups(configs)
     assert sorted(len(g) for g in groups) == [4, 4]  # one trunk per batch size
     for group in groups:
-        assert plan.epochs_exhaustive(group) == 4 + 6 + 8 + 12 == 30
-        assert plan.group_epochs(group) == 10 + (1 + 1 + 1 + 2) == 15
-    assert plan.epochs_exhaustive(configs) == 60 and plan.epochs_at_most(configs) == 30
+        assert trunks.epochs_exhaustive(group) == 4 + 6 + 8 + 12 == 30
+        assert trunks.epochs_at_most(group) == 10 + (1 + 1 + 1 + 2) == 15
+    assert trunks.epochs_exhaustive(configs) == 60 and trunks.epochs_at_most(configs) == 30
 
 
 @pytest.mark.parametrize("model", ["cnn", "resnet18", "inception"])
@@ -54,35 +55,35 @@ def test_the_standard_profile_is_an_asha_grid_on_shared_trunks(model):
     profile = PROFILES["standard"]
     space = grid.space(grid.GridOptions(model=model, profile="standard"), model, "/tmp/trunks")
     configs = plan.trial_configs(space)
-    (short, long), groups = profile.grid(model)[1], plan.trunks(configs)
+    (short, long), groups = profile.grid(model)[1], trunks.groups(configs)
     assert len(configs) == 4 and sorted(len(g) for g in groups) == [2, 2]
     # flips; ResNet18 flips and shifts (its 50-epoch trial memorised the set with flips alone)
     assert {c["augment"] for c in configs} == {"shift" if model == "resnet18" else "flip"}
     for group in groups:
-        assert plan.group_epochs(group) == long + (short - plan.branch(
-            next(c for c in group if c["epochs"] == short)))
-    assert profile.grace_period < min(plan.branch(c) for c in configs)
+        assert trunks.epochs_at_most(group) == long + (short - trunks.place(
+            next(c for c in group if c["epochs"] == short)).branch)
+    assert profile.grace_period < min(trunks.place(c).branch for c in configs)
     assert profile.grace_period * profile.reduction_factor < long
 
 
 def test_other_schedules_share_the_warmup_only():
     configs = plan.trial_configs(grid_space("cosine"))
-    assert {plan.branch(c) for c in configs} == {2}
-    assert plan.epochs_at_most(configs) == 2 * (2 + (2 + 4 + 6 + 10)) == 48
+    assert {trunks.place(c).branch for c in configs} == {2}
+    assert trunks.epochs_at_most(configs) == 2 * (2 + (2 + 4 + 6 + 10)) == 48
     # what the SGD phase reads does not split a warm-up: two rates, still one per batch size
     configs = plan.trial_configs({**grid_space("cosine"), "lr": tune.grid_search([0.01, 0.1])})
-    assert len(configs) == 16 and len(plan.trunks(configs)) == 2
-    assert plan.epochs_at_most(configs) == 2 * (2 + 2 * (2 + 4 + 6 + 10)) == 92
+    assert len(configs) == 16 and len(trunks.groups(configs)) == 2
+    assert trunks.epochs_at_most(configs) == 2 * (2 + 2 * (2 + 4 + 6 + 10)) == 92
     # under wsd the rate is read before the decay: a trunk per batch size and rate
     configs = plan.trial_configs({**grid_space(), "lr": tune.grid_search([0.01, 0.1])})
-    assert len(plan.trunks(configs)) == 4 and plan.epochs_at_most(configs) == 60
+    assert len(trunks.groups(configs)) == 4 and trunks.epochs_at_most(configs) == 60
 
 
 def test_without_trunk_cache_every_epoch_is_computed():
     for schedule in ("wsd", "cosine"):
         configs = plan.trial_configs(grid_space(schedule, trunk_cache=None))
-        assert plan.epochs_at_most(configs) == plan.epochs_exhaustive(configs) == 60
-        assert plan.trunks(configs) and all(len(g) == 1 for g in plan.trunks(configs))
+        assert trunks.epochs_at_most(configs) == trunks.epochs_exhaustive(configs) == 60
+        assert trunks.groups(configs) and all(len(g) == 1 for g in trunks.groups(configs))
     found = plan.make(grid_space(trunk_cache=None), 1, asha=False, at_a_time=2,
                       train_images=900, val_images=100)
     assert "60 epochs exhaustive, at most 60 computed (no shared trunks)" in found.line()

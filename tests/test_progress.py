@@ -28,6 +28,7 @@ from search import plan as plans
 from search.context import RunContext
 from search.progress import ProgressView, TrialLines, clock, stop_text
 from search.records import trial_run_name
+from trainables import trunk as trunks
 from trainables.cli import NORMAL, QUIET, VERBOSE, ArgParser, OneLineErrors, output
 
 HINT = "Continue it with the same command and --resume"
@@ -120,12 +121,12 @@ def test_the_search_eta_counts_a_shared_trunk_once():
     """wsd trials of 4, 8 and 12 epochs on one trunk branch at 3, 7 and 10 (warm-up 1): the
     trunk's 10 epochs once, then 1 + 1 + 2 of their own."""
     trials = [Trial(f"t_0000{i}", 64, e, trunk=True) for i, e in enumerate((4, 8, 12))]
-    assert [plans.branch(t.config) for t in trials] == [3, 7, 10]
+    assert [trunks.place(t.config).branch for t in trials] == [3, 7, 10]
     view = ProgressView("g", "val_acc", ("epochs",), Stops(),
                         plans.Plan(3, "", 24, 14, True, True, at_a_time=2))
     for t in trials:
         view._sync(t)
-    assert view.epochs_left() == 14 == plans.epochs_at_most([t.config for t in trials])
+    assert view.epochs_left() == 14 == trunks.epochs_at_most([t.config for t in trials])
     lines = TrialLines("g", "val_acc", ("epochs",), Stops(), view)
     feed(view, lines, trials[0], 3, 0.7, seconds=1.0)
     assert view.epochs_left() == 11  # the trunk at 3 of 10, then 1 + 1 + 2

@@ -15,7 +15,7 @@ from conftest import ROOT
 from search import sizing
 from search.grid import GridOptions
 from search.options import AUTO, UsageError, base_config, check_resources, resource_arg
-from trainables.engine import TrainConfig
+from trainables.config import TrainConfig
 from trainables.trainable import on_this_worker
 
 

@@ -15,7 +15,7 @@ from ray import tune
 from ray.train._internal.session import _TrainingResult
 
 from trainables import checkpoint, data
-from trainables.engine import TrainConfig
+from trainables.config import TrainConfig
 from trainables.trainable import CHECKPOINT_FILE, ClassifierTrainable
 
 KEYS = ("epoch", "val_acc", "val_loss", "train_loss")

@@ -23,7 +23,8 @@ from ray.tune.schedulers import TrialScheduler
 
 from search.asha import ScheduleAwareASHA
 from trainables import checkpoint, data
-from trainables.engine import TrainConfig, evaluate
+from trainables.config import TrainConfig
+from trainables.engine import evaluate
 from trainables.trainable import ClassifierTrainable
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,7 +36,8 @@ from analysis.images import read_images
 from analysis.inference import predict_probs
 from analysis.pngs import FIX_PNG, conversion_line
 from trainables import checkpoint, data
-from trainables.engine import TrainConfig, fit
+from trainables.config import TrainConfig
+from trainables.engine import fit
 from trainables.idx import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,9 +14,10 @@ from ray.tune.schedulers import TrialScheduler
 from search.asha import ScheduleAwareASHA
 from search.records import asha_tags, scalar_metrics
 from trainables import data
-from trainables.engine import TrainConfig
+from trainables.config import TrainConfig
 from trainables.schedule import branch_epoch, decay_epochs, lr_at
-from trainables.trunk import Trunk, branch_points, trunk_group
+from trainables.trunk import branch_points, place
+from trainables.trunk_store import Trunk
 
 pytestmark = pytest.mark.usefixtures("torch_threads_kept")  # trials set torch's threads
 
@@ -49,7 +50,7 @@ def test_wsd_is_constant_then_decays_to_zero_batch_by_batch():
 
 
 def test_bad_decay_settings_are_refused():
-    from trainables.engine import ConfigError
+    from trainables.config import ConfigError
 
     with pytest.raises(ConfigError, match="decay fraction"):
         TrainConfig(schedule="wsd", decay_fraction=0)
@@ -196,8 +197,8 @@ def test_asha_compares_batch_sizes_on_the_trunk_and_cuts_a_trunk_with_its_branch
         asha.on_trial_add(None, t)
     # branch epochs: 4 -> 3, 8 -> 7, 12 -> 10; the trunk's rungs: 2, 4, 8 of the 12 epochs
     assert asha._trunk(trials[64, 12])[1:] == (10, [2, 4, 8])
-    assert trunk_group(trials[64, 4].config) == trunk_group(trials[64, 12].config)
-    assert trunk_group(trials[64, 4].config) != trunk_group(trials[128, 4].config)
+    assert place(trials[64, 4].config).trunk == place(trials[64, 12].config).trunk
+    assert place(trials[64, 4].config).trunk != place(trials[128, 4].config).trunk
 
     def report(b, e, epoch, acc):
         return asha.on_trial_result(None, trials[b, e], {"epoch": epoch, "val_acc": acc})
@@ -213,8 +214,8 @@ def test_asha_compares_batch_sizes_on_the_trunk_and_cuts_a_trunk_with_its_branch
     assert asha.stops["b256e4"]["epoch"] == 1
     # a trial of a trunk already ranked at a rung goes on without being ranked again
     assert report(64, 12, 2, 0.80) == TrialScheduler.CONTINUE
-    assert asha.trunk_rungs[2] == {trunk_group(trials[64, 4].config): 0.80,
-                                   trunk_group(trials[256, 4].config): 0.50}
+    assert asha.trunk_rungs[2] == {place(trials[64, 4].config).trunk: 0.80,
+                                   place(trials[256, 4].config).trunk: 0.50}
     # in its decay (after epoch 3), a 4-epoch trial is judged among 4-epoch trials only: the
     # 4-epoch trials have no rung in their decay, so it ends
     assert report(64, 4, 4, 0.10) == TrialScheduler.CONTINUE
@@ -283,10 +284,65 @@ def test_a_resumed_asha_replays_results_in_the_order_they_were_reported(tmp_path
     asha = ScheduleAwareASHA(grace_period=1, reduction_factor=2)
     for t in (second, first):  # as Tune restored them
         asha.on_trial_add(None, t)
-    assert asha.trunk_cuts[trunk_group(second.config)]["rung"] == 1
+    assert asha.trunk_cuts[place(second.config).trunk]["rung"] == 1
     assert "b64e2" not in asha.stops  # it had ended: a record of its stop is the lineage's
     late = FakeTrial("b64e3", 64, 3, lengths=(2, 3))
     late.config["warmup_epochs"] = 1
     asha.on_trial_add(None, late)
     report = {"epoch": 1, "val_acc": 0.325}
     assert asha.on_trial_result(None, late, report) == TrialScheduler.STOP
+
+
+# --- the one owner: a trial's place, as configs, runs and the report see it -------------------
+
+def test_a_place_is_the_same_from_a_config_its_recorded_run_and_its_params(tmp_path):
+    """trainables/trunk.py answers for Tune's config; the trial's run records that answer when it
+    is made (search/records.py), the report reads it back (analysis/select.py), and a run
+    recorded without it is asked from its params: the same trunk, the same shared epochs."""
+    from mlflow.tracking import MlflowClient
+
+    from search.records import flat_params, new_trial_run
+    from trainables.trunk import place_of_run
+
+    def config(**kw):
+        return {"model": "cnn", "batch_size": 64, "epochs": 8, "warmup_epochs": 1,
+                "schedule": "wsd", "decay_fraction": 0.2, "lr": 0.01, "augment": "flip",
+                "trunk_cache": str(tmp_path / "trunks"), "trunk_lengths": [4, 8],
+                "num_threads": 1, **kw}
+
+    eight, four, other = config(), config(epochs=4), config(lr=0.02)
+    assert place(eight).group == place(four).group != place(other).group
+    assert (place(eight).shared, place(four).shared) == (7, 3)  # decays of 1 epoch each
+    assert place(eight).trunk == place(eight).group and place(eight).branch == 7
+    uncached = place(config(trunk_cache=None))
+    assert uncached.shared == 7 and uncached.branch == 0 and uncached.trunk is None
+    cosine = place(config(schedule="cosine"))
+    assert cosine.shared == 1 and cosine.group == place(config(schedule="cosine", lr=0.5)).group
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("g")
+    parent = client.create_run(exp).info.run_id
+    run = new_trial_run(client, exp, parent, "t_00000", eight)
+    recorded = client.get_run(run.info.run_id).data
+    assert place_of_run(recorded.tags, {}) == place(eight)
+    params = flat_params(eight)  # as MLflow holds them: text
+    assert place_of_run({}, params).shared == 7
+    assert place_of_run({}, params).group == place_of_run({}, flat_params(four)).group
+
+
+def test_the_epochs_left_count_a_trunk_once():
+    """Trials of 4, 8 and 12 epochs on one trunk branch at 3, 7 and 10 (warm-up 1): the trunk's
+    10 epochs once, then 1 + 1 + 2 of their own; a trial that shares none counts its own."""
+    from trainables.trunk import Progress, epochs_at_most, epochs_left
+
+    def config(epochs, **kw):
+        return {"model": "cnn", "batch_size": 64, "epochs": epochs, "warmup_epochs": 1,
+                "schedule": "wsd", "trunk_cache": "/ws/trunks", **kw}
+
+    configs = [config(4), config(8), config(12)]
+    assert epochs_at_most(configs) == 14
+    assert epochs_at_most([*configs, config(6, trunk_cache=None)]) == 20
+    first, second, third = (place(c) for c in configs)
+    # the 4-epoch trial finished (the trunk at 3); the 8-epoch one is at 5
+    assert epochs_left([Progress(first, 4, 4, open=False), Progress(second, 8, 5),
+                        Progress(third, 12, 0)]) == (10 - 5) + 1 + 2

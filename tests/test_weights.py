@@ -11,7 +11,7 @@ from conftest import run_module as run
 from optuna.trial import TrialState
 
 from search.study import DurableOptunaSearch, SeededTPESampler
-from trainables.engine import SEED_CLASS_WEIGHTS, ConfigError, TrainConfig
+from trainables.config import SEED_CLASS_WEIGHTS, ConfigError, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIFORM = [1.0] * 10

@@ -50,8 +50,10 @@ from ray.train._internal.session import _TrainingResult  # what Tune passes to r
 from ray.tune.result import SHOULD_CHECKPOINT, TRAINING_ITERATION
 
 from trainables import checkpoint, failpoints
-from trainables.engine import TrainConfig, branch_epoch, build, run_epoch
-from trainables.trunk import Trunk, branch_points, trunk_key
+from trainables.config import TrainConfig
+from trainables.engine import build, run_epoch
+from trainables.trunk import branch_points, place, trunk_key
+from trainables.trunk_store import Trunk
 
 METRIC, MODE = "val_acc", "max"  # shared by the scheduler, checkpointing and selection
 TIME_ATTR = "epoch"
@@ -74,13 +76,13 @@ class ClassifierTrainable(tune.Trainable):
         self.state = build(self.cfg, self.split)
         self.reported = 0  # epochs reported to Tune, one result an epoch
         self.shared = 0  # the leading epochs this trial took from its trunk, not computed
-        self.branch = branch_epoch(self.cfg)
+        where = place(config)
+        self.branch = where.shared
         self.trunk = None
-        cache = config.get("trunk_cache")
-        if cache and self.branch > 0:
+        if where.trunk is not None:
             key = trunk_key(self.cfg, self.split.fingerprint, self.state.fast)
-            self.trunk = Trunk(cache, key, branch_points(self.cfg, config.get("trunk_lengths")
-                                                         or ()))
+            self.trunk = Trunk(config["trunk_cache"], key,
+                               branch_points(self.cfg, config.get("trunk_lengths") or ()))
 
     def _release(self):
         if self.trunk is not None:

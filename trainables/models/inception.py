@@ -9,8 +9,8 @@ channels, as GoogLeNet's conv2) and the three module groups run at 14 (3a-3b), 7
 4 (5a-5b) pixels, each group after a 3x3 stride-2 max-pool, as in GoogLeNet.
 ``width`` scales every channel count by width/64; 64 gives GoogLeNet's own.
 
-    from trainables.models import get_model
-    model = get_model("inception", width=16)
+    from trainables.models import card, get_model
+    model = get_model("inception", width=card("inception").width_in("quick"))  # a profile's
 """
 
 from __future__ import annotations

@@ -38,8 +38,9 @@ from trainables.cli import (
     options_from,
     output,
 )
+from trainables.config import ConfigError
 from trainables.data import DataError, DataOptions, load_split
-from trainables.engine import ConfigError, resolve_device
+from trainables.engine import resolve_device
 from trainables.files import write_reason
 from trainables.flags import flag, parser_for
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, fields
 
 from search.profiles import PROFILES, Profile
 from search.workspace import WorkspaceError
+from trainables.config import ConfigError, TrainConfig, check_batch, check_compiler
 from trainables.data import DataError, DataOptions, load_split
-from trainables.engine import ConfigError, TrainConfig, check_batch, check_compiler
 from trainables.fastpath import FastPathFlags
 from trainables.flags import flag, like
 from trainables.models import aliases, card, list_models

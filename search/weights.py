@@ -73,7 +73,7 @@ from trainables.cli import (
     options_from,
     output,
 )
-from trainables.engine import ConfigError
+from trainables.config import ConfigError
 from trainables.flags import flag, like, parser_for
 from trainables.models import card
 

@@ -12,8 +12,8 @@ from ray import tune
 
 from search.study import storage_url
 from search.workspace import Workspace
+from trainables.config import HARD_CLASSES, SEED_CLASS_WEIGHTS
 from trainables.data import NUM_CLASSES
-from trainables.engine import HARD_CLASSES, SEED_CLASS_WEIGHTS
 
 SPACES = MappingProxyType({"full": tuple(range(NUM_CLASSES)), "hard-pairs": HARD_CLASSES})
 UNIFORM = (1.0,) * NUM_CLASSES

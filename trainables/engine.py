@@ -221,7 +221,3 @@ def fit(cfg: TrainConfig, split: DataSplit, on_epoch=None) -> TrainState:
         if on_epoch is not None:
             on_epoch(state, metrics)
     return state
-
-
-# (until every importer asks trainables.config: the names it moved there)
-from trainables.config import SEED_CLASS_WEIGHTS, check_batch  # noqa: E402,F401

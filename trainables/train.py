@@ -33,17 +33,9 @@ from trainables.cli import (
     options_from,
     output,
 )
+from trainables.config import SEED_CLASS_WEIGHTS, ConfigError, TrainConfig, check_batch
 from trainables.data import CLASSES, DataError, DataOptions, load_split
-from trainables.engine import (
-    SEED_CLASS_WEIGHTS,
-    ConfigError,
-    NonFiniteLoss,
-    TrainConfig,
-    build,
-    check_batch,
-    evaluate,
-    run_epoch,
-)
+from trainables.engine import NonFiniteLoss, build, evaluate, run_epoch
 from trainables.fastpath import FastPathFlags
 from trainables.files import write_reason
 from trainables.flags import flag, like, parser_for

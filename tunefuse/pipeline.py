@@ -39,7 +39,7 @@ from search.options import (
 from search.profiles import PROFILES
 from search.workspace import Workspace, redact
 from trainables.cli import EXIT_USAGE, ArgParser, at_least, exit_now, options_from, output
-from trainables.engine import check_batch
+from trainables.config import check_batch
 from trainables.flags import flag, like, parser_for
 from trainables.models import list_models
 from tunefuse.stages import PipelineState, plan, run_pipeline

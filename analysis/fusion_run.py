@@ -25,7 +25,7 @@ from analysis.publish import (
     publish,
     staging,
 )
-from analysis.readings import headline_lines, seed_table
+from analysis.readings import headline_lines, seed_table_text
 from analysis.select import Selection
 from analysis.summary import Fused, fuse_members, search_costs, summarise
 from search.workspace import redact
@@ -125,11 +125,7 @@ def write(out: Path, summary: dict, fused: Fused, y_test, client) -> None:
 
 def print_result(summary: dict, final: Path, run_id: str, model_uri: str | None) -> None:
     print("\n" + "\n".join(headline_lines(summary)))
-    rows = seed_table(summary)
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'model':<{width}}  {'validation':>10}  {'test':>8}")
-    for a, b, c in rows:
-        print(f"{a:<{width}}  {b:>10}  {c:>8}")
+    print("\n" + seed_table_text(summary))
     print(f"\nreport:   {final / 'report.html'}")
     print(f"MLflow:   run {run_id} in experiment {FUSION_EXPERIMENT!r}" +
           (f"; model {model_uri}" if model_uri else ""))

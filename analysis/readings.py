@@ -94,6 +94,14 @@ def headline(summary: dict) -> Inline:
     return inline(bold(f"{b['name']}: {pct(b['test'])} test accuracy"), text)
 
 
+def seed_table_text(summary: dict) -> str:
+    """``seed_table`` as the terminal shows it: aligned columns under a header."""
+    rows = seed_table(summary)
+    width = max(len(r[0]) for r in rows)
+    return "\n".join([f"{'model':<{width}}  {'validation':>10}  {'test':>8}",
+                      *(f"{a:<{width}}  {b:>10}  {c:>8}" for a, b, c in rows)])
+
+
 def headline_lines(summary: dict) -> list[str]:
     """The same, for a terminal: what the fusion bought, in three or four lines."""
     b = fusion_bought(summary)

@@ -35,14 +35,12 @@ from trainables.cli import (
     ArgParser,
     at_least,
     exit_now,
-    options_from,
-    output,
 )
 from trainables.config import ConfigError
 from trainables.data import DataError, DataOptions, load_split
 from trainables.engine import resolve_device
 from trainables.files import write_reason
-from trainables.flags import flag, parser_for
+from trainables.flags import flag, parser_for, run_command
 
 
 @dataclass(frozen=True)
@@ -162,9 +160,7 @@ def run(options: ReportOptions) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = options_from(ReportOptions, parser().parse_args(argv))
-    with output(options.verbosity):
-        return run(options)
+    return run_command(ReportOptions, parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -38,11 +38,9 @@ from trainables.cli import (
     ArgParser,
     at_least,
     exit_now,
-    options_from,
-    output,
     positive_ints,
 )
-from trainables.flags import flag, like, parser_for
+from trainables.flags import flag, like, parser_for, run_command
 
 
 @dataclass(frozen=True)
@@ -140,9 +138,7 @@ KIND = register_kind(SearchKind(
 
 
 def main(argv: list[str] | None = None, space_overrides: dict | None = None) -> int:
-    options = options_from(GridOptions, parser().parse_args(argv))
-    with output(options.verbosity):
-        return run(options, space_overrides)
+    return run_command(GridOptions, parser(), lambda o: run(o, space_overrides), argv)
 
 
 if __name__ == "__main__":

@@ -70,11 +70,9 @@ from trainables.cli import (
     ArgParser,
     at_least,
     exit_now,
-    options_from,
-    output,
 )
 from trainables.config import ConfigError
-from trainables.flags import flag, like, parser_for
+from trainables.flags import flag, like, parser_for, run_command
 from trainables.models import card
 
 
@@ -268,9 +266,7 @@ KIND = register_kind(SearchKind("weights", stages=stages, run_stage=run_stage))
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = options_from(WeightsOptions, parser().parse_args(argv))
-    with output(options.verbosity):
-        return run(options)
+    return run_command(WeightsOptions, parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any
 
-from trainables.cli import NORMAL, ArgParser
+from trainables.cli import NORMAL, ArgParser, options_from, output
 
 METADATA_KEY = "flag"
 _KEEP = object()  # like(): the default of the field it copies
@@ -118,3 +118,11 @@ def carried(cls, source, **given):
     have = {f.name for f in fields(source)}
     return cls(**{**{f.name: getattr(source, f.name) for f in fields(cls) if f.name in have},
                   **given})
+
+
+def run_command(cls, parser: ArgParser, run, argv: list[str] | None) -> int:
+    """A command's ``main``: ``argv`` parsed into its options class ``cls``, then
+    ``run(options)``, the libraries' output at the options' verbosity; its exit code."""
+    options = options_from(cls, parser.parse_args(argv))
+    with output(options.verbosity):
+        return run(options)

@@ -30,15 +30,13 @@ from trainables.cli import (
     ArgParser,
     at_least,
     exit_now,
-    options_from,
-    output,
 )
 from trainables.config import SEED_CLASS_WEIGHTS, ConfigError, TrainConfig, check_batch
 from trainables.data import CLASSES, DataError, DataOptions, load_split
 from trainables.engine import NonFiniteLoss, build, evaluate, run_epoch
 from trainables.fastpath import FastPathFlags
 from trainables.files import write_reason
-from trainables.flags import flag, like, parser_for
+from trainables.flags import flag, like, parser_for, run_command
 from trainables.models import list_models
 from trainables.schedule import ScheduleFlags
 
@@ -126,9 +124,7 @@ def write_error(e: Exception, out: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = options_from(TrainOptions, parser().parse_args(argv))
-    with output(options.verbosity):
-        return run(options)
+    return run_command(TrainOptions, parser(), run, argv)
 
 
 def run(options: TrainOptions) -> int:

@@ -38,9 +38,9 @@ from search.options import (
 )
 from search.profiles import PROFILES
 from search.workspace import Workspace, redact
-from trainables.cli import EXIT_USAGE, ArgParser, at_least, exit_now, options_from, output
+from trainables.cli import EXIT_USAGE, ArgParser, at_least, exit_now
 from trainables.config import check_batch
-from trainables.flags import flag, like, parser_for
+from trainables.flags import flag, like, parser_for, run_command
 from trainables.models import list_models
 from tunefuse.stages import PipelineState, plan, run_pipeline
 
@@ -151,9 +151,7 @@ def _run(options: PipelineOptions, argv: list[str] | None, profile, name: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = options_from(PipelineOptions, parser().parse_args(argv))
-    with output(options.verbosity):
-        return run(options, argv)
+    return run_command(PipelineOptions, parser(), lambda o: run(o, argv), argv)
 
 
 if __name__ == "__main__":

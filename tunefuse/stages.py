@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 
 from analysis import report
 from analysis.publish import FUSION_EXPERIMENT
-from analysis.render import headline_lines, seed_table
+from analysis.readings import headline_lines, seed_table_text
 from search.context import RunContext
 from search.kinds import StageRun, kind, kinds
 from search.summary import where_to_look
@@ -208,11 +208,7 @@ def print_summary(ws, client, state, stages, seconds: float, dashboard: str | No
         trials, best = stage_best(ws, client, s) if s.kind != "report" else (None, None)
         print(f"{s.name:<32} {'' if trials is None else trials:>6} "
               f"{'' if best is None else f'{best:.4f}':>12} {fmt_time(rec['seconds']):>9}")
-    rows = seed_table(summary)
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'model':<{width}}  {'validation':>10}  {'test':>8}")
-    for a, b, c in rows:
-        print(f"{a:<{width}}  {b:>10}  {c:>8}")
+    print("\n" + seed_table_text(summary))
     print()
     where_to_look(ws.tracking_uri, dashboard, report=str(out / "report.html"),
                   fused_model=(summary.get("mlflow") or {}).get("model_uri"))

@@ -45,16 +45,16 @@ from tunefuse.stages import PipelineState, plan, run_pipeline
 
 DEFAULT_MODELS = ("cnn", "resnet18", "inception")
 # The fusion methods a pipeline's report runs (not weighted: its --weights name members that
-# exist only once the searches end). To be asked of analysis/ when it lists its methods with
-# whether a pipeline can run each; until then, this tuple is the one place that says so.
+# exist only once the searches end). To be asked of analysis/ once it lists its methods
+# (analysis.methods.names(pipeline=True)); until then this tuple is the one place that says so.
 PIPELINE_METHODS = ("uniform", "greedy", "nll")
 
 
 @dataclass(frozen=True)
 class PipelineOptions(SearchOptions):
-    """The flags of the pipeline, typed; the searches' own (SearchOptions) reach every stage,
-    the report's fusion flags (analysis/report.py ``ReportOptions``' fields, None: the
-    profile's) its report (tunefuse/stages.py ``report_options``)."""
+    """The flags of the pipeline, typed. The searches' own (SearchOptions) reach every stage;
+    its fusion flags are the report's (analysis/report.py ``ReportOptions``' fields, None for
+    the profile's) and reach the report stage (tunefuse/stages.py ``report_options``)."""
 
     models: str = flag(",".join(DEFAULT_MODELS), group="pipeline", help=(
         "comma-separated models to grid-search (default %(default)s)"))

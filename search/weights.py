@@ -8,7 +8,7 @@ The seed hand-tuned the weights of its "strong" ResNet (docs/seed.md, "Tuning");
 them, starting from what is known: the seed's vector and the uniform vector are the first two
 trials. ``--space hard-pairs`` searches only the weights of classes 0, 2, 4 and 6 (the hard
 pairs 0/6 and 2/4) with the rest fixed at 1.0; its "seed" point is the seed's weights for those
-four classes.
+four classes (the spaces, the starting points and the end's comparison: search/weightspace.py).
 
 Batch size, epochs and width default to the best trial of the latest finished grid experiment
 for the model and profile in the workspace (search/grid.py), else to the profile's.

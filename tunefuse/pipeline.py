@@ -49,9 +49,9 @@ DEFAULT_MODELS = ("cnn", "resnet18", "inception")
 
 @dataclass(frozen=True)
 class PipelineOptions(SearchOptions):
-    """The flags of the pipeline, typed; the searches' own (SearchOptions) reach every stage,
-    the report's fusion flags (analysis/report.py ``ReportOptions``' fields, None: the
-    profile's) its report (tunefuse/stages.py ``report_options``)."""
+    """The flags of the pipeline, typed. The searches' own (SearchOptions) reach every stage;
+    its fusion flags are the report's (analysis/report.py ``ReportOptions``' fields, None for
+    the profile's) and reach the report stage (tunefuse/stages.py ``report_options``)."""
 
     models: str = flag(",".join(DEFAULT_MODELS), group="pipeline", help=(
         "comma-separated models to grid-search (default %(default)s)"))

@@ -19,7 +19,7 @@ The locks are flock(2) locks: the kernel lets go of them when their process ends
 it ends (a SIGKILL leaves a lock file behind, not a lock), and each lock file says who holds
 it. What searches share by construction stays shared: the trunk and warm-up cache (``trunks/``) is
 keyed by the data and every setting that changes a trunk's weights, and locked while it is
-extended (trainables/trunk.py).
+extended (trainables/trunk_store.py).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ it there once with ``tune.with_parameters``); checkpoints are the engine's own f
 
 A run's first epochs do not depend on its epoch count (the seed's Adam warm-up; under wsd the
 constant-rate phase after it too), so trials that differ only in their length share them: a
-trunk under ``trunk_cache`` (trainables/trunk.py), computed once. A trial reports the trunk's
+trunk under ``trunk_cache`` (trainables/trunk.py; on disk trainables/trunk_store.py), computed once. A trial reports the trunk's
 epochs from its history without computing them (``shared`` in the result), extends it when it
 needs an epoch the trunk does not hold yet, and at its branch epoch loads the trunk's checkpoint
 and trains only its own decay. ``trunk_lengths`` names the lengths of the search, whose branch

@@ -141,7 +141,8 @@ def above_one(text: str) -> float:
 
 def options_from(cls, args: argparse.Namespace):
     """A typed options dataclass from parsed arguments: each field from the attribute of its
-    name. A parser and its options class must agree exactly (tests/test_options.py)."""
+    name (the parser is derived from the class: trainables/flags.py; tests/test_layers.py
+    checks that they agree)."""
     return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
 

@@ -1,7 +1,7 @@
 """Pick the top checkpoints of the workspace's searches, fuse them, report, ship the ensemble.
 
     python -m analysis.report [--workspace outputs] [--top-k 4] [--per-model-cap N]
-        [--method uniform|weighted|greedy|nll] [--weights 0.4,0.3,...] [--calibrate]
+        [--method uniform|weighted|greedy|nll|...] [--weights 0.4,0.3,...] [--calibrate]
         [--experiments grid-cnn,weights-resnet18] [--name NAME]
 
 Writes WORKSPACE/reports/NAME/: summary.json, report.md, a self-contained report.html and the

@@ -36,7 +36,6 @@ from analysis.readings import (
     figure_title,
     fusion_fitted,
     headline,
-    headline_lines,  # noqa: F401  (tunefuse/stages.py reads the terminal's lines here)
     pct,
     seed_table,
 )

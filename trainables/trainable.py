@@ -6,12 +6,12 @@ it there once with ``tune.with_parameters``); checkpoints are the engine's own f
 
 A run's first epochs do not depend on its epoch count (the seed's Adam warm-up; under wsd the
 constant-rate phase after it too), so trials that differ only in their length share them: a
-trunk under ``trunk_cache`` (trainables/trunk.py; on disk trainables/trunk_store.py), computed once. A trial reports the trunk's
-epochs from its history without computing them (``shared`` in the result), extends it when it
-needs an epoch the trunk does not hold yet, and at its branch epoch loads the trunk's checkpoint
-and trains only its own decay. ``trunk_lengths`` names the lengths of the search, whose branch
-epochs the trunk is checkpointed at. Each epoch draws its randomness from (seed, epoch) only, so
-the numbers are exactly those of an independent run.
+trunk under ``trunk_cache`` (trainables/trunk.py; on disk trainables/trunk_store.py), computed
+once. A trial reports the trunk's epochs from its history without computing them (``shared``
+in the result), extends it when it needs an epoch the trunk does not hold yet, and at its branch
+epoch loads the trunk's checkpoint and trains only its own decay. ``trunk_lengths`` names the
+lengths of the search, whose branch epochs the trunk is checkpointed at. Each epoch draws its
+randomness from (seed, epoch) only, so the numbers are exactly those of an independent run.
 
 Faults (Tune restores a trial from the checkpoint its saved experiment state names, after
 the trial's worker died or the driver was restarted with ``--resume``). A SIGKILL can fall

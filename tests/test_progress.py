@@ -211,22 +211,41 @@ def test_quiet_shows_nothing_and_verbose_shows_tunes_table(capsys, monkeypatch):
     assert capsys.readouterr().out == "Tune's table with ScheduleAwareASHA: a bracket\n"
 
 
-COMMANDS = ["search.grid", "search.weights", "search.pipeline", "analysis.report",
-            "analysis.predict", "trainables.train", "trainables.data"]
+# Each command's main parses -q / -v into its options and runs under them (trainables/flags.py
+# run_command).
+COMMANDS = ("search.grid", "search.weights", "tunefuse.pipeline", "analysis.report",
+            "trainables.train", "trainables.data")
+REQUIRED = {"search.grid": ["--model", "cnn"], "search.weights": ["--model", "resnet18"]}
 
 
 @pytest.mark.parametrize("module", COMMANDS)
-def test_every_command_takes_q_and_v(module):
+@pytest.mark.parametrize(("flags", "level"), [(["-q"], QUIET), ([], NORMAL), (["-v"], VERBOSE)])
+def test_every_command_runs_at_the_verbosity_asked(module, flags, level, monkeypatch, capsys):
+    """Its main hands its run the level asked for, inside the output block of that level: the
+    command's own lines print unless -q (trainables/cli.py output)."""
     import importlib
 
     mod = importlib.import_module(module)
-    if module == "search.pipeline":
-        mod = importlib.import_module("tunefuse.pipeline")
-    source = Path(mod.__file__).read_text()
-    assert "output(" in source and "ArgParser(" in source  # parsed and applied in main
+    seen = []
+
+    def run(options, *more):  # the command's run, in its main's output block
+        seen.append(options.verbosity)
+        print("the command's own line")
+        return 0
+
+    monkeypatch.setattr(mod, "run", run)
+    assert mod.main([*flags, *REQUIRED.get(module, [])]) == 0
+    assert seen == [level]
+    assert ("the command's own line" in capsys.readouterr().out) == (level > QUIET)
+
+
+def test_predict_takes_q_and_v():
+    from analysis import predict
+
     p = ArgParser(prog="x")
     assert p.parse_args(["-q"]).verbosity == QUIET and p.parse_args(["-v"]).verbosity == VERBOSE
     assert p.parse_args([]).verbosity == NORMAL
+    assert "output(" in Path(predict.__file__).read_text()  # its main runs under them
 
 
 def test_quiet_prints_errors_only(tmp_path):
@@ -269,7 +288,7 @@ def test_a_command_ends_with_its_code_its_output_and_its_exit_handlers(case):
     assert out.returncode == 3, out.stderr
     assert out.stdout.count("buffered") == 2000 and out.stdout.endswith("exit handler ran\n")
     assert ("the thread's last line" in out.stdout) == (case == "thread")
-    for module in COMMANDS:
+    for module in (*COMMANDS, "analysis.predict"):
         source = (ROOT / (module.replace("search.pipeline", "tunefuse.pipeline")
                           .replace(".", "/") + ".py")).read_text()
         assert source.rstrip().endswith("exit_now(main)"), module

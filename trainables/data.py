@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from trainables.classes import CLASSES, NUM_CLASSES
-from trainables.cli import ArgParser, at_least, exit_now, output
+from trainables.cli import ArgParser, at_least, exit_now
 from trainables.download import download_files
-from trainables.flags import Options, flag, parser_for
+from trainables.flags import Options, flag, parser_for, run_command
 from trainables.idx import DataError, read_idx
 
 __all__ = ["CLASSES", "NUM_CLASSES", "DataError", "DataSplit", "download_files", "load_split",
@@ -292,16 +292,18 @@ def parser() -> ArgParser:
                       "the Fashion-MNIST files and summarise the split.")
 
 
+def run(options: SummaryOptions) -> int:
+    try:
+        split = load_split(options.data_dir, options.train_size, options.seed, options.download)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(split))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    with output(args.verbosity):
-        try:
-            split = load_split(args.data_dir, args.train_size, args.seed, args.download)
-        except DataError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(format_summary(split))
-        return 0
+    return run_command(SummaryOptions, parser(), run, argv)
 
 
 if __name__ == "__main__":

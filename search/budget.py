@@ -1,0 +1,221 @@
+"""--time-budget: the most of a search's space that fits the user's clock, chosen before it trains.
+
+A search's space is cut along the axes its param_space has (search/grid.py's, search/weights.py's):
+
+- **lengths** (the ``epochs`` grid): trials of one batch size share a trunk (trainables/trunk.py),
+  so the cost of a set of lengths is about its longest trunk plus each shorter trial's decay.
+  The planner keeps every length up to the longest that fits and cuts those above it;
+- **batch sizes** (the ``batch_size`` grid), each a trunk of its own: the middle of the grid
+  first (the extremes bracket it), then outwards;
+- **width** (``model_kwargs.width``): the profile's, else the next narrower one the model's card
+  names (trainables/models), when the profile's cannot fit even its shortest plan;
+- **samples** (``num_samples``, the class-weight trials): as many as fit.
+
+Among the plans that fit, the planner takes the best by one order, so that a bigger budget never
+plans less: the widest width; then enough batch sizes to fill the trials side by side (idle
+cores are wasted time); then the longest length; then more batch sizes; then more samples.
+
+Every figure comes from a function passed in, ``estimate(param_space, num_samples)`` (the
+search's plan, search/plan.py, from the measured throughput of this machine), so the planner is
+a pure function of the space, the budget, that estimate and the trials side by side: the tests
+give it synthetic throughputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from search.plan import duration as in_words
+
+Estimate = Callable[[dict, int], float]  # (param_space, num_samples) -> seconds
+UNITS = {"h": 3600, "m": 60, "s": 1}
+
+
+def duration(text: str) -> float:
+    """An argparse type: ``90s``, ``25m``, ``2h``, ``1h30m`` (or a number of seconds) in
+    seconds."""
+    spaced = text.strip().lower().replace(" ", "")
+    if re.fullmatch(r"\d+(\.\d+)?", spaced):
+        seconds = float(spaced)
+    else:
+        parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?",
+                             spaced)
+        if not spaced or parts is None:
+            raise argparse.ArgumentTypeError(
+                f"expected a duration such as 90s, 25m, 2h or 1h30m, got {text!r}")
+        seconds = sum(float(v) * UNITS[u] for v, u in zip(parts.groups(), "hms", strict=True)
+                      if v)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"a time budget must be more than 0, got {text!r}")
+    return seconds
+
+
+class NothingFits(ValueError):
+    """Not even the smallest plan of the space fits the budget; ``smallest``: its seconds."""
+
+    def __init__(self, what: str, budget: float, smallest: float):
+        self.smallest = smallest
+        super().__init__(f"a time budget of {in_words(budget)} fits no {what} on this machine: "
+                         f"the smallest plan ({in_words(smallest)} estimated) needs "
+                         f"--time-budget {budget_text(smallest)} or more")
+
+
+def budget_text(seconds: float) -> str:
+    """Seconds as --time-budget takes them, rounded up to a whole minute (90 s and under: s)."""
+    if seconds <= 90:
+        return f"{int(-(-seconds // 1))}s"
+    minutes = int(-(-seconds // 60))
+    hours, minutes = divmod(minutes, 60)
+    return (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes or not hours else "")
+
+
+# --- the axes of a space ----------------------------------------------------------------------
+
+def _grid(space: dict, key: str) -> list | None:
+    value = space.get(key)
+    return list(value["grid_search"]) if isinstance(value, dict) and "grid_search" in value \
+        else None
+
+
+def middle_first(values) -> list:
+    """``values`` (ascending) from the middle outwards, the smaller of two as near first:
+    32,64,128,256,512 -> 128,64,256,32,512."""
+    values = sorted(values)
+    centre = (len(values) - 1) / 2
+    return sorted(values, key=lambda v: (abs(values.index(v) - centre), v))
+
+
+@dataclass(frozen=True)
+class Axes:
+    """What a space may be cut to: its lengths (ascending), batch sizes (in the order they are
+    kept), widths (widest first; (None,) for a model of one width) and sample counts."""
+
+    lengths: tuple[int, ...] | None
+    batch_sizes: tuple[int, ...] | None
+    widths: tuple[int | None, ...]
+    samples: int
+
+    @staticmethod
+    def of(space: dict, num_samples: int, widths: tuple[int | None, ...] = (None,)) -> Axes:
+        lengths, batches = _grid(space, "epochs"), _grid(space, "batch_size")
+        return Axes(tuple(sorted(lengths)) if lengths else None,
+                    tuple(middle_first(batches)) if batches else None, widths or (None,),
+                    max(1, num_samples))
+
+
+@dataclass(frozen=True)
+class Cut:
+    """One plan of a space: the width, how many batch sizes (in Axes' order), the longest length
+    kept (every length up to it is kept) and the samples."""
+
+    width: int | None
+    batches: int
+    longest: int | None
+    samples: int
+
+    def space(self, space: dict, axes: Axes) -> dict:
+        """``space`` cut to this plan."""
+        out = copy.deepcopy(space)
+        if axes.lengths is not None:
+            kept = [e for e in axes.lengths if e <= self.longest]
+            out["epochs"] = {"grid_search": kept}
+            if "trunk_lengths" in out:
+                out["trunk_lengths"] = kept
+        if axes.batch_sizes is not None:
+            out["batch_size"] = {"grid_search": sorted(axes.batch_sizes[:self.batches])}
+        if self.width is not None:
+            out["model_kwargs"] = {**(out.get("model_kwargs") or {}), "width": self.width}
+        return out
+
+
+def _cuts(axes: Axes) -> list[Cut]:
+    """Every plan of the space."""
+    lengths = axes.lengths or (None,)
+    batches = range(1, len(axes.batch_sizes) + 1) if axes.batch_sizes else (1,)
+    return [Cut(w, b, longest, n) for w in axes.widths for b in batches for longest in lengths
+            for n in range(1, axes.samples + 1)]
+
+
+def _rank(cut: Cut, axes: Axes, at_a_time: int) -> tuple:
+    """The planner's order: the larger, the better (module docstring)."""
+    return (-axes.widths.index(cut.width), min(cut.batches, at_a_time), cut.longest or 0,
+            cut.batches, cut.samples)
+
+
+# --- the plan -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Fit:
+    """The plan a budget gives a space: the space cut, its samples, the estimate, and each cut
+    in words (what was left out, and why)."""
+
+    space: dict
+    num_samples: int
+    seconds: float
+    budget: float
+    left_out: tuple[str, ...]
+
+    def lines(self) -> list[str]:
+        head = (f"time budget {in_words(self.budget)}: plan estimated at "
+                f"{in_words(self.seconds)}")
+        if not self.left_out:
+            return [f"{head}; the whole space fits"]
+        return [f"{head}; left out:", *(f"  {w}" for w in self.left_out)]
+
+    def params(self) -> dict:
+        """The parent run's params: the budget, the estimate and what was left out."""
+        return {"budget_seconds": round(self.budget), "budget_plan_seconds": round(self.seconds),
+                "budget_left_out": "; ".join(self.left_out) or "nothing"}
+
+
+def fit(space: dict, num_samples: int, budget: float, estimate: Estimate, *, at_a_time: int,
+        widths: tuple[int | None, ...] = (None,), what: str = "search") -> Fit:
+    """The best plan of ``space`` (``num_samples`` samples) whose estimate fits ``budget``
+    seconds, ``at_a_time`` trials side by side, over ``widths`` (widest first; the space's own
+    width among them); NothingFits when none does."""
+    axes = Axes.of(space, num_samples, widths)
+    seconds = {}
+    for cut in _cuts(axes):
+        seconds[cut] = estimate(cut.space(space, axes), cut.samples)
+    fitting = [c for c, s in seconds.items() if s <= budget]
+    if not fitting:
+        raise NothingFits(what, budget, min(seconds.values()))
+    best = max(fitting, key=lambda c: _rank(c, axes, at_a_time))
+    return Fit(best.space(space, axes), best.samples, seconds[best], budget,
+               tuple(_left_out(best, axes, seconds, budget)))
+
+
+def _lengths(values) -> str:
+    values = list(values)
+    return f"{values[0]}-{values[-1]}" if len(values) > 2 else ",".join(map(str, values))
+
+
+def _left_out(best: Cut, axes: Axes, seconds: dict, budget: float) -> list[str]:
+    """Each cut of ``best`` in words, with the estimate of the next step it did not take."""
+    out = []
+    if best.width != axes.widths[0]:
+        wider = Cut(axes.widths[axes.widths.index(best.width) - 1], 1,
+                    axes.lengths[0] if axes.lengths else None, 1)
+        out.append(f"width {axes.widths[0]} (width {best.width} kept: at width {wider.width} "
+                   f"the smallest plan takes {in_words(seconds[wider])})")
+    if axes.lengths and best.longest != axes.lengths[-1]:
+        kept = [e for e in axes.lengths if e <= best.longest]
+        cut = [e for e in axes.lengths if e > best.longest]
+        longer = Cut(best.width, best.batches, cut[0], best.samples)
+        out.append(f"epochs {_lengths(cut)} (trials of {_lengths(kept)} epochs fit; with "
+                   f"{cut[0]} the plan takes {in_words(seconds[longer])})")
+    if axes.batch_sizes and best.batches < len(axes.batch_sizes):
+        kept = sorted(axes.batch_sizes[:best.batches])
+        more = Cut(best.width, best.batches + 1, best.longest, best.samples)
+        out.append(f"batch sizes {','.join(map(str, sorted(axes.batch_sizes[best.batches:])))} "
+                   f"(batch {','.join(map(str, kept))} kept; one more takes "
+                   f"{in_words(seconds[more])})")
+    if best.samples < axes.samples:
+        more = Cut(best.width, best.batches, best.longest, best.samples + 1)
+        out.append(f"{axes.samples - best.samples} of {axes.samples} samples ({best.samples} "
+                   f"fit; {best.samples + 1} take {in_words(seconds[more])})")
+    return out

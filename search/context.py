@@ -30,6 +30,10 @@ class RunContext:
     footers: bool = True
     dashboard: str | None = None
     offline: Offline = field(default_factory=Offline)
+    # when the command's (or the pipeline stage's) time budget runs out (time.time()), and
+    # that budget in seconds; None: no budget (search/budget.py)
+    deadline: float | None = None
+    budget: float | None = None
 
 
 @dataclass
@@ -51,6 +55,10 @@ class Search:
     # trials_done(ws) -> trials the experiment has run so far, over all its parts; when it
     # is short of num_samples after a resumed part ends, a new part runs the rest.
     trials_done: Callable[[Workspace], int] | None = None
+    # what a time budget (search/budget.py) may cut: the fewest samples the search takes, and
+    # whether its width is given (--width, a class-weight study's grid winner)
+    least_samples: int = 1
+    width_fixed: bool = False
     # report(results, client, parent_id, ws): extra lines and records at the end
     report: Callable | None = None
     resources: tuple[float, float] | None = None  # (CPUs, GPUs) a trial takes, once resolved
@@ -61,7 +69,7 @@ class Search:
 class Opened:
     """What a search has once its checks passed (search/driver.py ``_open``): its workspace,
     saved state (None: a new search), MLflow client and its command's run context; then its
-    MLflow experiment and the hardware its trials run on."""
+    MLflow experiment, the hardware its trials run on, and the throughput measured here."""
 
     ws: Workspace
     state: dict | None
@@ -69,6 +77,9 @@ class Opened:
     context: RunContext
     experiment_id: str = ""
     hardware: str = ""
+    # model (search/throughput.py model_of) -> what a time budget's short measurement found,
+    # for the plan printed after it (search/budget.py)
+    measured: dict = field(default_factory=dict)
 
     @property
     def dashboard(self) -> str | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from mlflow.entities import Param
 from ray import tune
 
-from search import plan, throughput
+from search import budget, plan, throughput
 from search.backfill import catch_up
 from search.claims import WORKSPACE_TAG, check_owner, claim_search
 from search.cluster import check_storage, job_submission_id, joined, room, start_ray
@@ -47,7 +47,9 @@ def run_search(options, search: Search, split, context: RunContext | None = None
     ``context``: the run context of the command (search/context.py): a pipeline's stage is
     handed the pipeline's (``StageRun.context``); a search of its own makes one here."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    context = context or RunContext(options.verbosity)
+    if context is None:  # a search of its own: its budget counts from here
+        context = RunContext(options.verbosity, budget=options.time_budget, deadline=(
+            time.time() + options.time_budget if options.time_budget else None))
     with contextlib.ExitStack() as claims:  # what it holds alone, until it ends
         return _run(options, search, split, context, claims)
 
@@ -68,11 +70,23 @@ def _run(options, search: Search, split, context: RunContext,
     job = job_submission_id()  # a search submitted as a Ray Job: which one
     search.tags = {**(search.tags or {}), "hardware": hardware,  # on a new parent run
                    **({"ray_job_submission_id": job} if job else {})}
+    opened.hardware = hardware
+    fit = None
+    if state is None and opened.context.deadline is not None:  # cut to the time budget, before
+        try:  # anything is recorded: a budget nothing fits is refused (search/budget.py)
+            search, fit = budget.fit_search(search, earlier_of(search, split, opened),
+                                            at_a_time(options, search), split, opened)
+        except budget.NothingFits as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+    elif state is not None and state.get("time_budget"):  # the space its start's plan cut
+        search = budget.resumed(search, state["time_budget"])
     experiment_id = ws.experiment_id(client, search.name)
     if state is None:  # saved before the parent run exists: a kill between the two leaves a
         state = {"name": search.name, "kind": search.kind, "parent_run_id": None,  # state
                  "experiment_id": experiment_id, "storage_path": ws.storage_path,  # that
-                 "data_fingerprint": split.fingerprint, "created": time.time()}  # finds it
+                 "data_fingerprint": split.fingerprint, "created": time.time(),  # finds
+                 **({"time_budget": fit.record()} if fit else {})}  # it
         ws.save_state(search.name, state)
     opened.state, opened.experiment_id, opened.hardware = state, experiment_id, hardware
     try:
@@ -127,26 +141,36 @@ def _search(options, search: Search, split, opened: Opened) -> int:
     return code
 
 
+def earlier_of(search: Search, split, opened: Opened):
+    """throughput(config): what earlier trials of a config's model measured on this hardware
+    (search/throughput.py), else what the time budget measured here (search/budget.py), None
+    when there is neither or MLflow cannot say."""
+    def earlier(config: dict):
+        if (found := opened.measured.get(throughput.model_of(config))) is not None:
+            return found
+        try:
+            return throughput.earlier_throughput(opened.client, opened.hardware, config,
+                                                 search.resources[1], len(split.y_train))
+        except TRACKING_ERRORS as e:
+            print(f"plan: earlier trials unreadable ({first_line(e)})", file=sys.stderr)
+            return None
+    return earlier
+
+
+def at_a_time(options, search: Search) -> int:
+    trials = len(plan.trial_configs(search.param_space, search.num_samples))
+    return plan.at_a_time(trials, search.resources, room(options), options.max_concurrent)
+
+
 def show_plan(options, search: Search, split, parent_id: str, opened: Opened) -> plan.Plan:
     """Print the search's plan (search/plan.py) before it trains and record its figures as the
     parent run's plan_* params; the plan. A resumed search prints it again; the params stay
     those of the start (MLflow keeps a param's first value)."""
     client = opened.client
-
-    def earlier(config: dict):
-        try:
-            return throughput.earlier_throughput(client, opened.hardware, config,
-                                                 search.resources[1], len(split.y_train))
-        except TRACKING_ERRORS as e:
-            print(f"plan: earlier trials unreadable ({first_line(e)})", file=sys.stderr)
-            return None
-
-    trials = len(plan.trial_configs(search.param_space, search.num_samples))
     found = plan.make(
         search.param_space, search.num_samples, asha=search.scheduler is not None,
-        at_a_time=plan.at_a_time(trials, search.resources, room(options),
-                                 options.max_concurrent),
-        train_images=len(split.y_train), val_images=len(split.y_val), throughput=earlier)
+        at_a_time=at_a_time(options, search), train_images=len(split.y_train),
+        val_images=len(split.y_val), throughput=earlier_of(search, split, opened))
     print(found.line(), flush=True)
 
     def record():

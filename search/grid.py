@@ -120,7 +120,7 @@ def run(options: GridOptions, space_overrides: dict | None = None, context=None)
     search = Search(name=name, kind=KIND.name, fuses=KIND.fuses, param_space=param_space,
                     scheduler=scheduler, params=params, tags={
                         "profile": profile.name, "scheduler": options.scheduler,
-                        "model": model})
+                        "model": model}, width_fixed=options.width is not None)
     return run_search(options, search, split, context)
 
 

@@ -52,6 +52,8 @@ class SearchKind:
     stages: Callable[[str, list[str], object], list[tuple[str, str | None]]]
     run_stage: Callable[[StageRun], int]
     fuses: bool = True  # its finished trials are fusion candidates
+    # its stage's share of a pipeline's time budget, against a grid stage's 1 (search/budget.py)
+    budget_share: float = 1.0
 
 
 _KINDS: dict[str, SearchKind] = {}

@@ -15,6 +15,7 @@ import os
 import socket
 from dataclasses import dataclass, fields
 
+from search.budget import duration
 from search.profiles import PROFILES, Profile
 from search.workspace import WorkspaceError
 from trainables.config import ConfigError, TrainConfig, check_batch, check_compiler
@@ -74,6 +75,9 @@ class SearchOptions(DataOptions):
                                     help="Ray Tune results (default WORKSPACE/ray_results)")
     max_failures: int = flag(1, group="experiment", type=int, help="retries of a failing trial "
                              "before it is recorded as failed")
+    time_budget: float | None = flag(None, group="experiment", type=duration, help=(
+        "e.g. 25m, 2h, 1h30m: train what of the profile's space fits, planned from this "
+        "machine's measured speed (search/budget.py)"))
     # a number, or "auto" (search/cluster.py resources)
     cpus_per_trial: float | str = flag(AUTO, group="resources", type=resource_arg, help=(
         "CPUs each trial takes (default auto: 1, or a GPU's share of the CPUs when trials run "

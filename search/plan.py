@@ -179,9 +179,11 @@ class Plan:
         else:
             covers = "training only" if self.covers == "training" else \
                 f"with {self.covers.removeprefix('training, ').replace(', ', ' and ')}"
-            time = (f"about {duration(self.seconds)} at {self.images_per_s:.0f} img/s "
-                    f"({covers}, from {self.earlier} earlier {self.model} "
-                    f"trial{'s' * (self.earlier != 1)} on this machine)")
+            source = (f"from {self.earlier} earlier {self.model} "
+                      f"trial{'s' * (self.earlier != 1)} on this machine" if self.earlier else
+                      f"from the time budget's measurement of {self.model} here")
+            time = f"about {duration(self.seconds)} at {self.images_per_s:.0f} img/s ({covers}, "\
+                f"{source})"
         return (f"plan: {self.trials} trial{'s' * (self.trials != 1)} ({self.space}); {epochs}; "
                 f"{time}, {self.at_a_time} trial{'s' * (self.at_a_time != 1)} at a time")
 

@@ -189,3 +189,45 @@ class _Sampled:
 
     def sample(self):  # pragma: no cover - never drawn here
         return 1.0
+
+
+# --- a search cut, and cut again on --resume --------------------------------------------------
+
+def test_a_resumed_search_is_cut_as_its_start_was():
+    """The state keeps the fit (Fit.record, JSON); --resume cuts the search's full space the same
+    way, and the parent run's params say what was trained."""
+    import json as json_
+
+    from search.context import Search
+
+    space = grid_space(width=64)
+    full = Search("grid-resnet18", "grid", space, None, params={
+        "batch_sizes": list(SEED_BATCHES), "epochs": list(SEED_LENGTHS), "width": 64,
+        "model": "resnet18"})
+    fit = budget.fit(space, 1, 3 * 3600, estimate(), at_a_time=2, widths=(64, 16, 4))
+    started = budget.applied(full, fit)
+    again = budget.resumed(full, json_.loads(json_.dumps(fit.record())))
+    assert again.param_space == started.param_space == fit.space
+    assert again.params == started.params
+    batches, lengths, width = kept(fit)
+    assert started.params["batch_sizes"] == batches and started.params["epochs"] == lengths
+    assert started.params["width"] == width and started.param_space["trunk_lengths"] == lengths
+    assert started.params["budget_seconds"] == 3 * 3600
+    assert started.params["budget_left_out"] == "; ".join(fit.left_out)
+
+
+def test_the_widths_a_search_may_train_at():
+    """The model's card names them (trainables/models): ResNet18's profile widths and default,
+    widest first, from the space's own; a given width alone; the CNN has none."""
+    assert budget.widths_of(grid_space(width=64)) == (64, 16, 4)
+    assert budget.widths_of(grid_space(width=16)) == (16, 4)
+    assert budget.widths_of(grid_space(width=16), fixed=True) == (16,)
+    cnn = {**grid_space(), "model": "cnn", "model_kwargs": {}}
+    assert budget.widths_of(cnn) == (None,)
+
+
+def test_a_pipeline_stage_gets_its_share_of_what_is_left():
+    assert budget.stage_seconds(1000, 1.0, 3.5) == pytest.approx(1000 / 3.5)
+    assert budget.stage_seconds(1000, 0.5, 0.5) == 1000  # the last stage: all that is left
+    assert budget.stage_seconds(-5, 1.0, 2.0) == 0.0
+    assert budget.report_reserve(25 * 60) == 90 and budget.report_reserve(2 * 3600) == 288

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields, replace
 from analysis import report
 from analysis.publish import FUSION_EXPERIMENT
 from analysis.readings import headline_lines, seed_table_text
+from search import budget
 from search.context import RunContext
 from search.kinds import StageRun, kind, kinds
 from search.summary import where_to_look
@@ -94,6 +95,9 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
               f"{' ' + stage.model if stage.model else ''}){' - resuming' if resume else ''}",
               flush=True)
         t0 = time.time()
+        ctx.context.deadline = stage_deadline(ctx, i - 1, started)
+        ctx.context.budget = None if ctx.context.deadline is None else \
+            ctx.context.deadline - time.time()
         code = attempt(ctx, stage, resume)
         if code == EXIT_OK and (ws.load_state(stage.name) or {}).get("mlflow_offline"):
             code = EXIT_OFFLINE
@@ -112,6 +116,20 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
     store.save(state)
     print_summary(ws, client, state, stages, time.time() - started, ctx.context.dashboard)
     return EXIT_OK
+
+
+def stage_deadline(ctx: PipelineRun, index: int, started: float) -> float | None:
+    """When stage ``index`` must end under --time-budget (None without one): its share of what
+    this run has left for its searches (search/budget.py)."""
+    if not ctx.options.time_budget or ctx.stages[index].kind == "report":
+        return None
+    now = time.time()
+    left = started + ctx.options.time_budget - budget.report_reserve(
+        ctx.options.time_budget) - now
+    pending = [s for s in ctx.stages[index:] if s.kind != "report" and next(
+        r for r in ctx.state["stages"] if r["name"] == s.name)["status"] != "done"]
+    shares = [kind(s.kind).budget_share for s in pending]
+    return now + budget.stage_seconds(left, shares[0], sum(shares))
 
 
 def why_stopped(code: int) -> str:

@@ -15,7 +15,8 @@ Among the plans that fit, the planner takes the best by one order, so that a big
 plans less: the widest width; then enough batch sizes to fill the trials side by side (idle
 cores are wasted time); then the longest length; then more batch sizes; then more samples.
 
-Every figure comes from a function passed in, ``estimate(param_space, num_samples)`` (the
+search/budgeted.py cuts a search to the plan chosen here. Every figure comes from a function
+passed in, ``estimate(param_space, num_samples)`` (the
 search's plan, search/plan.py, from the measured throughput of this machine), so the planner is
 a pure function of the space, the budget, that estimate and the trials side by side: the tests
 give it synthetic throughputs.
@@ -75,7 +76,8 @@ def budget_text(seconds: float) -> str:
 
 # --- the axes of a space ----------------------------------------------------------------------
 
-def _grid(space: dict, key: str) -> list | None:
+def grid_values(space: dict, key: str) -> list | None:
+    """The values of ``space``'s tune.grid_search entry ``key`` (None: it has none)."""
     value = space.get(key)
     return list(value["grid_search"]) if isinstance(value, dict) and "grid_search" in value \
         else None
@@ -101,7 +103,7 @@ class Axes:
 
     @staticmethod
     def of(space: dict, num_samples: int, widths: tuple[int | None, ...] = (None,)) -> Axes:
-        lengths, batches = _grid(space, "epochs"), _grid(space, "batch_size")
+        lengths, batches = grid_values(space, "epochs"), grid_values(space, "batch_size")
         return Axes(tuple(sorted(lengths)) if lengths else None,
                     tuple(middle_first(batches)) if batches else None, widths or (None,),
                     max(1, num_samples))
@@ -172,7 +174,7 @@ class Fit:
         width = (self.space.get("model_kwargs") or {}).get("width")
         return {"budget": self.budget, "seconds": self.seconds, "left_out": list(self.left_out),
                 "num_samples": self.num_samples, "width": width,
-                **{k: _grid(self.space, k) for k in ("batch_size", "epochs")}}
+                **{k: grid_values(self.space, k) for k in ("batch_size", "epochs")}}
 
     def params(self) -> dict:
         """The parent run's params: the budget, the estimate and what was left out."""
@@ -246,129 +248,3 @@ def stage_seconds(left: float, share: float, shares_left: float) -> float:
     ``budget_share``) among the stages still to run. Re-planned before each stage, from what
     the earlier ones really took."""
     return max(0.0, left) * share / shares_left if shares_left > 0 else 0.0
-
-
-# --- a search fitted to its budget (search/driver.py asks, before anything is recorded) ---------
-
-def widths_of(space: dict, fixed: bool = False) -> tuple[int | None, ...]:
-    """The widths a search may train at, widest first: the space's own (alone when ``fixed``:
-    the user's --width, a class-weight study's winner), then each narrower one the model's card
-    names (its default and its profiles')."""
-    from trainables.models import card
-
-    own = (space.get("model_kwargs") or {}).get("width")
-    model = card(str(space.get("model")))
-    if own is None or fixed or not model.takes_width:
-        return (own,)
-    ladder = {model.width, *model.widths.values()}
-    return (own, *sorted((w for w in ladder if w < own), reverse=True))
-
-
-def fit_search(search, earlier, at_a_time: int, split, opened):
-    """(``search`` cut to what fits until its run context's deadline (``opened.context``,
-    search/context.py), its Fit), the plan printed;
-    ``earlier(config)``: the throughput of earlier trials of a config's model on this hardware
-    (search/throughput.py), None when there is none: then a short measurement here
-    (search/probe.py), kept in ``opened.measured`` by model. NothingFits when nothing does,
-    naming the budget the command needs (what it spent already, Ray's start and the
-    measurement, included)."""
-    import time
-
-    from search import probe
-    from search.plan import model_text
-    from search.throughput import model_of
-
-    known: dict = {}  # model -> its throughput, earlier or measured
-    batches = _grid(search.param_space, "batch_size") or [search.param_space["batch_size"]]
-    threads = int(max(1, (search.resources or (1, 0))[0]))
-
-    def throughput_of(config: dict):
-        key = model_of(config)
-        if key not in known:
-            known[key] = earlier(config)
-            if known[key] is None:
-                began = time.time()
-                known[key] = opened.measured[key] = probe.measure(config, batches, split,
-                                                                  threads)
-                rates = ", ".join(f"{r:.0f} at batch {b}"
-                                  for b, r in sorted(known[key].images_per_s.items()))
-                print(f"time budget: no earlier {model_text(config)} trial on this machine; "
-                      f"measured {rates} img/s in {in_words(time.time() - began)}",
-                      flush=True)
-        return known[key]
-
-    for config in _widths_first(search.param_space, search.width_fixed):
-        throughput_of(config)  # each width measured before the clock is read
-    given, deadline = opened.context.budget, opened.context.deadline
-    try:
-        found = fitted(search, deadline - time.time(), throughput_of, at_a_time, split)
-    except NothingFits as e:
-        spent = given - (deadline - time.time())
-        raise NothingFits(e.what, given, e.smallest + spent) from None
-    print("\n".join(found.lines()), flush=True)
-    return applied(search, found), found
-
-
-def _widths_first(space: dict, fixed: bool) -> list[dict]:
-    """A flat config of ``space`` at each width it may train at."""
-    from search.plan import trial_configs
-
-    config = trial_configs(space)[0]
-    return [{**config, "model_kwargs": {**(config.get("model_kwargs") or {}), "width": w}}
-            if w is not None else config for w in widths_of(space, fixed)]
-
-
-def fitted(search, budget: float, throughput_of, at_a_time: int, split) -> Fit:
-    """The plan of ``search`` (search/context.py ``Search``: its space, samples, the fewest
-    samples it takes and whether its width is fixed) that fits ``budget`` seconds, ``at_a_time``
-    trials side by side: ``throughput_of(config)`` gives a trial's model's throughput (earlier
-    trials, else a short measurement: search/probe.py); NothingFits when none fits."""
-    from search import plan
-
-    space = search.param_space
-
-    def estimate(cut: dict, num_samples: int) -> float:
-        return plan.make(cut, num_samples, asha=False, at_a_time=at_a_time,
-                         train_images=len(split.y_train), val_images=len(split.y_val),
-                         throughput=throughput_of).seconds or 0.0
-
-    what = f"{search.kind} search {search.name}"
-    return fit(space, search.num_samples, budget, _at_least(estimate, search.least_samples),
-               at_a_time=at_a_time, widths=widths_of(space, search.width_fixed), what=what)
-
-
-def _at_least(estimate: Estimate, least: int) -> Estimate:
-    """An estimate that prices fewer than ``least`` samples out of any budget (a class-weight
-    study needs its two starting points)."""
-    return lambda space, n: estimate(space, n) if n >= least else float("inf")
-
-
-def resumed(search, record: dict):
-    """``search`` cut as its start's plan cut it (``Fit.record`` in its state)."""
-    space = copy.deepcopy(search.param_space)
-    for key in ("batch_size", "epochs"):
-        if record.get(key) is not None:
-            space[key] = {"grid_search": list(record[key])}
-            if key == "epochs" and "trunk_lengths" in space:
-                space["trunk_lengths"] = list(record[key])
-    if record.get("width") is not None:
-        space["model_kwargs"] = {**(space.get("model_kwargs") or {}), "width": record["width"]}
-    return applied(search, Fit(space, record["num_samples"], record["seconds"],
-                               record["budget"], tuple(record["left_out"])))
-
-
-def applied(search, fit: Fit):
-    """``search`` cut to ``fit``: its space and samples, and its parent run's params saying so."""
-    from dataclasses import replace
-
-    params = dict(search.params or {})
-    space = fit.space
-    for key, value in (("batch_sizes", _grid(space, "batch_size")),
-                       ("epochs", _grid(space, "epochs")),
-                       ("width", (space.get("model_kwargs") or {}).get("width"))):
-        if key in params and value is not None:
-            params[key] = value
-    if "num_samples" in params:
-        params["num_samples"] = fit.num_samples
-    return replace(search, param_space=space, num_samples=fit.num_samples,
-                   params={**params, **fit.params()})

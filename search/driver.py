@@ -20,7 +20,7 @@ from pathlib import Path
 from mlflow.entities import Param
 from ray import tune
 
-from search import budget, plan, throughput
+from search import budget, budgeted, plan, throughput
 from search.backfill import catch_up
 from search.claims import WORKSPACE_TAG, check_owner, claim_search
 from search.cluster import check_storage, job_submission_id, joined, room, start_ray
@@ -74,13 +74,13 @@ def _run(options, search: Search, split, context: RunContext,
     fit = None
     if state is None and opened.context.deadline is not None:  # cut to the time budget, before
         try:  # anything is recorded: a budget nothing fits is refused (search/budget.py)
-            search, fit = budget.fit_search(search, earlier_of(search, split, opened),
+            search, fit = budgeted.fit_search(search, earlier_of(search, split, opened),
                                             at_a_time(options, search), split, opened)
         except budget.NothingFits as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
     elif state is not None and state.get("time_budget"):  # the space its start's plan cut
-        search = budget.resumed(search, state["time_budget"])
+        search = budgeted.resumed(search, state["time_budget"])
     experiment_id = ws.experiment_id(client, search.name)
     if state is None:  # saved before the parent run exists: a kill between the two leaves a
         state = {"name": search.name, "kind": search.kind, "parent_run_id": None,  # state

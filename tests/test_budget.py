@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from search import budget, plan
+from search import budget, budgeted, plan
 from search.throughput import Throughput
 from trainables.config import TrainConfig
 
@@ -205,8 +205,8 @@ def test_a_resumed_search_is_cut_as_its_start_was():
         "batch_sizes": list(SEED_BATCHES), "epochs": list(SEED_LENGTHS), "width": 64,
         "model": "resnet18"})
     fit = budget.fit(space, 1, 3 * 3600, estimate(), at_a_time=2, widths=(64, 16, 4))
-    started = budget.applied(full, fit)
-    again = budget.resumed(full, json_.loads(json_.dumps(fit.record())))
+    started = budgeted.applied(full, fit)
+    again = budgeted.resumed(full, json_.loads(json_.dumps(fit.record())))
     assert again.param_space == started.param_space == fit.space
     assert again.params == started.params
     batches, lengths, width = kept(fit)
@@ -219,11 +219,11 @@ def test_a_resumed_search_is_cut_as_its_start_was():
 def test_the_widths_a_search_may_train_at():
     """The model's card names them (trainables/models): ResNet18's profile widths and default,
     widest first, from the space's own; a given width alone; the CNN has none."""
-    assert budget.widths_of(grid_space(width=64)) == (64, 16, 4)
-    assert budget.widths_of(grid_space(width=16)) == (16, 4)
-    assert budget.widths_of(grid_space(width=16), fixed=True) == (16,)
+    assert budgeted.widths_of(grid_space(width=64)) == (64, 16, 4)
+    assert budgeted.widths_of(grid_space(width=16)) == (16, 4)
+    assert budgeted.widths_of(grid_space(width=16), fixed=True) == (16,)
     cnn = {**grid_space(), "model": "cnn", "model_kwargs": {}}
-    assert budget.widths_of(cnn) == (None,)
+    assert budgeted.widths_of(cnn) == (None,)
 
 
 def test_a_pipeline_stage_gets_its_share_of_what_is_left():

@@ -1,9 +1,7 @@
 """The Optuna side of the class-weight search: a study that outlives Ray and its driver.
 
-The study lives in ``WORKSPACE/optuna.db`` under the experiment's name (search/weights.py).
-Each trial's sampling draws its randomness from (seed, trial number) alone, so an interruption
-does not change what later trials are offered; trials that ASHA stopped are told to Optuna as
-pruned, with their last value, which is how TPE ranks pruned trials.
+Where the study lives, how its sampling is seeded and how ASHA's stops reach TPE: search/weights.py
+says, for the search as a whole; this module is the searcher and the sampler that do it.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ from search.rungs import rung_epochs
 
 # the per-epoch metrics a trial's cost is counted from (trainables/trainable.py ``step``); val_acc
 # marks the epochs logged by runs older than all of them
-COST_METRICS = ("val_acc", "epochs_computed", "shared", "warmup_reused", "branch_epoch")
+COST_METRICS = ("val_acc", "epochs_computed", "shared", "warmup_reused", "branch_epoch",
+                "train_seconds", "val_seconds", "threads")
 
 
 def grid_rows(client, experiments) -> tuple[dict, dict]:
@@ -69,6 +70,7 @@ def cost_rows(client, experiments) -> list[dict]:
             out.append({"experiment": exp.name, "kind": parent.data.tags["kind"],
                         "run_id": parent.info.run_id, "run_name": parent.info.run_name,
                         "status": parent.info.status, "start_ms": parent.info.start_time,
+                        "cpus": _float(parent.data.params.get("cluster_cpus")),
                         "end_ms": parent.info.end_time, "trials": trials})
     return sorted(out, key=lambda s: (s["experiment"], s["start_ms"] or 0, s["run_id"]))
 
@@ -90,6 +92,13 @@ def trial_cost_row(client, run) -> dict:
             "stopped_at": _int(tags.get("stopped_at_epoch")),
             "warmup_reused": None if reused is None else reused.lower() == "true",
             "per_epoch": per_epoch}
+
+
+def _float(text) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
 
 
 def _int(text) -> int | None:

@@ -1,7 +1,8 @@
 """The report's search-cost section, a part of the report's model (analysis/document.py;
 analysis/render.py places it, its templates render it): per search, the epochs an exhaustive
 run of its trials computes against those computed, what shared warm-ups, shared trunks and
-ASHA saved, and its wall time; the numbers are analysis/summary.py's (``search_costs``)."""
+ASHA saved, its wall time and how busy its cores were; the numbers are analysis/summary.py's
+(``search_costs``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from types import MappingProxyType
 from analysis.document import Inline, Paragraph, Section, Span, bold, code, inline, table
 
 HEADER = ("search", "trials", "exhaustive epochs", "computed epochs", "computed / exhaustive",
-          "saved: shared warm-ups", "saved: shared trunks", "saved: ASHA", "wall time", "run")
+          "saved: shared warm-ups", "saved: shared trunks", "saved: ASHA", "wall time",
+          "cores busy", "run")
 # how a trial's computed epochs were counted, when not from its epochs_computed metric
 COUNTED = MappingProxyType({
     "shared": "its logged epochs less those flagged shared",
@@ -48,7 +50,17 @@ def cost_lead(total: dict) -> Inline:
         f" an exhaustive run of their trials computes ({ratio(total['ratio'])}){when}. Shared "
         f"warm-ups saved {saved['shared_warmup']} epochs, shared trunks "
         f"{saved['shared_trunk']}, ASHA's early stops {saved['asha']} "
-        f"({_count(total['stopped_by_asha'], 'trial')} stopped).")
+        f"({_count(total['stopped_by_asha'], 'trial')} stopped)." + busy_text(total))
+
+
+def busy_text(total: dict) -> str:
+    """How busy the cores were, when known."""
+    if total.get("busy") is None:
+        return ""
+    steps = "training and validation" if total["busy_validation"] else "training"
+    return (f" Their {steps} steps kept the cores busy {ratio(total['busy'])} of the wall "
+            "time (the rest: each trial's start, checkpoints, MLflow, and cores left idle "
+            "while a search's last trials ran).")
 
 
 def _count(n: int, what: str) -> str:
@@ -61,7 +73,7 @@ def _row(name: str | Span, r: dict, run: str | Span) -> tuple:
                                           f" ({status.lower()})")  # stopped, not resumed
     return (name, str(r["trials"]), str(r["exhaustive_epochs"]), str(r["computed_epochs"]),
             ratio(r["ratio"]), str(s["shared_warmup"]), str(s["shared_trunk"]), str(s["asha"]),
-            wall, run)
+            wall, ratio(r.get("busy")), run)
 
 
 def cost_section(summary: dict) -> Section | None:
@@ -80,7 +92,9 @@ def cost_section(summary: dict) -> Section | None:
         "epochs a trial took from another's computation, within its warm-up and after it (the "
         "wsd schedule's constant-rate phase). ASHA: the epochs its early stops left out. Wall "
         "time: the search's MLflow run, start to end (a resumed search counts the pause "
-        "too)."))]
+        "too). Cores busy: the core-seconds of the trials' training and validation steps "
+        "(each computed epoch's seconds x its threads) over wall time x the cores the search "
+        "had (n/a for a run still open or recorded before its cores were)."))]
     notes = [f"{_count(n, 'trial')} of {r['experiment']} by {COUNTED[k]}"
              for r in rows for k, n in r["counted_from"].items() if k in COUNTED]
     if notes:

@@ -126,6 +126,23 @@ def shared_epochs(trial: dict) -> tuple[set[int], str]:
     return set(), "logged"
 
 
+def busy_seconds(per_epoch: dict) -> dict:
+    """A trial's core-seconds in its training and validation steps: each epoch it computed,
+    (train_seconds + val_seconds) x the threads it ran on; ``busy_validation``: whether every
+    such epoch recorded its validation time (runs before val_seconds count training only)."""
+    steps = [v for v in per_epoch.values()
+             if v.get("epochs_computed", 1) != 0 and "train_seconds" in v]
+    return {"busy_core_seconds": sum((v["train_seconds"] + v.get("val_seconds", 0.0)) *
+                                     v.get("threads", 1.0) for v in steps),
+            "busy_validation": all("val_seconds" in v for v in steps)}
+
+
+def busy_fraction(core_seconds: float, wall: float | None, cpus: float | None) -> float | None:
+    """Core-seconds in training and validation steps over wall time x the search's cores
+    (None when either is unknown: a run still open, or recorded before its cores were)."""
+    return core_seconds / (wall * cpus) if wall and cpus else None
+
+
 def trial_cost(trial: dict) -> dict:
     """One trial's epochs: its length (what an exhaustive run computes), those computed, and
     those saved by shared warm-ups, shared trunks (after the warm-up) and ASHA."""
@@ -141,7 +158,7 @@ def trial_cost(trial: dict) -> dict:
     if trial.get("stopped_by") == "asha":
         last = trial.get("stopped_at") or (logged[-1] if logged else 0)
         asha = max(0, epochs - last)
-    return {"exhaustive": epochs, "computed": computed,
+    return {"exhaustive": epochs, "computed": computed, **busy_seconds(per),
             "shared_warmup": sum(e <= warmup for e in shared),
             "shared_trunk": sum(e > warmup for e in shared), "asha": asha,
             "counted_from": "epochs_computed" if counted else
@@ -158,11 +175,15 @@ def search_cost(search: dict) -> dict:
     running = search["status"] == "RUNNING" or not search.get("end_ms")
     wall = None if running or not search.get("start_ms") else \
         (search["end_ms"] - search["start_ms"]) / 1000
+    busy = sum(c["busy_core_seconds"] for c in costs)
     return {"experiment": search["experiment"], "kind": search["kind"],
             "run_id": search["run_id"], "run_name": search.get("run_name"),
             "status": search["status"], "trials": len(costs),
             "stopped_by_asha": sum(t.get("stopped_by") == "asha" for t in search["trials"]),
             **_cost_numbers(total), "wall_seconds": wall, "running": running,
+            "cpus": search.get("cpus"), "busy_core_seconds": busy,
+            "busy": busy_fraction(busy, wall, search.get("cpus")),
+            "busy_validation": all(c["busy_validation"] for c in costs),
             "counted_from": {k: n for k in COUNTED_FROM
                              if (n := sum(c["counted_from"] == k for c in costs))}}
 
@@ -175,11 +196,16 @@ def search_costs(searches: list[dict]) -> dict:
     total.update({k: sum(r["saved_epochs"][k] for r in rows)
                   for k in ("shared_warmup", "shared_trunk", "asha")})
     running = any(r["running"] for r in rows)
+    wall = None if running else sum(r["wall_seconds"] or 0 for r in rows)
+    busy = sum(r["busy_core_seconds"] for r in rows)
+    known = not running and all(r["cpus"] for r in rows)  # each search's wall x its cores
+    core_wall = sum(r["wall_seconds"] * r["cpus"] for r in rows) if known else None
     return {"searches": rows, "total": {
         "searches": len(rows), "trials": sum(r["trials"] for r in rows),
         "stopped_by_asha": sum(r["stopped_by_asha"] for r in rows), **_cost_numbers(total),
-        "wall_seconds": None if running else sum(r["wall_seconds"] or 0 for r in rows),
-        "running": running}}
+        "wall_seconds": wall, "running": running, "busy_core_seconds": busy,
+        "busy": busy_fraction(busy, core_wall, 1.0),
+        "busy_validation": all(r["busy_validation"] for r in rows)}}
 
 
 def _cost_numbers(total: dict) -> dict:

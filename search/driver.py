@@ -71,6 +71,8 @@ def _run(options, search: Search, split, context: RunContext,
     search.tags = {**(search.tags or {}), "hardware": hardware,  # on a new parent run
                    **({"ray_job_submission_id": job} if job else {})}
     opened.hardware = hardware
+    # the cores it may use (the report's busy fraction: analysis/summary.py)
+    search.params = {**(search.params or {}), "cluster_cpus": room(options).get("CPU", 0)}
     fit = None
     if state is None and opened.context.deadline is not None:  # cut to the time budget, before
         try:  # anything is recorded: a budget nothing fits is refused (search/budget.py)

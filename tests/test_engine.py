@@ -17,7 +17,7 @@ from conftest import need_compiler, need_real_data
 
 from trainables import checkpoint, data, fastpath
 from trainables.config import ConfigError, TrainConfig
-from trainables.engine import build, evaluate, fit, lr_at, run_epoch, train_one_epoch
+from trainables.engine import TIMINGS, build, evaluate, fit, lr_at, run_epoch, train_one_epoch
 from trainables.models import card, list_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,9 +74,8 @@ def test_short_run_learns_and_repeats(split):
     cfg = TrainConfig(**FAST, epochs=2, warmup_epochs=1, seed=1)
     a, b = fit(cfg, split), fit(cfg, split)
     assert a.history[-1]["val_acc"] > 0.6  # chance is 0.1 (0.73 here)
-    drop = ("images_per_s", "train_seconds", "augment_share")
-    strip = [{k: v for k, v in h.items() if k not in drop} for h in a.history]
-    assert strip == [{k: v for k, v in h.items() if k not in drop} for h in b.history]
+    strip = [{k: v for k, v in h.items() if k not in TIMINGS} for h in a.history]
+    assert strip == [{k: v for k, v in h.items() if k not in TIMINGS} for h in b.history]
     assert torch.equal(weights(a.model), weights(b.model))  # bit for bit on the CPU
     c = fit(replace(cfg, seed=2), split)
     assert not torch.equal(weights(a.model), weights(c.model))

@@ -367,13 +367,13 @@ def test_the_pipeline_stops_after_a_stage_that_trained_without_mlflow(tmp_path, 
     state = {"name": "p", "stages": [{"name": s.name, "kind": s.kind, "model": s.model,
                                       "status": "pending", "seconds": 0.0} for s in stages]}
 
-    def trained_offline(args, ws, client, state, stage, *rest):
-        ws.save_state(stage.name, {"mlflow_offline": {"reason": "Connection refused"}})
+    def trained_offline(ctx, stage, resume):
+        ctx.ws.save_state(stage.name, {"mlflow_offline": {"reason": "Connection refused"}})
         return 0
 
     monkeypatch.setattr(pipeline, "run_stage", trained_offline)
-    code = pipeline.run_pipeline(SimpleNamespace(verbosity=NORMAL), ws, None, store, state,
-                                 stages, PROFILES["smoke"])
+    code = pipeline.run_pipeline(SimpleNamespace(verbosity=NORMAL, time_budget=None), ws, None,
+                                 store, state, stages, PROFILES["smoke"])
     assert code == EXIT_OFFLINE == 3
     assert [s["status"] for s in store.load()["stages"]] == ["failed", "pending"]
     assert "MLflow went away (above); when it is back, re-run the same command with " \

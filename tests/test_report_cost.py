@@ -17,7 +17,7 @@ from analysis.grids import cost_rows
 from analysis.render import html_of, markdown_of
 from analysis.render_cost import cost_section, duration
 from analysis.select import Candidate
-from analysis.summary import Fused, search_costs, summarise, trial_cost
+from analysis.summary import Fused, busy_seconds, search_costs, summarise, trial_cost
 
 T0 = 1_767_225_600_000  # 2026-01-01, in ms: every time in the store is fixed
 
@@ -123,7 +123,8 @@ def test_search_cost_counts_each_saving_and_falls_back_for_older_runs(store):
     assert total == {"searches": 2, "trials": 8, "stopped_by_asha": 2,
                      "exhaustive_epochs": 32, "computed_epochs": 18, "ratio": 18 / 32,
                      "saved_epochs": {"shared_warmup": 7, "shared_trunk": 2, "asha": 6},
-                     "wall_seconds": None, "running": True}
+                     "wall_seconds": None, "running": True, "busy_core_seconds": 0,
+                     "busy": None, "busy_validation": True}
     # the grid on its own: finished, so its total has a wall time
     alone = search_costs(cost_rows(store, covered(store)[:1]))["total"]
     assert (alone["wall_seconds"], alone["running"], alone["ratio"]) == (754.0, False, 0.6)
@@ -136,7 +137,7 @@ def test_trial_cost_fallbacks_one_by_one():
     flagged = {e: {**v, "warmup_reused": float(e <= 2)} for e, v in steps.items()}
     assert trial_cost({**base, "per_epoch": flagged}) == {
         "exhaustive": 4, "computed": 2, "shared_warmup": 2, "shared_trunk": 0, "asha": 0,
-        "counted_from": "warmup_reused"}
+        "counted_from": "warmup_reused", "busy_core_seconds": 0, "busy_validation": True}
     # nothing but logged epochs: each counts as computed
     assert trial_cost({**base, "per_epoch": steps})["computed"] == 4
     assert trial_cost({**base, "per_epoch": steps})["counted_from"] == "logged"
@@ -161,10 +162,10 @@ def test_search_cost_section_in_markdown_and_html(store):
     rows = [line for line in lines if line.startswith("| ")]
     grid_id, weights_id = (s["run_id"][:8] for s in cost["searches"])
     assert rows[2:] == [
-        f"| grid-resnet18 | 4 | 20 | 12 | 60.0% | 4 | 1 | 4 | 12m 34s | `{grid_id}` |",
-        f"| weights-resnet18 | 4 | 12 | 6 | 50.0% | 3 | 1 | 2 | running | `{weights_id}` |",
-        "| **all searches** | 8 | 32 | 18 | 56.2% | 7 | 2 | 6 | running |  |"]
-    assert rows[0].count("|") - 1 == rows[1].count("---") == len(rows[2].split(" | ")) == 10
+        f"| grid-resnet18 | 4 | 20 | 12 | 60.0% | 4 | 1 | 4 | 12m 34s | n/a | `{grid_id}` |",
+        f"| weights-resnet18 | 4 | 12 | 6 | 50.0% | 3 | 1 | 2 | running | n/a | `{weights_id}` |",
+        "| **all searches** | 8 | 32 | 18 | 56.2% | 7 | 2 | 6 | running | n/a |  |"]
+    assert rows[0].count("|") - 1 == rows[1].count("---") == len(rows[2].split(" | ")) == 11
     assert "grid-inception" not in md  # a search the report does not cover
     assert ("computed epochs counted for 1 trial of weights-resnet18 by its logged epochs "
             "less those flagged shared; 2 trials of weights-resnet18 by its logged epochs "
@@ -214,3 +215,26 @@ def test_report_writes_the_section_into_its_files(store, tmp_path):
     assert "| grid-resnet18 | 4 | 20 | 12 | 60.0% | 4 | 1 | 4 | 12m 34s |" in md
     page = (out / "report.html").read_text()
     assert "<h2>Search cost</h2>" in page and "<td>weights-resnet18</td>" in page
+
+
+def test_how_busy_the_cores_were():
+    """Each computed epoch's training and validation seconds x its threads, over wall time x the
+    search's cores; an epoch taken from a trunk costs nothing; older runs count training only."""
+    from analysis.render_cost import busy_text
+
+    per = {1: {"epochs_computed": 1, "train_seconds": 10.0, "val_seconds": 2.0, "threads": 1.0},
+           2: {"epochs_computed": 0, "train_seconds": 10.0, "val_seconds": 2.0, "threads": 1.0},
+           3: {"epochs_computed": 1, "train_seconds": 8.0, "val_seconds": 2.0, "threads": 2.0}}
+    assert busy_seconds(per) == {"busy_core_seconds": 12.0 + 20.0, "busy_validation": True}
+    old = {1: {"train_seconds": 10.0, "threads": 1.0}}
+    assert busy_seconds(old) == {"busy_core_seconds": 10.0, "busy_validation": False}
+    trial = {"epochs": 3, "warmup_epochs": 1, "per_epoch": per}
+    search = {"experiment": "grid-cnn", "kind": "grid", "run_id": "r", "status": "FINISHED",
+              "start_ms": 1_000, "end_ms": 81_000, "cpus": 2.0, "trials": [trial, trial]}
+    cost = search_costs([search, {**search, "cpus": None}])
+    assert cost["searches"][0]["busy"] == pytest.approx(64 / (80 * 2))
+    assert cost["searches"][1]["busy"] is None and cost["total"]["busy"] is None
+    total = search_costs([search])["total"]
+    assert total["busy"] == pytest.approx(0.4)
+    assert busy_text(total).startswith(" Their training and validation steps kept the cores "
+                                       "busy 40.0% of the wall time")

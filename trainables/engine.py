@@ -35,6 +35,11 @@ class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite: the trial must fail, not go on."""
 
 
+# what an epoch's metrics time (seconds, rates, shares): all that differs between two runs of
+# one config on the CPU
+TIMINGS = ("images_per_s", "train_seconds", "augment_share", "val_seconds")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -200,11 +205,14 @@ def run_epoch(state: TrainState, on_batch=None) -> dict:
     torch.manual_seed(seed)  # dropout
     generator = torch.Generator(state.device).manual_seed(seed)
     train = train_one_epoch(state, generator, on_batch=on_batch, lr_of=lr_of)
+    began = time.perf_counter()
     val = evaluate(state.model, state.x_val, state.y_val, batch_size=cfg.eval_batch_size,
                    mean=state.mean, std=state.std, fast=state.fast)
+    val_seconds = time.perf_counter() - began  # (evaluate's .item() waits for the device)
     state.epoch += 1
     metrics = {"epoch": state.epoch, "phase": state.phase, "lr": lr,
                "fast_path": f"{state.device.type}, {state.fast}", **train,
+               "val_seconds": val_seconds,
                "val_loss": val["loss"], "val_acc": val["acc"], "hard_acc": val["hard_acc"],
                **{f"val_acc_{c}": a for c, a in enumerate(val["per_class_acc"])}}
     if state.class_weights is not None:  # read back from the tensor the loss was given

@@ -13,7 +13,7 @@ from dataclasses import replace
 from search import probe
 from search.budget import Estimate, Fit, NothingFits, fit, grid_values
 from search.plan import duration as in_words
-from search.plan import make, model_text, trial_configs
+from search.plan import make, model_text
 from search.throughput import model_of
 from trainables.models import card
 
@@ -57,23 +57,16 @@ def fit_search(search, earlier, at_a_time: int, split, opened):
                       flush=True)
         return known[key]
 
-    for config in _widths_first(search.param_space, search.width_fixed):
-        throughput_of(config)  # each width measured before the clock is read
     given, deadline = opened.context.budget, opened.context.deadline
     try:
         found = fitted(search, deadline - time.time(), throughput_of, at_a_time, split)
+        if found.seconds > deadline - time.time():  # the measurements took what it had left:
+            found = fitted(search, deadline - time.time(), throughput_of, at_a_time, split)
     except NothingFits as e:
         spent = given - (deadline - time.time())
         raise NothingFits(e.what, given, e.smallest + spent) from None
     print("\n".join(found.lines()), flush=True)
     return applied(search, found), found
-
-
-def _widths_first(space: dict, fixed: bool) -> list[dict]:
-    """A flat config of ``space`` at each width it may train at."""
-    config = trial_configs(space)[0]
-    return [{**config, "model_kwargs": {**(config.get("model_kwargs") or {}), "width": w}}
-            if w is not None else config for w in widths_of(space, fixed)]
 
 
 def fitted(search, budget: float, throughput_of, at_a_time: int, split) -> Fit:

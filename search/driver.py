@@ -90,7 +90,7 @@ def _run(options, search: Search, split, context: RunContext,
                  "data_fingerprint": split.fingerprint, "created": time.time(),  # finds
                  **({"time_budget": fit.record()} if fit else {})}  # it
         ws.save_state(search.name, state)
-    opened.state, opened.experiment_id, opened.hardware = state, experiment_id, hardware
+    opened.state, opened.experiment_id = state, experiment_id
     try:
         return _search(options, search, split, opened)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside Tune's run (which handles its own)

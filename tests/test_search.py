@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 from conftest import (
     environ_kept,
@@ -225,8 +226,12 @@ def test_a_failing_trial_is_recorded_and_the_rest_go_on(tmp_path, capfd):
 def test_bad_arguments(args, message, earlier_workspace, capsys):
     from search import grid as grid_module
 
-    with untouched(earlier_workspace):  # docs/bad-input.md: workspace untouched
-        assert exit_code(grid_module.main, *args, "--workspace", str(earlier_workspace)) == 2
+    try:
+        with untouched(earlier_workspace):  # docs/bad-input.md: workspace untouched
+            assert exit_code(grid_module.main, *args, "--workspace",
+                             str(earlier_workspace)) == 2
+    finally:  # a refusal after Ray started (a budget nothing fits): the next test's own cluster
+        ray.shutdown()
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
 

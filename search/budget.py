@@ -121,24 +121,33 @@ class Cut:
 
     def space(self, space: dict, axes: Axes) -> dict:
         """``space`` cut to this plan."""
-        out = copy.deepcopy(space)
-        if axes.lengths is not None:
-            kept = [e for e in axes.lengths if e <= self.longest]
-            out["epochs"] = {"grid_search": kept}
-            if "trunk_lengths" in out:
-                out["trunk_lengths"] = kept
-        if axes.batch_sizes is not None:
-            out["batch_size"] = {"grid_search": sorted(axes.batch_sizes[:self.batches])}
-        if self.width is not None:
-            out["model_kwargs"] = {**(out.get("model_kwargs") or {}), "width": self.width}
-        return out
+        return cut_space(
+            space, sorted(axes.batch_sizes[:self.batches]) if axes.batch_sizes else None,
+            [e for e in axes.lengths if e <= self.longest] if axes.lengths else None,
+            self.width)
 
 
-def _cuts(axes: Axes) -> list[Cut]:
-    """Every plan of the space."""
+def cut_space(space: dict, batch_sizes, lengths, width: int | None) -> dict:
+    """A copy of ``space`` whose batch size and epochs grids hold ``batch_sizes`` and
+    ``lengths`` (its trunks' lengths too) and whose model has ``width``; None leaves one as
+    it is."""
+    out = copy.deepcopy(space)
+    if lengths is not None:
+        out["epochs"] = {"grid_search": list(lengths)}
+        if "trunk_lengths" in out:
+            out["trunk_lengths"] = list(lengths)
+    if batch_sizes is not None:
+        out["batch_size"] = {"grid_search": list(batch_sizes)}
+    if width is not None:
+        out["model_kwargs"] = {**(out.get("model_kwargs") or {}), "width": width}
+    return out
+
+
+def _cuts(axes: Axes, width: int | None) -> list[Cut]:
+    """Every plan of the space at ``width``."""
     lengths = axes.lengths or (None,)
     batches = range(1, len(axes.batch_sizes) + 1) if axes.batch_sizes else (1,)
-    return [Cut(w, b, longest, n) for w in axes.widths for b in batches for longest in lengths
+    return [Cut(width, b, longest, n) for b in batches for longest in lengths
             for n in range(1, axes.samples + 1)]
 
 
@@ -190,9 +199,8 @@ def fit(space: dict, num_samples: int, budget: float, estimate: Estimate, *, at_
     axes = Axes.of(space, num_samples, widths)
     seconds: dict = {}
     for width in axes.widths:  # widest first: a narrower width is priced (and its throughput
-        for cut in _cuts(axes):  # measured) only when no plan of the wider ones fits
-            if cut.width == width:
-                seconds[cut] = estimate(cut.space(space, axes), cut.samples)
+        for cut in _cuts(axes, width):  # measured) only when no plan of the wider ones fits
+            seconds[cut] = estimate(cut.space(space, axes), cut.samples)
         if any(s <= budget for s in seconds.values()):
             break
     fitting = [c for c, s in seconds.items() if s <= budget]

@@ -6,12 +6,11 @@ again as its start's plan cut it. search/driver.py asks, before anything is reco
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import replace
 
 from search import probe
-from search.budget import Estimate, Fit, NothingFits, fit, grid_values
+from search.budget import Estimate, Fit, NothingFits, cut_space, fit, grid_values
 from search.plan import duration as in_words
 from search.plan import make, model_text
 from search.throughput import model_of
@@ -78,8 +77,8 @@ def fitted(search, budget: float, throughput_of, at_a_time: int, split) -> Fit:
 
     def estimate(cut: dict, num_samples: int) -> float:
         return make(cut, num_samples, asha=False, at_a_time=at_a_time,
-                         train_images=len(split.y_train), val_images=len(split.y_val),
-                         throughput=throughput_of).seconds or 0.0
+                    train_images=len(split.y_train), val_images=len(split.y_val),
+                    throughput=throughput_of).seconds or 0.0
 
     what = f"{search.kind} search {search.name}"
     return fit(space, search.num_samples, budget, _at_least(estimate, search.least_samples),
@@ -94,14 +93,8 @@ def _at_least(estimate: Estimate, least: int) -> Estimate:
 
 def resumed(search, record: dict):
     """``search`` cut as its start's plan cut it (``Fit.record`` in its state)."""
-    space = copy.deepcopy(search.param_space)
-    for key in ("batch_size", "epochs"):
-        if record.get(key) is not None:
-            space[key] = {"grid_search": list(record[key])}
-            if key == "epochs" and "trunk_lengths" in space:
-                space["trunk_lengths"] = list(record[key])
-    if record.get("width") is not None:
-        space["model_kwargs"] = {**(space.get("model_kwargs") or {}), "width": record["width"]}
+    space = cut_space(search.param_space, record.get("batch_size"), record.get("epochs"),
+                      record.get("width"))
     return applied(search, Fit(space, record["num_samples"], record["seconds"],
                                record["budget"], tuple(record["left_out"])))
 

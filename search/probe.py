@@ -2,7 +2,8 @@
 MLflow store holds no earlier trial of it (search/throughput.py reads those).
 
 It runs the engine itself (trainables/engine.py) on the search's own data, config and threads:
-for each batch size, a few warm-up batches, then real training batches for about ``seconds``;
+one model built once, and for each batch size a few warm-up batches, then real training batches
+for about ``seconds``;
 then validation over a slice of the validation images. What it returns is a ``Throughput`` as
 earlier trials give one, with a start-up assumed (``STARTUP_ASSUMED_S``) until a trial here
 measures one.
@@ -39,10 +40,12 @@ def measure(config: dict, batch_sizes: Iterable[int], split, threads: int,
     rates = {}
     try:
         torch.set_num_threads(max(1, int(threads)))
+        # one model and one copy of the data (an offline policy's expansion made once); each
+        # batch size trains it on
+        built = build(replace(cfg, num_threads=None, class_weights=None), split)
+        generator = torch.Generator(built.device).manual_seed(0)
         for batch in sorted(set(batch_sizes)):
-            state = build(replace(cfg, batch_size=int(batch), num_threads=None,
-                                  class_weights=None), split)
-            generator = torch.Generator(state.device).manual_seed(0)
+            state = replace(built, cfg=replace(built.cfg, batch_size=int(batch)))
             warm = min(len(state.x_train), WARM_BATCHES * batch)
             first = train_one_epoch(state, generator, images=warm)
             n = int(min(len(state.x_train), max(batch, first["images_per_s"] * seconds)))

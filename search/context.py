@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from search.clock import Clock
 from search.offline import Offline
 from search.workspace import Workspace
 from trainables.cli import NORMAL
@@ -34,6 +35,8 @@ class RunContext:
     # that budget in seconds; None: no budget (search/budget.py)
     deadline: float | None = None
     budget: float | None = None
+    # the clock of the search running now, kept while its trials run (search/clock.py)
+    clock: Clock = field(default_factory=Clock)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from ray import tune
 from search import budget, budgeted, plan, throughput
 from search.backfill import catch_up
 from search.claims import WORKSPACE_TAG, check_owner, claim_search
+from search.clock import Clock, TrialCost, quiet_done
 from search.cluster import check_storage, job_submission_id, joined, room, start_ray
 from search.context import Opened, RunContext, Search
 from search.kinds import FUSION_TAG
@@ -122,6 +123,9 @@ def _search(options, search: Search, split, opened: Opened) -> int:
           + (" (auto)" if AUTO in (options.cpus_per_trial, options.gpus_per_trial) else ""),
           flush=True)
     found = show_plan(options, search, split, parent_id, opened)
+    # the budget kept as the trials run (search/clock.py), at the throughput the plan used
+    opened.context.clock = Clock(opened.context.deadline, TrialCost(
+        earlier_of(search, split, opened), len(split.y_train), len(split.y_val)))
     cpus, gpus = search.resources
     trainable = tune.with_resources(
         tune.with_parameters(ClassifierTrainable, split=split), {"cpu": cpus, "gpu": gpus})
@@ -228,6 +232,8 @@ def _fit(build: Build, opened: Opened):
     results += list(restore(path, build.trainable, opened.context).fit())
     if (code := stopped(path, parent_id, search, opened)) is not None:
         return results, code
+    if opened.context.clock.cut:  # the budget ended it: no new part
+        return results, None
     missing = search.num_samples - search.trials_done(ws) if search.trials_done else 0
     if missing <= 0:
         return results, None
@@ -276,14 +282,46 @@ def parent_run(client, experiment_id: str, search: Search, split, state: dict,
 
 
 def stopped(path: str, parent_id: str, search: Search, opened: Opened) -> int | None:
-    """None when the Tune run at ``path`` ended; else the search's exit code."""
+    """None when the Tune run at ``path`` ended, or was cut by the time budget (its search ends
+    from the trials that finished); else the search's exit code."""
+    quiet_done()
     try:
         if not interrupted(path):
             return None
     except StateError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_STATE
+    if opened.context.clock.cut:
+        return cut_by_budget(parent_id, search, opened)
     return stop_interrupted(parent_id, search, opened)
+
+
+def cut_by_budget(parent_id: str, search: Search, opened: Opened) -> None:
+    """The trials the time budget cut (search/clock.py), recorded: their runs KILLED (never
+    fusion candidates) and tagged ``time_budget`` with the epoch each reached, the parent run
+    tagged with what was cut and why. Tune's state keeps them for --resume."""
+    clock, client = opened.context.clock, opened.client
+    started = sum(1 for epoch in clock.cut.values() if epoch)
+    print(f"\nexperiment {search.name}: the time budget ended it ({clock.why}): "
+          f"{started} trial(s) cut at their last checkpoint, {len(clock.cut) - started} not "
+          "started; the search ends with the trials that finished. Continue them with "
+          "--resume and a longer --time-budget", flush=True)
+
+    def record():
+        experiment = client.get_run(parent_id).info.experiment_id
+        for run in client.search_runs([experiment],
+                                      f"tags.`mlflow.parentRunId` = '{parent_id}' and "
+                                      "attributes.status = 'RUNNING'", max_results=50_000):
+            epoch = clock.cut.get(run.data.tags.get("trial_id"))
+            client.set_tag(run.info.run_id, "time_budget",
+                           f"cut at epoch {epoch or 0}/{run.data.params.get('epochs', '?')}")
+            client.set_terminated(run.info.run_id, "KILLED")
+        client.set_tag(parent_id, "time_budget_cut",
+                       f"{started} trial(s) cut, {len(clock.cut) - started} not started: "
+                       f"{clock.why}")
+
+    opened.offline.tracked(opened.ws.tracking_uri, record)
+    return None
 
 
 def stop_interrupted(parent_id: str, search: Search, opened: Opened) -> int:

@@ -259,6 +259,13 @@ def make(param_space: dict, num_samples: int, *, asha: bool, at_a_time: int,
                    model=" and ".join(model_text(c) for c in models.values()))
 
 
+def epochs_seconds(config: dict, epochs: int, throughput: Throughput, train_images: int,
+                   val_images: int) -> float:
+    """The seconds ``epochs`` epochs of a trial of ``config`` take, training and validation, at
+    ``throughput`` (its model's)."""
+    return _cost(config, epochs, {model_of(config): throughput}, train_images, val_images)[0]
+
+
 def _cost(config: dict, epochs: int, found: dict, train_images: int,
           val_images: int) -> tuple[float, float, float]:
     """(seconds, training images, training seconds) of ``epochs`` epochs of a trial."""

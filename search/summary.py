@@ -34,9 +34,11 @@ def config_of(result) -> dict:
     return {}
 
 
-def trial_rows(results, metric: str, columns) -> tuple[list, list, list]:
+def trial_rows(results, metric: str, columns, cut: dict | None = None
+               ) -> tuple[list, list, list]:
     """(table rows, finished (best, config, result), failed (trial, why)) of Tune's results;
-    trials named as their MLflow runs are."""
+    trials named as their MLflow runs are. ``cut``: the trials a time budget cut (trial id ->
+    the epoch each reached, search/clock.py), neither finished nor failed."""
     rows, finished, failed = [], [], []
     for r in results:
         cfg, m = config_of(r), r.metrics or {}
@@ -44,6 +46,11 @@ def trial_rows(results, metric: str, columns) -> tuple[list, list, list]:
         df = r.metrics_dataframe
         best = df[metric].max() if df is not None and metric in df else float("nan")
         epoch = int(m.get("epoch", 0))
+        if (cut or {}).get(trial_id(r), -1) >= 0:
+            rows.append(([cfg.get(k) for k in columns],
+                         f"cut at {epoch} (budget)" if epoch else "not started (budget)",
+                         best, name))
+            continue
         if r.error is not None:
             status = "FAILED"
             failed.append((name, str(r.error).strip().splitlines()[-1][:200]))
@@ -60,11 +67,12 @@ def trial_rows(results, metric: str, columns) -> tuple[list, list, list]:
 def print_table(rows, failed, metric: str, columns) -> None:
     width = max(6, *(len(k) for k in columns))
     names = max([5, *(len(t[3]) for t in rows)])
+    status = max([16, *(len(t[1]) for t in rows)])
     print(f"\n{'trial':<{names}}  " + " ".join(f"{k:>{width}}" for k in columns) +
-          f"  {'status':<16} {'best ' + metric:>12}")
+          f"  {'status':<{status}} {'best ' + metric:>12}")
     for values, s, v, name in sorted(rows, key=lambda t: [x or 0 for x in t[0]]):
         cells = " ".join(f"{cell(x):>{width}}" for x in values)
-        print(f"{name:<{names}}  {cells}  {s:<16} {v:>12.4f}")
+        print(f"{name:<{names}}  {cells}  {s:<{status}} {v:>12.4f}")
     if failed:
         print("\nfailed trials:")
         for name, why in failed:
@@ -75,7 +83,7 @@ def summarise(results, parent_id: str, search, opened: Opened) -> int:
     """Print the trial table, the best config, failures and where to look; close the parent."""
     metric, cols = search.metric, search.columns
     client, ws = opened.client, opened.ws
-    rows, finished, failed = trial_rows(results, metric, cols)
+    rows, finished, failed = trial_rows(results, metric, cols, opened.context.clock.cut)
     print_table(rows, failed, metric, cols)
     keys = (*BEST_KEYS, *(k for k in cols if k not in ("batch_size", "epochs")))
     best, cfg = math.nan, {}

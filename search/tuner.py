@@ -2,8 +2,9 @@
 and whether a saved one was interrupted.
 
 Each part's Tuner runs the Trainable with the search's scheduler (its spare cores,
-search/spare.py), searcher, progress view (search/progress.py), MLflow lineage
-(search/lineage.py) and state copies (search/tunestate.py). Tune keeps the view and the
+search/spare.py, and its time budget's clock, search/clock.py), searcher, progress view
+(search/progress.py), MLflow lineage (search/lineage.py) and state copies
+(search/tunestate.py). Tune keeps the view and the
 callbacks in the experiment (its ``tuner.pkl``) and restores them from there on --resume; the
 restored ones are handed the resumed command's run context (``restore``).
 """
@@ -20,6 +21,7 @@ from ray import tune
 from ray.tune import ExperimentAnalysis
 
 from search import plan, tunestate
+from search.clock import Clocked
 from search.cluster import joined
 from search.context import RunContext, Search
 from search.options import AUTO
@@ -66,13 +68,16 @@ def make_tuner(build: Build, name: str, num_samples: int, first: bool) -> tune.T
         scheduler = spare_cores(scheduler, search.resources, options.cpus_per_trial == AUTO,
                                 len(plan.trial_configs(search.param_space, num_samples)),
                                 ray.cluster_resources().get("CPU", 0), joined(options))
+    reuse = scheduler is search.scheduler  # a grown trial needs a new worker
+    # outermost: the time budget's clock, kept as the trials run (search/clock.py)
+    clocked = Clocked(scheduler)
+    clocked.attach(build.context)
     tuner = tune.Tuner(
         build.trainable, param_space=search.param_space,
         tune_config=tune.TuneConfig(
-            metric=search.metric, mode=MODE, scheduler=scheduler,
+            metric=search.metric, mode=MODE, scheduler=clocked,
             search_alg=searcher, num_samples=num_samples,
-            max_concurrent_trials=options.max_concurrent or None,
-            reuse_actors=scheduler is search.scheduler),  # a grown trial needs a new worker
+            max_concurrent_trials=options.max_concurrent or None, reuse_actors=reuse),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=1, progress_reporter=view,
             callbacks=[build.lineage, TrialLines(name, search.metric, search.columns,
@@ -102,8 +107,8 @@ def restorable(path: str) -> bool:
 
 def restore(path: str, trainable, context: RunContext) -> tune.Tuner:
     """The Tuner Tune saved at ``path``, its unfinished and failed trials to go on, its
-    progress view and callbacks (restored by Tune from its tuner.pkl, which takes no new ones)
-    attached to this command's run ``context``."""
+    progress view, callbacks and scheduler (restored by Tune from its tuner.pkl, which takes no
+    new ones) attached to this command's run ``context``: its verbosity, its budget's clock."""
     try:
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
@@ -120,9 +125,11 @@ def restore(path: str, trainable, context: RunContext) -> tune.Tuner:
 
 
 def restored_parts(tuner: tune.Tuner) -> list:
-    """The progress reporter and callbacks of a restored Tuner (what Tune unpickled)."""
-    config = tuner._local_tuner.get_run_config()  # a local Tuner: Ray Client is refused
-    return [config.progress_reporter, *(config.callbacks or [])]
+    """The progress reporter, callbacks and scheduler of a restored Tuner (what Tune
+    unpickled)."""
+    local = tuner._local_tuner  # a local Tuner: Ray Client is refused
+    config = local.get_run_config()
+    return [config.progress_reporter, *(config.callbacks or []), local._tune_config.scheduler]
 
 
 def interrupted(path: str) -> bool:

@@ -12,6 +12,11 @@ on running while it waits.
 Ray's workers inherit the driver's environment, so a failpoint in a Trainable works as one in
 the driver does. The points are listed in docs/crash-windows.md.
 
+``TUNEFUSE_DEADLINE_AT=NAME[@K][:KEY=VALUE,...]`` moves a --time-budget's deadline to a point:
+the search's clock (search/clock.py) finds its deadline passed once this process reached that
+point (``deadline_passed``, once), and goes on as it does at its deadline, so that a test
+lands the end of a budget in an exact window (mid-trial) without timing it.
+
 ``TUNEFUSE_RENDEZVOUS=FOLDER:N`` is the other test hook: every trial waits at its start until N
 trials have started, so that a test which needs trials running at the same time (one on each
 node of a cluster) does not depend on the first one still running when the next one starts.
@@ -36,14 +41,17 @@ import time
 from trainables.files import write_json
 
 ENV, FILE_ENV = "TUNEFUSE_FAILPOINT", "TUNEFUSE_FAILPOINT_FILE"
+DEADLINE_ENV = "TUNEFUSE_DEADLINE_AT"
+_DEADLINE = "deadline passed"  # the hit count that says so (deadline_passed)
 RENDEZVOUS_ENV = "TUNEFUSE_RENDEZVOUS"
 _hits: dict[str, int] = {}
 _lock = threading.Lock()
 
 
-def _spec() -> tuple[str, int, dict[str, str]]:
-    """``TUNEFUSE_FAILPOINT`` read: NAME[@K][:KEY=VALUE,...] as (NAME, K, {KEY: VALUE})."""
-    spec, _, where = os.environ.get(ENV, "").partition(":")
+def _spec(env: str = ENV) -> tuple[str, int, dict[str, str]]:
+    """``TUNEFUSE_FAILPOINT`` (or ``env``) read: NAME[@K][:KEY=VALUE,...] as
+    (NAME, K, {KEY: VALUE})."""
+    spec, _, where = os.environ.get(env, "").partition(":")
     name, _, k = spec.partition("@")
     return name, int(k or 1), dict(kv.split("=", 1) for kv in where.split(",") if kv)
 
@@ -58,6 +66,8 @@ def reach(name: str, **context) -> None:
     """Stop here for ever if ``TUNEFUSE_FAILPOINT`` names this point and this hit. With
     ``:KEY=VALUE`` pairs, only the hits whose context has those values count (``epoch=3``:
     a checkpoint of epoch 3, whichever trial writes it)."""
+    if os.environ.get(DEADLINE_ENV):
+        _count_deadline(name, context)
     if not armed(name):
         return
     _, want, where = _spec()
@@ -91,3 +101,21 @@ def rendezvous() -> None:
         pass
     while len(os.listdir(folder)) < int(n):
         time.sleep(0.05)
+
+
+def _count_deadline(name: str, context: dict) -> None:
+    point, want, where = _spec(DEADLINE_ENV)
+    if point != name or any(str(context.get(k)) != v for k, v in where.items()):
+        return
+    with _lock:
+        _hits[f"{_DEADLINE} at {name}"] = _hits.get(f"{_DEADLINE} at {name}", 0) + 1
+        if _hits[f"{_DEADLINE} at {name}"] == want:
+            _hits[_DEADLINE] = 1
+
+
+def deadline_passed() -> bool:
+    """Whether this process reached the point ``TUNEFUSE_DEADLINE_AT`` names (a test's
+    deadline: module docstring) since it was last asked: one clock takes it, and the searches
+    after it (a pipeline's next stages) keep their own."""
+    with _lock:
+        return bool(_hits.pop(_DEADLINE, 0))

@@ -1,0 +1,173 @@
+"""A time budget kept while the trials run (search/clock.py): a trial that cannot end before the
+deadline does not start, the search is cut when nothing left fits or the deadline comes, and
+what was cut resumes. A real Tune run on a real local Ray cluster (a function trainable that
+reports its epochs at once), and the trunk arithmetic of a trial's cost."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import pytest
+import ray
+from conftest import need_real_data, run_module, trial_records
+from ray import tune
+
+from search.clock import Clock, Clocked, TrialCost
+from search.context import RunContext
+from search.summary import config_of
+from search.throughput import Throughput
+from search.tuner import restored_parts
+from trainables.cli import EXIT_NONE_FINISHED, EXIT_OK
+from trainables.trunk import place
+
+HERE = Path(__file__).parent
+
+
+def epochs_trainable(config):
+    for epoch in range(1, config["epochs"] + 1):
+        tune.report({"epoch": epoch, "val_acc": epoch / 10})
+
+
+class PerEpoch:
+    """A cost of 100 s an epoch, whatever the trial (its config's ``epochs``)."""
+
+    def seconds(self, trial, trials) -> float:
+        return 100.0 * trial.config["epochs"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    # the workers import this module's trainable from the folder of the tests
+    path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+    with mock.patch.dict(os.environ, {"PYTHONPATH": path, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}):
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
+                 log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+def run(tmp_path, clock: Clock, lengths) -> tune.ResultGrid:
+    scheduler = Clocked()
+    scheduler.attach(RunContext(clock=clock))
+    return tune.Tuner(
+        tune.with_resources(epochs_trainable, {"cpu": 1}),
+        param_space={"epochs": tune.grid_search(list(lengths))},
+        tune_config=tune.TuneConfig(metric="val_acc", mode="max", scheduler=scheduler),
+        run_config=tune.RunConfig(name="clocked", storage_path=str(tmp_path), verbose=0),
+    ).fit()
+
+
+def test_a_trial_that_cannot_end_before_the_deadline_does_not_start(local_ray, tmp_path):
+    """250 s left: the 1- and 2-epoch trials (100 s, 200 s) run; the 3- and 4-epoch ones never
+    start, and once nothing runs the search is cut, its waiting trials kept for a resume."""
+    clock = Clock(time.time() + 250, PerEpoch())
+    results = run(tmp_path, clock, (1, 3, 2, 4))
+    epochs = {config_of(r)["epochs"]: (r.metrics or {}).get("epoch") for r in results}
+    assert epochs[1] == 1 and epochs[2] == 2, epochs
+    assert clock.why == "no trial left to start fits what is left of it"
+    assert sorted(clock.cut.values()) == [0, 0], clock.cut  # two cut, neither started
+    assert epochs[3] is None and epochs[4] is None, epochs
+    saved = tune.ExperimentAnalysis(str(tmp_path / "clocked")).trials
+    waiting = sorted(t.config["epochs"] for t in saved if t.status != "TERMINATED")
+    assert waiting == [3, 4], [(t.config, t.status) for t in saved]
+
+    # a longer budget, resumed: the two that waited run, the two that ended do not again
+    restored = tune.Tuner.restore(str(tmp_path / "clocked"), trainable=tune.with_resources(
+        epochs_trainable, {"cpu": 1}), resume_unfinished=True)
+    later = Clock(time.time() + 1000, PerEpoch())
+    restored_parts(restored)[-1].attach(RunContext(clock=later))
+    again = restored.fit()
+    assert not later.cut
+    assert sorted((r.metrics or {}).get("epoch") for r in again) == [1, 2, 3, 4]
+
+
+def test_a_deadline_already_past_starts_nothing(local_ray, tmp_path):
+    """A deadline already past: nothing starts, every trial is cut before it started."""
+    clock = Clock(time.time() - 1, PerEpoch())
+    results = run(tmp_path, clock, (1, 2))
+    assert clock.why == "its deadline came" and sorted(clock.cut.values()) == [0, 0]
+    assert all(not (r.metrics or {}).get("epoch") for r in results)
+
+
+def test_without_a_deadline_every_trial_runs(local_ray, tmp_path):
+    clock = Clock(None, PerEpoch())
+    results = run(tmp_path, clock, (1, 2, 3))
+    assert not clock.cut
+    assert sorted((r.metrics or {}).get("epoch") for r in results) == [1, 2, 3]
+
+
+def trial(reached: int = 0):
+    """A 20-epoch trial of a grid with shared trunks, at epoch ``reached``."""
+    config = {"model": "resnet18", "model_kwargs": {"width": 16}, "batch_size": 64,
+              "epochs": 20, "warmup_epochs": 2, "schedule": "wsd", "decay_fraction": 0.2,
+              "trunk_cache": "/tmp/trunks", "trunk_lengths": [10, 20]}
+    return SimpleNamespace(config=config, last_result={"epoch": reached} if reached else {})
+
+
+def test_a_trials_trunk_counts_until_a_sibling_computed_it():
+    """1,000 img/s on 1,000 images, no validation, 5 s start: an epoch is 1 s. A trial's shared
+    trunk counts until a sibling of that trunk got past it."""
+    cost = TrialCost(lambda c: Throughput({64: 1000.0}, 0.0, 1, 5.0), 1000, 0)
+    new = trial()
+    branch = place(new.config).branch
+    assert 0 < branch < 20
+    assert cost.seconds(new, [new]) == pytest.approx(5 + 20)
+    assert cost.seconds(new, [new, trial(branch - 1)]) == pytest.approx(5 + 20)
+    assert cost.seconds(new, [new, trial(branch)]) == pytest.approx(5 + 20 - branch)
+
+
+# --- a search cut mid-trial, and resumed ----------------------------------------------------------
+
+GRID = ("search.grid", "--model", "cnn", "--profile", "smoke", "--batch-sizes", "64",
+        "--scheduler", "none", "--num-cpus", "2", "--cpus-per-trial", "1", "--no-dashboard")
+
+
+def grid(ws: Path, *more: str, env: dict | None = None):
+    out = run_module(*GRID, "--workspace", str(ws), *more, env=env)
+    return out, out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_a_budget_that_ends_mid_trial_loses_no_trial(tmp_path):
+    """The deadline at an exact point (the first trial's epoch 2 recorded:
+    TUNEFUSE_DEADLINE_AT, trainables/failpoints.py) while the 3- and 4-epoch trials of a shared
+    trunk run: the running trials are cut at their last checkpoint and recorded so, never as
+    fusion candidates; --resume with a longer budget ends them, each in its one MLflow run,
+    every epoch's val_acc that of the search run without a budget (one thread a trial: to the
+    bit)."""
+    need_real_data()
+    plain, text = grid(tmp_path / "plain")
+    assert plain.returncode == 0, text[-3000:]
+    ws = tmp_path / "cut"
+    cut, text = grid(ws, "--time-budget", "10m",
+                     env={**os.environ, "TUNEFUSE_DEADLINE_AT": "result-logged:epoch=2"})
+    assert cut.returncode in (EXIT_OK, EXIT_NONE_FINISHED), text[-3000:]
+    assert "the time budget ended it (its deadline came)" in text, text[-3000:]
+    assert re.search(r"cnn-b64-e4-\d+ +64 +4 +cut at [1-3] \(budget\)", text), text[-3000:]
+    runs = trial_records(ws, "grid-cnn")
+    with contextlib.closing(sqlite3.connect(ws / "mlflow.db")) as con:
+        tags = dict(con.execute("select r.run_uuid || '/' || t.key, t.value from runs r join "
+                                "tags t on t.run_uuid = r.run_uuid where t.key in "
+                                "('time_budget', 'time_budget_cut')").fetchall())
+    cut_runs = [status for status, _ in runs.values() if status == "KILLED"]
+    assert cut_runs and len([k for k in tags if k.endswith("/time_budget")]) == len(cut_runs)
+    assert all(status in ("FINISHED", "KILLED") for status, _ in runs.values()), runs
+    assert any(k.endswith("/time_budget_cut") for k in tags), tags
+
+    resumed, text = grid(ws, "--time-budget", "10m", "--resume")
+    assert resumed.returncode == EXIT_OK, text[-3000:]
+    # trials by their index in the grid (Tune's ids differ by experiment)
+    after, before = ({t.rsplit("_", 1)[-1]: r for t, r in trial_records(w, "grid-cnn").items()}
+                     for w in (ws, tmp_path / "plain"))
+    assert {t: s for t, (s, _) in after.items()} == {t: "FINISHED" for t in before}
+    for trial, (_, epochs) in after.items():
+        assert [(e, v) for e, v, _ in epochs] == [(e, v) for e, v, _ in before[trial][1]], trial

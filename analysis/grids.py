@@ -71,8 +71,23 @@ def cost_rows(client, experiments) -> list[dict]:
                         "run_id": parent.info.run_id, "run_name": parent.info.run_name,
                         "status": parent.info.status, "start_ms": parent.info.start_time,
                         "cpus": _float(parent.data.params.get("cluster_cpus")),
-                        "end_ms": parent.info.end_time, "trials": trials})
+                        "end_ms": parent.info.end_time, "trials": trials,
+                        "budget": budget_of(parent)})
     return sorted(out, key=lambda s: (s["experiment"], s["start_ms"] or 0, s["run_id"]))
+
+
+def budget_of(parent) -> dict | None:
+    """A search's time budget as its parent run recorded it (search/budget.py ``Fit.params``,
+    search/driver.py ``cut_by_budget``): the budget and its plan's estimate in seconds (its
+    start's: MLflow keeps a param's first value), what the plan left out, what the clock cut;
+    None for a search run without one."""
+    params, tags = parent.data.params, parent.data.tags
+    if "budget_seconds" not in params:
+        return None
+    return {"seconds": _float(params["budget_seconds"]),
+            "plan_seconds": _float(params.get("budget_plan_seconds")),
+            "left_out": params.get("budget_left_out") or "nothing",
+            "cut": tags.get("time_budget_cut")}
 
 
 def trial_cost_row(client, run) -> dict:

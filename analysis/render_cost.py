@@ -63,6 +63,30 @@ def busy_text(total: dict) -> str:
             "while a search's last trials ran).")
 
 
+BUDGET_HEADER = ("search", "time budget", "plan's estimate", "wall time", "estimate / wall",
+                 "left out by the plan", "cut by the clock")
+
+
+def budget_blocks(rows: list[dict]) -> list:
+    """The searches run under --time-budget (search/budget.py, search/clock.py): each one's
+    budget, its plan's estimate against the wall time it took, what its plan left out and what
+    its clock cut."""
+    lines = []
+    for r in rows:
+        b, wall = r["budget"], r["wall_seconds"]
+        lines.append((r["experiment"], duration(b["seconds"]), duration(b["plan_seconds"]),
+                      duration(wall), ratio(b["plan_seconds"] / wall)
+                      if wall and b["plan_seconds"] is not None else "n/a",
+                      b["left_out"], b["cut"] or "nothing"))
+    return [Paragraph(inline(
+        "Time budget: ", bold(f"{len(rows)} search{'es' if len(rows) != 1 else ''}"),
+        " ran under --time-budget. Each one's plan chose, before it trained, what of its space "
+        "fits its share of the budget; its clock started a trial only when its estimate ended "
+        "before the deadline, and cut what still ran at it (docs/usage.md, \"A time budget\"). "
+        "The budget and estimate are those of the search's start; the wall time is its "
+        "run's, a resume included.")), table(BUDGET_HEADER, lines)]
+
+
 def _count(n: int, what: str) -> str:
     return f"{n} {what}{'s' if n != 1 else ''}"
 
@@ -95,6 +119,8 @@ def cost_section(summary: dict) -> Section | None:
         "too). Cores busy: the core-seconds of the trials' training and validation steps "
         "(each computed epoch's seconds x its threads) over wall time x the cores the search "
         "had (n/a for a run still open or recorded before its cores were)."))]
+    if budgeted := [r for r in rows if r.get("budget")]:
+        blocks += budget_blocks(budgeted)
     notes = [f"{_count(n, 'trial')} of {r['experiment']} by {COUNTED[k]}"
              for r in rows for k, n in r["counted_from"].items() if k in COUNTED]
     if notes:

@@ -184,6 +184,7 @@ def search_cost(search: dict) -> dict:
             "cpus": search.get("cpus"), "busy_core_seconds": busy,
             "busy": busy_fraction(busy, wall, search.get("cpus")),
             "busy_validation": all(c["busy_validation"] for c in costs),
+            "budget": search.get("budget"),
             "counted_from": {k: n for k in COUNTED_FROM
                              if (n := sum(c["counted_from"] == k for c in costs))}}
 

@@ -140,6 +140,12 @@ def _search(options, search: Search, split, opened: Opened) -> int:
         return EXIT_STATE
     if code is not None:
         return code
+    if opened.context.clock.cut or "time_budget_cut" in state:  # cut by the budget, or ended
+        if opened.context.clock.cut:  # after it was (a pipeline resumes the stages cut)
+            state["time_budget_cut"] = opened.context.clock.why
+        else:
+            state.pop("time_budget_cut")
+        ws.save_state(search.name, state)
     if options.resume:  # what MLflow missed (a server that went away), from Tune's results
         catch_up(opened, search, results, parent_id, split_datasets(split))
     code = summarise(results, parent_id, search, opened)

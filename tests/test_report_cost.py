@@ -238,3 +238,33 @@ def test_how_busy_the_cores_were():
     assert total["busy"] == pytest.approx(0.4)
     assert busy_text(total).startswith(" Their training and validation steps kept the cores "
                                        "busy 40.0% of the wall time")
+
+
+def test_a_budgeted_search_shows_its_budget_plan_wall_and_cuts():
+    """A search run under --time-budget: its budget, its plan's estimate against its wall time,
+    what the plan left out and what its clock cut, from its parent run (analysis/grids.py
+    budget_of); a search without one has no such row, and a report of none no table."""
+    from types import SimpleNamespace
+
+    from analysis.grids import budget_of
+
+    parent = SimpleNamespace(data=SimpleNamespace(
+        params={"budget_seconds": "600", "budget_plan_seconds": "540",
+                "budget_left_out": "epochs 4 (the 3-epoch trunk fits; 4 does not)"},
+        tags={"time_budget_cut": "1 trial(s) cut, 0 not started: its deadline came"}))
+    budget = budget_of(parent)
+    assert budget == {"seconds": 600.0, "plan_seconds": 540.0,
+                      "left_out": "epochs 4 (the 3-epoch trunk fits; 4 does not)",
+                      "cut": "1 trial(s) cut, 0 not started: its deadline came"}
+    assert budget_of(SimpleNamespace(data=SimpleNamespace(params={}, tags={}))) is None
+    trial = {"epochs": 3, "warmup_epochs": 1, "per_epoch": {}}
+    search = {"experiment": "grid-cnn", "kind": "grid", "run_id": "r", "status": "FINISHED",
+              "start_ms": 1_000, "end_ms": 601_000, "cpus": 2.0, "trials": [trial],
+              "budget": budget}
+    plain = {**search, "experiment": "grid-resnet18", "budget": None}
+    md = markdown_of(cost_section({"search_cost": search_costs([search, plain])}))
+    assert "Time budget: **1 search** ran under --time-budget." in md
+    assert ("| grid-cnn | 10m 00s | 9m 00s | 10m 00s | 90.0% | epochs 4 (the 3-epoch trunk "
+            "fits; 4 does not) | 1 trial(s) cut, 0 not started: its deadline came |") in md
+    assert "| grid-resnet18 | 10m" not in md
+    assert "Time budget" not in markdown_of(cost_section({"search_cost": search_costs([plain])}))

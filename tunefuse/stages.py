@@ -21,7 +21,7 @@ from search.kinds import StageRun, kind, kinds
 from search.summary import where_to_look
 from search.workspace import Workspace
 from trainables import failpoints
-from trainables.cli import EXIT_INTERRUPTED, EXIT_OFFLINE, EXIT_OK
+from trainables.cli import EXIT_INTERRUPTED, EXIT_NONE_FINISHED, EXIT_OFFLINE, EXIT_OK
 from trainables.files import write_json
 from trainables.flags import carried
 
@@ -76,6 +76,14 @@ def fmt_time(seconds: float) -> str:
 
 def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
     records = {s["name"]: s for s in state["stages"]}
+    reopened = [r["name"] for r in state["stages"] if r.get("cut") and r["status"] == "done"]
+    if reopened:  # stages a time budget cut: resumed, and the report made again after them
+        for r in state["stages"]:
+            if r["name"] in reopened or r["kind"] == "report":
+                r["status"] = "pending"
+                r.pop("started", None)  # the report before is not this one (report_done)
+        print(f"pipeline {state['name']}: continuing the stage(s) its time budget cut: "
+              f"{', '.join(reopened)}; the report is made again after them", flush=True)
     todo = [s for s in stages if records[s.name]["status"] != "done"]
     print(f"pipeline {state['name']} ({profile.name} profile): " +
           " -> ".join(s.name for s in stages) +
@@ -99,6 +107,11 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
         ctx.context.budget = None if ctx.context.deadline is None else \
             ctx.context.deadline - time.time()
         code = attempt(ctx, stage, resume)
+        cut = bool((ws.load_state(stage.name) or {}).get("time_budget_cut"))
+        if cut and code == EXIT_NONE_FINISHED:  # its budget ended it before a trial finished
+            print(f"pipeline {state['name']}: the time budget cut {stage.name} before any of "
+                  "its trials finished; the pipeline goes on without it", flush=True)
+            code = EXIT_OK
         if code == EXIT_OK and (ws.load_state(stage.name) or {}).get("mlflow_offline"):
             code = EXIT_OFFLINE
         rec["seconds"] = rec.get("seconds", 0.0) + time.time() - t0
@@ -111,6 +124,7 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
                   "skipped)", file=sys.stderr)
             return code
         rec["status"] = "done"
+        rec["cut"] = cut  # ended from the trials that finished; --resume continues it
         store.save(state)
     state["finished"] = time.time()
     store.save(state)
@@ -218,6 +232,9 @@ def print_summary(ws, client, state, stages, seconds: float, dashboard: str | No
     total = sum(s["seconds"] for s in state["stages"])
     print(f"\n{'=' * 72}\npipeline {state['name']}: all {len(stages)} stages done "
           f"(this run {fmt_time(seconds)}, all runs {fmt_time(total)})\n")
+    if cut := [s["name"] for s in state["stages"] if s.get("cut")]:
+        print(f"cut by the time budget: {', '.join(cut)} (ended from the trials that "
+              "finished; --resume with a longer --time-budget continues them)\n")
     out = ws.root / "reports" / stages[-1].name
     summary = json.loads((out / "summary.json").read_text())
     print("\n".join(headline_lines(summary)) + "\n")
@@ -225,7 +242,8 @@ def print_summary(ws, client, state, stages, seconds: float, dashboard: str | No
     for s, rec in zip(stages, state["stages"], strict=True):
         trials, best = stage_best(ws, client, s) if s.kind != "report" else (None, None)
         print(f"{s.name:<32} {'' if trials is None else trials:>6} "
-              f"{'' if best is None else f'{best:.4f}':>12} {fmt_time(rec['seconds']):>9}")
+              f"{'' if best is None else f'{best:.4f}':>12} {fmt_time(rec['seconds']):>9}"
+              + ("  cut by the budget" if rec.get("cut") else ""))
     print("\n" + seed_table_text(summary))
     print()
     where_to_look(ws.tracking_uri, dashboard, report=str(out / "report.html"),

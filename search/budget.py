@@ -58,11 +58,16 @@ def duration(text: str) -> float:
 class NothingFits(ValueError):
     """Not even the smallest plan of the space fits the budget; ``smallest``: its seconds."""
 
-    def __init__(self, what: str, budget: float, smallest: float):
+    def __init__(self, what: str, budget: float, smallest: float, need: float | None = None,
+                 part: str = ""):
+        """``need``: the smallest budget the command takes (``smallest`` when None); ``part``:
+        the search, when ``what`` is a command of several (a pipeline, whose stage it is)."""
         self.what, self.smallest = what, smallest
+        needs = f"its stage {part} needs about {in_words(smallest)} of its share" if part \
+            else f"its smallest plan needs about {in_words(smallest)}"
         super().__init__(f"a time budget of {in_words(budget)} fits no {what} on this machine: "
-                         f"its smallest plan needs about {in_words(smallest)}; pass "
-                         f"--time-budget {budget_text(smallest)} or more")
+                         f"{needs}; pass --time-budget "
+                         f"{budget_text(smallest if need is None else need)} or more")
 
 
 def budget_text(seconds: float) -> str:

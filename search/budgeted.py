@@ -62,8 +62,10 @@ def fit_search(search, earlier, at_a_time: int, split, opened):
         if found.seconds > deadline - time.time():  # the measurements took what it had left:
             found = fitted(search, deadline - time.time(), throughput_of, at_a_time, split)
     except NothingFits as e:
-        spent = given - (deadline - time.time())
-        raise NothingFits(e.what, given, e.smallest + spent) from None
+        need = e.smallest + given - (deadline - time.time())  # what it spent measuring included
+        if (whole := opened.context.whole) is not None:  # a pipeline's stage: the pipeline's
+            raise NothingFits(whole.what, whole.budget, need, whole.need(need), e.what) from None
+        raise NothingFits(e.what, given, need) from None
     print("\n".join(found.lines()), flush=True)
     return applied(search, found), found
 

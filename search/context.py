@@ -20,6 +20,18 @@ from trainables.cli import NORMAL
 from trainables.trainable import METRIC
 
 
+@dataclass(frozen=True)
+class Whole:
+    """A command of several searches (a pipeline) under --time-budget, for the refusal of a
+    budget that fits none of a stage's plans: its name ("pipeline smoke"), its budget and the
+    smallest budget it needs for a stage's need (seconds -> seconds: the stage's share of what
+    is left, the time spent before it and the report's reserve; tunefuse/stages.py)."""
+
+    what: str
+    budget: float
+    need: Callable[[float], float]
+
+
 @dataclass
 class RunContext:
     """One command's run: its verbosity (-q, -v: what the progress view shows), whether its
@@ -35,6 +47,8 @@ class RunContext:
     # that budget in seconds; None: no budget (search/budget.py)
     deadline: float | None = None
     budget: float | None = None
+    # a pipeline's stage: the command it is a stage of, under its own --time-budget (Whole)
+    whole: Whole | None = None
     # the clock of the search running now, kept while its trials run (search/clock.py)
     clock: Clock = field(default_factory=Clock)
 

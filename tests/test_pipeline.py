@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 from conftest import (
     NAME,
     OUTPUT_ROOT,
@@ -396,13 +397,19 @@ def test_resume_of_a_finished_pipeline_only_prints_the_summary(smoke_pipeline):
     (["--models", "cnn,cnn"], "names a model twice"),
     (["--top-k", "0"], "--top-k must be at least 1"),
     (["--resume"], "no pipeline named 'smoke'"),
+    # its first stage refuses, before any records: the pipeline's state goes too
+    (["--name", "new", "--time-budget", "20s", "--no-dashboard"],
+     "fits no pipeline new on this machine: its stage grid search new-grid-cnn needs"),
 ])
 def test_bad_arguments(args, message, earlier_workspace, capsys):
     from tunefuse import pipeline
 
-    with untouched(earlier_workspace):  # docs/bad-input.md: workspace untouched
-        code = exit_code(pipeline.main, "--profile", "smoke", "--workspace",
-                         str(earlier_workspace), *args)
+    try:
+        with untouched(earlier_workspace):  # docs/bad-input.md: workspace untouched
+            code = exit_code(pipeline.main, "--profile", "smoke", "--workspace",
+                             str(earlier_workspace), *args)
+    finally:  # a refusal after Ray started (a budget nothing fits): the next test's own cluster
+        ray.shutdown()
     assert code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines

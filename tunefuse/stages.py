@@ -16,12 +16,18 @@ from analysis import report
 from analysis.publish import FUSION_EXPERIMENT
 from analysis.readings import headline_lines, seed_table_text
 from search import budget
-from search.context import RunContext
+from search.context import RunContext, Whole
 from search.kinds import StageRun, kind, kinds
 from search.summary import where_to_look
 from search.workspace import Workspace
 from trainables import failpoints
-from trainables.cli import EXIT_INTERRUPTED, EXIT_NONE_FINISHED, EXIT_OFFLINE, EXIT_OK
+from trainables.cli import (
+    EXIT_INTERRUPTED,
+    EXIT_NONE_FINISHED,
+    EXIT_OFFLINE,
+    EXIT_OK,
+    EXIT_USAGE,
+)
 from trainables.files import write_json
 from trainables.flags import carried
 
@@ -106,7 +112,11 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
         ctx.context.deadline = stage_deadline(ctx, i - 1, started)
         ctx.context.budget = None if ctx.context.deadline is None else \
             ctx.context.deadline - time.time()
+        ctx.context.whole = whole(ctx, i - 1, started)
         code = attempt(ctx, stage, resume)
+        if code == EXIT_USAGE and refused_at_start(ctx, stage):
+            store.path.unlink()  # nothing recorded: the same command may run again
+            return code
         cut = bool((ws.load_state(stage.name) or {}).get("time_budget_cut"))
         if cut and code == EXIT_NONE_FINISHED:  # its budget ended it before a trial finished
             print(f"pipeline {state['name']}: the time budget cut {stage.name} before any of "
@@ -144,6 +154,27 @@ def stage_deadline(ctx: PipelineRun, index: int, started: float) -> float | None
         r for r in ctx.state["stages"] if r["name"] == s.name)["status"] != "done"]
     shares = [kind(s.kind).budget_share for s in pending]
     return now + budget.stage_seconds(left, shares[0], sum(shares))
+
+
+def whole(ctx: PipelineRun, index: int, started: float) -> Whole | None:
+    """The pipeline as a stage's refusal names it (search/context.py ``Whole``): a stage's
+    need is its share of what the pipeline has left once the report's reserve is kept, so the
+    pipeline needs what it spent, that need over the share, and the reserve."""
+    if not ctx.options.time_budget:
+        return None
+    shares = [kind(s.kind).budget_share for s in ctx.stages[index:] if s.kind != "report"
+              and next(r for r in ctx.state["stages"] if r["name"] == s.name)["status"] != "done"]
+    spent = time.time() - started
+    reserve = budget.report_reserve(ctx.options.time_budget)
+    return Whole(f"pipeline {ctx.state['name']}", ctx.options.time_budget,
+                 lambda need: spent + need * sum(shares) / shares[0] + reserve)
+
+
+def refused_at_start(ctx: PipelineRun, stage: Stage) -> bool:
+    """Whether the pipeline's first stage refused its arguments before any stage recorded
+    anything (a budget nothing fits, a bad flag): then its state goes too."""
+    return ctx.state["stages"][0]["name"] == stage.name and \
+        all(ctx.ws.load_state(s.name) is None for s in ctx.stages if s.kind != "report")
 
 
 def why_stopped(code: int) -> str:

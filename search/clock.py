@@ -11,8 +11,10 @@ estimates, so this module keeps the clock as the trials run:
   shared trunk counted once a sibling computed it) ends before the deadline. A trial that has
   trained (a resumed one, one paused to grow) goes on as it would without a budget.
 - **At the deadline, or when nothing running is left and nothing waiting fits**, the search is
-  cut: Tune's run ends as after Ctrl-C (its own stop handler, called here, not signalled), each
-  running trial keeping its last checkpoint and each waiting one its place. The driver
+  cut (a pipeline's stage first lets the trials that end, at their pace, within a grace the
+  later stages can spare go on: ``Clock.finishing``): Tune's run ends as after Ctrl-C (its own
+  stop handler, called here, not signalled), each running trial keeping its last checkpoint and
+  each waiting one its place. The driver
   (search/driver.py) then records the trials cut (tag ``time_budget``, status KILLED: never
   fusion candidates) and ends the search from the trials that finished, as a search that
   ended does; ``--resume --time-budget LONGER`` continues the cut trials from their checkpoints
@@ -74,6 +76,15 @@ def _epoch(trial) -> int:
     return int((getattr(trial, "last_result", None) or {}).get("epoch", 0) or 0)
 
 
+def _seconds_left(trial) -> float | None:
+    """A running trial's epochs to go at the pace of its last one (None before its first)."""
+    last = getattr(trial, "last_result", None) or {}
+    if not last.get("epoch") or not last.get("time_this_iter_s"):
+        return None
+    return (int(trial.config.get("epochs", 0)) - int(last["epoch"])) * \
+        float(last["time_this_iter_s"])
+
+
 @dataclass
 class Clock:
     """One search's clock: its deadline (time.time(); None: no budget), what a trial costs,
@@ -82,6 +93,7 @@ class Clock:
 
     deadline: float | None = None
     cost: TrialCost | None = None
+    grace: float = 0.0  # how long past it running trials may go on to finish (``finishing``)
     why: str = ""
     cut: dict = field(default_factory=dict)
 
@@ -92,6 +104,14 @@ class Clock:
         if self.deadline is not None and failpoints.deadline_passed():  # a test's deadline
             self.deadline = time.time()
         return self.deadline is not None and self.left() <= 0
+
+    def finishing(self, trials) -> list:
+        """The running trials that, at the pace of their last epoch, end within the grace past
+        the deadline (a pipeline's stage: the later stages absorb it, tunefuse/stages.py);
+        while there are any, the search is not cut."""
+        end = (self.deadline or 0.0) + self.grace
+        return [t for t in trials if t.status == Trial.RUNNING
+                and _seconds_left(t) is not None and time.time() + _seconds_left(t) <= end]
 
     def fits(self, trial, trials) -> bool:
         """Whether ``trial``, started now, is estimated to end before the deadline."""
@@ -117,10 +137,10 @@ class Clocked(TrialScheduler):
         super().__init__()
         self.base = base if base is not None else FIFOScheduler()
         self.clock: Clock | None = None  # attach; a search without one runs as without it
-        self._free_at, self._free = 0.0, {}
+        self._free_at, self._free, self._waiting = 0.0, {}, False
 
     def __getstate__(self):  # Tune pickles the scheduler with the experiment: not the clock
-        return {**self.__dict__, "clock": None, "_free_at": 0.0, "_free": {}}
+        return {**self.__dict__, "clock": None, "_free_at": 0.0, "_free": {}, "_waiting": False}
 
     def __getattr__(self, name: str):  # what the base scheduler has (ASHA's stops)
         if name == "base":
@@ -182,7 +202,13 @@ class Clocked(TrialScheduler):
         if self.clock.cut:
             return None
         if self.clock.passed():
-            self._cut(trials, "its deadline came")
+            if not (ending := self.clock.finishing(trials)):
+                self._cut(trials, "its deadline came")
+            elif not self._waiting:
+                self._waiting = True
+                print(f"time budget: the deadline came; {len(ending)} running trial(s) end within "
+                      f"the {round(self.clock.grace)} s the later stages can spare, and go on",
+                      flush=True)
             return None
         for t in trials:  # a trial that trained goes on (paused to grow, or resumed)
             if t.status == Trial.PAUSED and (_epoch(t) or t.checkpoint):

@@ -47,6 +47,7 @@ class RunContext:
     # that budget in seconds; None: no budget (search/budget.py)
     deadline: float | None = None
     budget: float | None = None
+    grace: float = 0.0  # how long past the deadline running trials may finish (search/clock.py)
     # a pipeline's stage: the command it is a stage of, under its own --time-budget (Whole)
     whole: Whole | None = None
     # the clock of the search running now, kept while its trials run (search/clock.py)

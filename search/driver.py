@@ -125,7 +125,8 @@ def _search(options, search: Search, split, opened: Opened) -> int:
     found = show_plan(options, search, split, parent_id, opened)
     # the budget kept as the trials run (search/clock.py), at the throughput the plan used
     opened.context.clock = Clock(opened.context.deadline, TrialCost(
-        earlier_of(search, split, opened), len(split.y_train), len(split.y_val)))
+        earlier_of(search, split, opened), len(split.y_train), len(split.y_val)),
+        opened.context.grace)
     cpus, gpus = search.resources
     trainable = tune.with_resources(
         tune.with_parameters(ClassifierTrainable, split=split), {"cpu": cpus, "gpu": gpus})

@@ -215,3 +215,37 @@ def test_a_budgeted_pipeline_ends_inside_its_budget_with_a_report_and_resumes(tm
     ended = {t: s for t, (s, _) in trial_records(ws, "smoke-grid-cnn").items()}
     assert set(ended.values()) == {"FINISHED"}, ended  # ASHA's stops end FINISHED as well
     assert json.loads(report.read_text())["mlflow"]["run_id"] != first  # made again
+
+
+def running(epochs: int, reached: int, seconds_per_epoch: float):
+    return SimpleNamespace(status="RUNNING", config={"epochs": epochs},
+                           last_result={"epoch": reached, "time_this_iter_s": seconds_per_epoch})
+
+
+def test_past_the_deadline_the_trials_that_end_within_the_grace_go_on():
+    """A pipeline's stage (its grace: what the later stages can spare) lets a trial at 9 of its
+    10 epochs end rather than lose it; a standalone search (no grace) does not; one that ends
+    too late, or has not reported an epoch, does not keep the search open."""
+    now = time.time()
+    staged = Clock(now - 1, None, grace=60.0)
+    near, far = running(10, 9, 30.0), running(10, 2, 30.0)
+    fresh = SimpleNamespace(status="RUNNING", config={"epochs": 10}, last_result={})
+    assert staged.finishing([near, far, fresh]) == [near]
+    assert staged.finishing([far, fresh]) == []
+    assert Clock(now - 1, None).finishing([near]) == []  # no grace
+    assert Clock(now - 1, None, grace=20.0).finishing([near]) == []  # 30 s to go
+
+
+def test_a_stages_grace_is_a_quarter_of_what_the_later_stages_have():
+    from tunefuse.stages import Stage, stage_grace
+
+    stages = [Stage("g1", "grid"), Stage("g2", "grid"), Stage("w", "weights"),
+              Stage("r", "report")]
+    started = time.time()
+    ctx = SimpleNamespace(options=SimpleNamespace(time_budget=3600.0), stages=stages,
+                          context=RunContext(deadline=started + 1000))
+    end = started + 3600 - 144  # the report's reserve: 4% of an hour
+    assert stage_grace(ctx, 0, started) == pytest.approx(0.25 * (end - (started + 1000)))
+    assert stage_grace(ctx, 2, started) == 0.0  # the last search stage: the report only after
+    ctx.context.deadline = None
+    assert stage_grace(ctx, 0, started) == 0.0  # no budget

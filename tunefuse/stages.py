@@ -113,6 +113,7 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
         ctx.context.budget = None if ctx.context.deadline is None else \
             ctx.context.deadline - time.time()
         ctx.context.whole = whole(ctx, i - 1, started)
+        ctx.context.grace = stage_grace(ctx, i - 1, started)
         code = attempt(ctx, stage, resume)
         if code == EXIT_USAGE and refused_at_start(ctx, stage):
             store.path.unlink()  # nothing recorded: the same command may run again
@@ -154,6 +155,21 @@ def stage_deadline(ctx: PipelineRun, index: int, started: float) -> float | None
         r for r in ctx.state["stages"] if r["name"] == s.name)["status"] != "done"]
     shares = [kind(s.kind).budget_share for s in pending]
     return now + budget.stage_seconds(left, shares[0], sum(shares))
+
+
+GRACE_SHARE = 0.25  # of the later stages' time, what a stage may run past its deadline
+
+
+def stage_grace(ctx: PipelineRun, index: int, started: float) -> float:
+    """How long past its deadline stage ``index`` may let its running trials end (their pace
+    says they will: search/clock.py): a quarter of what the later search stages would have
+    then, which they lose to it; 0 for the last search stage (only the report is after it)."""
+    deadline = ctx.context.deadline
+    later = [s for s in ctx.stages[index + 1:] if s.kind != "report"]
+    if deadline is None or not later:
+        return 0.0
+    end = started + ctx.options.time_budget - budget.report_reserve(ctx.options.time_budget)
+    return GRACE_SHARE * max(0.0, end - deadline)
 
 
 def whole(ctx: PipelineRun, index: int, started: float) -> Whole | None:

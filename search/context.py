@@ -25,11 +25,13 @@ class Whole:
     """A command of several searches (a pipeline) under --time-budget, for the refusal of a
     budget that fits none of a stage's plans: its name ("pipeline smoke"), its budget and the
     smallest budget it needs for a stage's need (seconds -> seconds: the stage's share of what
-    is left, the time spent before it and the report's reserve; tunefuse/stages.py)."""
+    is left, the time spent before it and the report's reserve; tunefuse/stages.py). A later
+    stage that nothing fits is skipped, not refused: the pipeline goes on to its report."""
 
     what: str
     budget: float
     need: Callable[[float], float]
+    first: bool = True  # the first stage this run of it starts: its refusal is the command's
 
 
 @dataclass
@@ -50,6 +52,7 @@ class RunContext:
     grace: float = 0.0  # how long past the deadline running trials may finish (search/clock.py)
     # a pipeline's stage: the command it is a stage of, under its own --time-budget (Whole)
     whole: Whole | None = None
+    refused: Exception | None = None  # the budget a search refused (search/budget.py NothingFits)
     # the clock of the search running now, kept while its trials run (search/clock.py)
     clock: Clock = field(default_factory=Clock)
 

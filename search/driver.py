@@ -80,7 +80,9 @@ def _run(options, search: Search, split, context: RunContext,
             search, fit = budgeted.fit_search(search, earlier_of(search, split, opened),
                                             at_a_time(options, search), split, opened)
         except budget.NothingFits as e:
-            print(f"error: {e}", file=sys.stderr)
+            opened.context.refused = e
+            if opened.context.whole is None or opened.context.whole.first:
+                print(f"error: {e}", file=sys.stderr)  # else its pipeline skips it, and says so
             return EXIT_USAGE
     elif state is not None and state.get("time_budget"):  # the space its start's plan cut
         search = budgeted.resumed(search, state["time_budget"])

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import NoReturn
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -351,6 +352,25 @@ def blocked_ray(folder: Path) -> dict:
         'raise ImportError("ray is blocked: this process must run without it")\n')
     path = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path}
+
+
+@contextlib.contextmanager
+def ray_for_the_tests(num_cpus: int):
+    """A local Ray cluster whose workers import the trainables of the tests' own modules (the
+    folder of the tests on their path), Tune's old reporter API on (search/cluster.py's
+    start_ray sets it, so that Tune calls a search's progress view, search/progress.py)."""
+    import ray
+
+    path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent),
+                                         os.environ.get("PYTHONPATH")]))
+    with mock.patch.dict(os.environ, {"RAY_AIR_NEW_OUTPUT": "0", "PYTHONPATH": path,
+                                      "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}):
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 logging_level="ERROR", log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 def run_module(module: str, *args, timeout: float = 600, env: dict | None = None

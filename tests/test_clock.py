@@ -13,11 +13,9 @@ import sqlite3
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from unittest import mock
 
 import pytest
-import ray
-from conftest import need_real_data, run_module, trial_records
+from conftest import need_real_data, ray_for_the_tests, run_module, trial_records
 from ray import tune
 
 from search.clock import Clock, Clocked, TrialCost
@@ -27,8 +25,6 @@ from search.throughput import Throughput
 from search.tuner import restored_parts
 from trainables.cli import EXIT_NONE_FINISHED, EXIT_OK
 from trainables.trunk import place
-
-HERE = Path(__file__).parent
 
 
 def epochs_trainable(config):
@@ -45,15 +41,8 @@ class PerEpoch:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    # the workers import this module's trainable from the folder of the tests
-    path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
-    with mock.patch.dict(os.environ, {"PYTHONPATH": path, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}):
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
-                 log_to_driver=False)
-        try:
-            yield
-        finally:
-            ray.shutdown()
+    with ray_for_the_tests(num_cpus=2):
+        yield
 
 
 def run(tmp_path, clock: Clock, lengths) -> tune.ResultGrid:
@@ -249,3 +238,51 @@ def test_a_stages_grace_is_a_quarter_of_what_the_later_stages_have():
     assert stage_grace(ctx, 2, started) == 0.0  # the last search stage: the report only after
     ctx.context.deadline = None
     assert stage_grace(ctx, 0, started) == 0.0  # no budget
+
+
+def test_a_later_stage_nothing_fits_is_skipped_and_the_report_still_comes(tmp_path, capsys,
+                                                                          monkeypatch):
+    """A pipeline whose second search stage is refused by what is left of its budget (the
+    first stage ran long) skips it, marked cut, and goes on to its report; --resume runs it.
+    The first stage's refusal would be the pipeline's (tests/test_pipeline.py)."""
+    from search.budget import NothingFits
+    from search.profiles import PROFILES
+    from search.workspace import Workspace
+    from trainables.cli import EXIT_INTERRUPTED, EXIT_USAGE, NORMAL
+    from tunefuse import stages as pipeline
+
+    ws = Workspace.open(tmp_path / "ws")
+    stages = pipeline.plan("p", ["cnn", "resnet18"], SimpleNamespace(no_weights=True))
+    store = pipeline.PipelineState(ws, "p")
+    state = {"name": "p", "stages": [{"name": s.name, "kind": s.kind, "model": s.model,
+                                      "status": "pending", "seconds": 0.0} for s in stages]}
+    ran: list[str] = []
+
+    def stage_run(ctx, stage, resume):
+        ran.append(stage.name)
+        if stage.kind == "report":
+            raise KeyboardInterrupt  # the pipeline stops here: its state says the rest
+        if stage.name == "p-grid-resnet18" and len(ran) < 4:  # refused, nothing recorded
+            ctx.context.refused = NothingFits("pipeline p", 600, 400.0, 900.0, "grid search")
+            return EXIT_USAGE
+        ctx.ws.save_state(stage.name, {"name": stage.name})
+        return 0
+
+    monkeypatch.setattr(pipeline, "run_stage", stage_run)
+    options = SimpleNamespace(verbosity=NORMAL, time_budget=600.0)
+    code = pipeline.run_pipeline(options, ws, None, store, state, stages, PROFILES["smoke"])
+    assert code == EXIT_INTERRUPTED and ran == ["p-grid-cnn", "p-grid-resnet18", "p"]
+    out = capsys.readouterr().out
+    assert "pipeline p: stage p-grid-resnet18 skipped: its smallest plan needs about 7 min" \
+        in out, out
+    records = {r["name"]: r for r in store.load()["stages"]}
+    assert records["p-grid-resnet18"]["status"] == "done"
+    assert records["p-grid-resnet18"]["cut"] and records["p-grid-resnet18"]["skipped"]
+    assert records["p"]["status"] == "interrupted"
+
+    code = pipeline.run_pipeline(options, ws, None, store, store.load(), stages,
+                                 PROFILES["smoke"])
+    assert "continuing the stage(s) its time budget cut: p-grid-resnet18" in \
+        capsys.readouterr().out
+    assert ran[3:] == ["p-grid-resnet18", "p"] and code == EXIT_INTERRUPTED
+    assert not store.load()["stages"][1]["cut"]

@@ -43,6 +43,7 @@ import numpy as np
 import optuna
 import pytest
 import ray
+from conftest import ray_for_the_tests
 from optuna.distributions import FloatDistribution
 from optuna.samplers import TPESampler
 from optuna.trial import TrialState
@@ -480,18 +481,8 @@ class WatchedASHA(ScheduleAwareASHA):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    # search/cluster.py's start_ray sets RAY_AIR_NEW_OUTPUT=0 so that Tune calls the search's
-    # progress reporter (search/progress.py);
-    # the workers import this module's trainable from the folder of the tests
-    path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
-    with mock.patch.dict(os.environ, {"RAY_AIR_NEW_OUTPUT": "0", "PYTHONPATH": path,
-                                      "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}):
-        ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR",
-                 log_to_driver=False)
-        try:
-            yield
-        finally:
-            ray.shutdown()
+    with ray_for_the_tests(num_cpus=1):
+        yield
 
 
 @pytest.fixture(scope="module")

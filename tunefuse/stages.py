@@ -18,6 +18,7 @@ from analysis.readings import headline_lines, seed_table_text
 from search import budget
 from search.context import RunContext, Whole
 from search.kinds import StageRun, kind, kinds
+from search.plan import duration
 from search.summary import where_to_look
 from search.workspace import Workspace
 from trainables import failpoints
@@ -96,6 +97,7 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
           (f"; {len(stages) - len(todo)} stage(s) already done" if len(todo) < len(stages)
            else ""), flush=True)
     started = time.time()
+    ran = False  # whether a stage ran in this run of it (a later one's refusal is a skip)
     # one run context for every stage: one cluster and its dashboard; where to look, once, at
     # the end (print_summary), not after each stage's search
     ctx = PipelineRun(options, ws, client, store, state, stages, profile,
@@ -112,13 +114,24 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
         ctx.context.deadline = stage_deadline(ctx, i - 1, started)
         ctx.context.budget = None if ctx.context.deadline is None else \
             ctx.context.deadline - time.time()
-        ctx.context.whole = whole(ctx, i - 1, started)
+        ctx.context.whole = whole(ctx, i - 1, started, first=not ran)
         ctx.context.grace = stage_grace(ctx, i - 1, started)
+        ctx.context.refused = None
         code = attempt(ctx, stage, resume)
+        ran = True
         if code == EXIT_USAGE and refused_at_start(ctx, stage):
             store.path.unlink()  # nothing recorded: the same command may run again
             return code
-        cut = bool((ws.load_state(stage.name) or {}).get("time_budget_cut"))
+        skipped = code == EXIT_USAGE and ctx.context.refused is not None and \
+            ctx.context.whole is not None and not ctx.context.whole.first
+        if skipped:  # what is left of the budget fits none of its plans: the report still comes
+            print(f"pipeline {state['name']}: stage {stage.name} skipped: its smallest plan "
+                  f"needs about {duration(ctx.context.refused.smallest)} and what is left of "
+                  f"the budget gives it {duration(max(0.0, ctx.context.budget or 0.0))}; the "
+                  "pipeline goes on to its report (--resume with a longer --time-budget runs "
+                  "it)", flush=True)
+            code = EXIT_OK
+        cut = skipped or bool((ws.load_state(stage.name) or {}).get("time_budget_cut"))
         if cut and code == EXIT_NONE_FINISHED:  # its budget ended it before a trial finished
             print(f"pipeline {state['name']}: the time budget cut {stage.name} before any of "
                   "its trials finished; the pipeline goes on without it", flush=True)
@@ -136,6 +149,7 @@ def run_pipeline(options, ws, client, store, state, stages, profile) -> int:
             return code
         rec["status"] = "done"
         rec["cut"] = cut  # ended from the trials that finished; --resume continues it
+        rec["skipped"] = skipped
         store.save(state)
     state["finished"] = time.time()
     store.save(state)
@@ -172,7 +186,7 @@ def stage_grace(ctx: PipelineRun, index: int, started: float) -> float:
     return GRACE_SHARE * max(0.0, end - deadline)
 
 
-def whole(ctx: PipelineRun, index: int, started: float) -> Whole | None:
+def whole(ctx: PipelineRun, index: int, started: float, first: bool) -> Whole | None:
     """The pipeline as a stage's refusal names it (search/context.py ``Whole``): a stage's
     need is its share of what the pipeline has left once the report's reserve is kept, so the
     pipeline needs what it spent, that need over the share, and the reserve."""
@@ -183,7 +197,7 @@ def whole(ctx: PipelineRun, index: int, started: float) -> Whole | None:
     spent = time.time() - started
     reserve = budget.report_reserve(ctx.options.time_budget)
     return Whole(f"pipeline {ctx.state['name']}", ctx.options.time_budget,
-                 lambda need: spent + need * sum(shares) / shares[0] + reserve)
+                 lambda need: spent + need * sum(shares) / shares[0] + reserve, first)
 
 
 def refused_at_start(ctx: PipelineRun, stage: Stage) -> bool:
@@ -290,7 +304,8 @@ def print_summary(ws, client, state, stages, seconds: float, dashboard: str | No
         trials, best = stage_best(ws, client, s) if s.kind != "report" else (None, None)
         print(f"{s.name:<32} {'' if trials is None else trials:>6} "
               f"{'' if best is None else f'{best:.4f}':>12} {fmt_time(rec['seconds']):>9}"
-              + ("  cut by the budget" if rec.get("cut") else ""))
+              + ("  skipped (budget)" if rec.get("skipped") else
+                 "  cut by the budget" if rec.get("cut") else ""))
     print("\n" + seed_table_text(summary))
     print()
     where_to_look(ws.tracking_uri, dashboard, report=str(out / "report.html"),

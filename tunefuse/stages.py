@@ -262,7 +262,9 @@ def close_killed_reports(client, stage: Stage) -> None:
 
 def run_stage(ctx: PipelineRun, stage: Stage, resume: bool) -> int:
     if stage.kind == "report":
-        return report.run(report_options(ctx.options, ctx.stages, ctx.profile))
+        skipped = {r["name"] for r in ctx.state["stages"] if r.get("skipped")}
+        return report.run(report_options(ctx.options, [s for s in ctx.stages
+                                                       if s.name not in skipped], ctx.profile))
     return kind(stage.kind).run_stage(StageRun(ctx.options, ctx.ws, ctx.client, ctx.state,
                                                stage.name, stage.model, ctx.profile, resume,
                                                ctx.context))

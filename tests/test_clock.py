@@ -286,3 +286,23 @@ def test_a_later_stage_nothing_fits_is_skipped_and_the_report_still_comes(tmp_pa
         capsys.readouterr().out
     assert ran[3:] == ["p-grid-resnet18", "p"] and code == EXIT_INTERRUPTED
     assert not store.load()["stages"][1]["cut"]
+
+
+def test_the_report_fuses_the_stages_that_ran(monkeypatch):
+    """A stage the budget skipped has no experiment: the report stage is not handed it."""
+    from search.profiles import PROFILES
+    from trainables.cli import options_from
+    from tunefuse import pipeline
+    from tunefuse import stages as staged
+
+    options = options_from(pipeline.PipelineOptions, pipeline.parser().parse_args(
+        ["--profile", "smoke", "--name", "p", "--models", "cnn,resnet18", "--no-weights"]))
+    stages = staged.plan("p", ["cnn", "resnet18"], options)
+    state = {"name": "p", "stages": [{"name": s.name, "kind": s.kind, "status": "done",
+                                      "skipped": s.name == "p-grid-resnet18"} for s in stages]}
+    given = []
+    monkeypatch.setattr(staged.report, "run", lambda o: given.append(o) or 0)
+    ctx = SimpleNamespace(options=options, stages=stages, profile=PROFILES["smoke"],
+                          state=state)
+    assert staged.run_stage(ctx, stages[-1], False) == 0
+    assert given[0].experiments == "p-grid-cnn" and given[0].name == "p"

@@ -241,9 +241,11 @@ class Clocked(TrialScheduler):
     def _cut(self, trials, why: str) -> None:
         """End Tune's run as Ctrl-C does: the running trials keep their last checkpoints, the
         waiting ones their places; what was cut is the clock's."""
-        self.clock.why = why
-        self.clock.cut = {t.trial_id: _epoch(t) for t in trials
-                          if t.status not in (Trial.TERMINATED, Trial.ERROR)}
+        left = {t.trial_id: _epoch(t) for t in trials
+                if t.status not in (Trial.TERMINATED, Trial.ERROR)}
+        if not left:  # every trial ended: Tune's run ends by itself
+            return
+        self.clock.why, self.clock.cut = why, left
         logging.getLogger("ray.tune.tune").addFilter(_QUIET)
         stop = signal.getsignal(signal.SIGUSR1)  # Tune's own handler while it runs
         if callable(stop) and getattr(stop, "__module__", "").startswith("ray.tune"):

@@ -165,11 +165,14 @@ def test_a_budget_that_ends_mid_trial_loses_no_trial(tmp_path):
 
 @pytest.mark.slow
 def test_a_budgeted_pipeline_ends_inside_its_budget_with_a_report_and_resumes(tmp_path):
-    """The smoke pipeline under --time-budget 3m, its first stage cut mid-trial
-    (TUNEFUSE_DEADLINE_AT): it ends inside the budget with a report made from the trials that
-    finished (each stage's deadline is kept by its clock, and the report's reserve, 90 s at
-    least, is what the report stage has: a smoke report takes about 10 s). --resume with a
-    longer budget continues the stage cut, and makes the report again."""
+    """The smoke pipeline under --time-budget 3m, the deadline of the stage running when a trial
+    first records its epoch 2 put there (TUNEFUSE_DEADLINE_AT): it ends inside the budget with
+    a report made from the trials that finished (each stage's deadline is kept by its clock,
+    past it only by a grace the later stages lose, and the report's reserve, 90 s at least, is
+    what the report stage has: a smoke report takes 10 to 30 s). Which stages are cut depends
+    on the machine (a stage's share of 3 minutes is under 40 s, and in CI make test runs
+    beside): --resume with a longer budget continues every stage cut, and makes the report
+    again."""
     need_real_data()
     ws, budget = tmp_path / "ws", 180
     command = ("search.pipeline", "--profile", "smoke", "--workspace", str(ws), "--num-cpus",
@@ -181,18 +184,12 @@ def test_a_budgeted_pipeline_ends_inside_its_budget_with_a_report_and_resumes(tm
     text = out.stdout + out.stderr
     assert out.returncode == EXIT_OK, text[-3000:]
     assert took < budget, f"{took:.0f} s for a budget of {budget} s"
-    assert "experiment smoke-grid-cnn: the time budget ended it (its deadline came)" in text
-    assert "cut by the time budget: smoke-grid-cnn" in text, text[-3000:]
-    print(text)
+    assert re.search(r"^experiment smoke-\S+: the time budget ended it", text, re.M), text[-3000:]
     state = json.loads((ws / "pipelines" / "smoke.json").read_text())
-    # the first stage cut at the point; a later one may be by its own clock (a stage's share
-    # of 3 minutes is under 40 s, and make test runs beside the slow tests in CI)
     cut_stages = [s["name"] for s in state["stages"] if s.get("cut")]
-    assert cut_stages[0] == "smoke-grid-cnn", state
+    assert cut_stages and f"cut by the time budget: {', '.join(cut_stages)}" in text, state
     report = ws / "reports" / "smoke" / "summary.json"
     first = json.loads(report.read_text())["mlflow"]["run_id"]
-    cut = {t: s for t, (s, _) in trial_records(ws, "smoke-grid-cnn").items()}
-    assert "KILLED" in cut.values(), cut
 
     again = run_module(*command, "--time-budget", "10m", "--resume")
     text = again.stdout + again.stderr
@@ -200,9 +197,10 @@ def test_a_budgeted_pipeline_ends_inside_its_budget_with_a_report_and_resumes(tm
     assert f"continuing the stage(s) its time budget cut: {', '.join(cut_stages)}" in text
     state = json.loads((ws / "pipelines" / "smoke.json").read_text())
     assert not any(s.get("cut") for s in state["stages"]) and all(
-        s["status"] == "done" for s in state["stages"])
-    ended = {t: s for t, (s, _) in trial_records(ws, "smoke-grid-cnn").items()}
-    assert set(ended.values()) == {"FINISHED"}, ended  # ASHA's stops end FINISHED as well
+        s["status"] == "done" for s in state["stages"]), state
+    for stage in cut_stages:  # every trial ended, once (ASHA's stops end FINISHED as well)
+        ended = {t: s for t, (s, _) in trial_records(ws, stage).items()}
+        assert ended and set(ended.values()) == {"FINISHED"}, (stage, ended)
     assert json.loads(report.read_text())["mlflow"]["run_id"] != first  # made again
 
 

@@ -54,6 +54,12 @@ class TrialCost:
     def __init__(self, throughput, train_images: int, val_images: int):
         self.throughput, self.train_images, self.val_images = throughput, train_images, val_images
         self.known: dict = {}  # model -> its throughput
+        self.places: dict = {}  # trial id -> its place (a hash of its config: asked each step)
+
+    def _place(self, trial):
+        if trial.trial_id not in self.places:
+            self.places[trial.trial_id] = place(trial.config)
+        return self.places[trial.trial_id]
 
     def seconds(self, trial, trials) -> float | None:
         config = trial.config
@@ -62,10 +68,10 @@ class TrialCost:
         found = self.known[key]
         if found is None:
             return None
-        epochs, where = int(config.get("epochs", 0)), place(config)
+        epochs, where = int(config.get("epochs", 0)), self._place(trial)
         # its trunk's epochs are computed once: by a sibling that got past them, not by it
         done = where.trunk is not None and any(
-            t is not trial and place(t.config).trunk == where.trunk
+            t is not trial and self._place(t).trunk == where.trunk
             and _epoch(t) >= where.branch for t in trials)
         own = epochs - where.branch if done else epochs
         return (found.start_s or 0.0) + epochs_seconds(config, own, found, self.train_images,

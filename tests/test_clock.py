@@ -100,7 +100,8 @@ def trial(reached: int = 0):
     config = {"model": "resnet18", "model_kwargs": {"width": 16}, "batch_size": 64,
               "epochs": 20, "warmup_epochs": 2, "schedule": "wsd", "decay_fraction": 0.2,
               "trunk_cache": "/tmp/trunks", "trunk_lengths": [10, 20]}
-    return SimpleNamespace(config=config, last_result={"epoch": reached} if reached else {})
+    return SimpleNamespace(config=config, trial_id=f"t{reached}-{id(config)}",
+                           last_result={"epoch": reached} if reached else {})
 
 
 def test_a_trials_trunk_counts_until_a_sibling_computed_it():
